@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("LASTFM_DATA_DIR", ROOT / "data"))
+
+
+def data_root() -> Path:
+    """Where generated files go: ``$LASTFM_DATA_DIR`` or ``data/`` beside the scripts."""
+    return Path(os.environ.get("LASTFM_DATA_DIR", ROOT / "data"))
 
 # Columns (and their meaning) of the Parquet files handed between stages.
 SCHEMAS: dict[str, dict[str, str]] = {
@@ -52,7 +56,7 @@ class PipelineError(RuntimeError):
 
 
 def stage_dir(stage: str, *parts: str) -> Path:
-    path = DATA.joinpath(stage, *parts)
+    path = data_root().joinpath(stage, *parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -112,7 +116,7 @@ def _json_default(obj: Any) -> Any:
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     def fmt(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:,.4f}" if abs(v) < 100 else f"{v:,.1f}"
+            return f"{v:.4f}" if abs(v) < 1 else f"{v:,.2f}"
         if isinstance(v, int) and not isinstance(v, bool):
             return f"{v:,}"
         return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")

@@ -44,7 +44,7 @@ _PARSE = dict(delimiter="\t", quote_char=False, escape_char=False, double_quote=
 @dataclass
 class ParseResult:
     table: pa.Table                      # FIELDS (timestamp as ts_s int64) + line
-    rejects: list[tuple[int, str, str]]  # (line, reason, text)
+    rejects: list[tuple[int, str, bytes]]  # (line, reason, raw line)
     lines: int                           # physical lines read
     repaired: int = 0
     md5: str = ""
@@ -188,7 +188,7 @@ def _slow_parse(buf: bytes, first_line: int, last_block: bool):
         for r in np.flatnonzero(~ok_np):
             parts = [table[c][int(r)].as_py() for c in FIELDS]
             reason = "empty_user" if parts[0] == "" else "bad_timestamp"
-            rejects.append((first_line + int(good[r]), reason, "\t".join(parts)))
+            rejects.append((first_line + int(good[r]), reason, "\t".join(parts).encode()))
         table = table.set_column(1, "timestamp", ts).filter(ok)
         table = table.append_column("line", pa.array(first_line + good[ok_np], pa.int64()))
     else:
@@ -200,24 +200,24 @@ def _slow_parse(buf: bytes, first_line: int, last_block: bool):
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            rejects.append((line_no, "non_utf8", raw.decode("utf-8", "backslashreplace")))
+            rejects.append((line_no, "non_utf8", raw))
             continue
         parts = text.split("\t")
         truncated = last_block and i == len(ends) - 1 and not buf.endswith(b"\n")
         if len(parts) < len(FIELDS):
             reason = "truncated_last_line" if truncated else (
                 "empty_line" if text == "" else f"too_few_fields_{len(parts)}")
-            rejects.append((line_no, reason, text))
+            rejects.append((line_no, reason, raw))
             continue
         if len(parts) > len(FIELDS):
             fixed = repair_fields(parts)
             if fixed is None:
-                rejects.append((line_no, f"ambiguous_{len(parts)}_fields", text))
+                rejects.append((line_no, f"ambiguous_{len(parts)}_fields", raw))
                 continue
             parts, repaired = fixed, repaired + 1
         bad = _check_row(parts)
         if bad:
-            rejects.append((line_no, "truncated_last_line" if truncated else bad, text))
+            rejects.append((line_no, "truncated_last_line" if truncated else bad, raw))
             continue
         rows.append(parts + [line_no])
     if rows:
@@ -271,10 +271,16 @@ def parse_file(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = True
                        slow_blocks=slow, reject_counts=counts)
 
 
-def write_rejects(path: Path, rejects: list[tuple[int, str, str]]) -> None:
-    """TSV ``line, reason, text`` with tabs/newlines in the text escaped."""
+def escape_line(raw: bytes) -> str:
+    """One-line, tab-free text of a raw line: backslash, tab and CR escaped as in
+    Python literals, and each byte that is not UTF-8 as ``\\xNN``."""
+    raw = raw.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\r", b"\\r")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def write_rejects(path: Path, rejects: list[tuple[int, str, bytes]]) -> None:
+    """TSV ``line, reason, text`` (text escaped by ``escape_line``)."""
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("line\treason\ttext\n")
-        for line, reason, text in rejects:
-            esc = text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r")
-            fh.write(f"{line}\t{reason}\t{esc}\n")
+        for line, reason, raw in rejects:
+            fh.write(f"{line}\t{reason}\t{escape_line(raw)}\n")

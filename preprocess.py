@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common import (DATA, PipelineError, file_md5, fingerprint, log, markdown_table,
+from common import (data_root, PipelineError, file_md5, fingerprint, log, markdown_table,
                     params_match, read_json, run_main, stage_dir, write_json)
 from lastfm_parse import FIELDS, parse_file, write_rejects
 
@@ -120,7 +120,7 @@ def _http_fetch(url: str, part: Path, timeout: float, chunk: int) -> int | None:
     except (urllib.error.URLError, OSError) as err:
         raise PipelineError(
             f"cannot reach {url} ({getattr(err, 'reason', err)}). Without network, place "
-            f"the archive by hand at {DATA / 'raw' / ARCHIVE} (mirror: {MIRROR}), or run "
+            f"the archive by hand at {data_root() / 'raw' / ARCHIVE} (mirror: {MIRROR}), or run "
             "offline on synthetic data: python synth.py && python preprocess.py "
             "--input data/synthetic/lastfm-dataset-1K") from None
     with resp:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import DATA, log, run_main, write_json
+from common import data_root, log, run_main, write_json
 
 TSV_NAME = "userid-timestamp-artid-artname-traid-traname.tsv"
 END_TS = int(np.datetime64("2009-05-05T00:00:00", "s").astype(np.int64))
@@ -329,7 +329,7 @@ def _write_ground_truth(out: Path, cat: Catalogue, played: np.ndarray, cfg: Synt
 
 def parse_args(argv=None) -> tuple[Path, SynthConfig, bool]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=DATA / "synthetic")
+    ap.add_argument("--out", type=Path, default=data_root() / "synthetic")
     ap.add_argument("--archive", action="store_true", help="also pack lastfm-dataset-1K.tar.gz")
     for field, default in asdict(SynthConfig()).items():
         ap.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)

@@ -1,0 +1,112 @@
+"""Benchmark: parse + clean + windows + statistics vs. the study's pandas way; sessionizing.
+
+Generates synthetic data of the requested size once (cached under
+data/bench/), then runs each measured step in a fresh subprocess, several
+times, and prints medians of wall time and peak RSS.
+
+    python bench/bench_data.py --plays 19150000 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STUDY_WAY = r"""
+import sys, pandas as pd
+df = pd.read_csv(sys.argv[1], sep="\t", header=None,
+                 names=["user","ts","artist_id","artist_name","track_id","track_name"])
+d = df.describe()
+clean = df.dropna()
+d = clean.describe()
+clean["ts"] = pd.to_datetime(clean["ts"])
+end = clean["ts"].max()
+for m in (1, 2, 3, 6):
+    d = clean[clean["ts"] > end - pd.DateOffset(months=m)].describe()
+print(len(df), len(clean))
+"""
+
+OURS = r"""
+import sys, os
+sys.path.insert(0, sys.argv[2])
+os.environ["LASTFM_DATA_DIR"] = sys.argv[3]
+import preprocess
+preprocess.main(["--input", sys.argv[1], "--force"])
+"""
+
+SESSIONIZE = r"""
+import sys, os, time
+sys.path.insert(0, sys.argv[2])
+import pandas as pd
+from sessionize import SessionConfig, build_sessions
+df = pd.read_parquet(sys.argv[1], columns=["user_idx", "ts_s", "track_idx"])
+t = time.perf_counter()
+out, counts = build_sessions(df, SessionConfig())
+print("SESSIONIZE_S", time.perf_counter() - t, len(df), counts["kept_sessions"])
+"""
+
+
+def run(code: str, *args: str) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS in GB and stdout of ``python -c code args``."""
+    t = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", code, *args],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr[-3000:])
+    rss_kb = next(int(line.split()[-1]) for line in proc.stderr.splitlines()
+                  if "Maximum resident set size" in line)
+    return wall, rss_kb / 1e6, proc.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--plays", type=int, default=4_000_000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-study", action="store_true")
+    args = ap.parse_args()
+    import synth
+
+    base = ROOT / "data" / "bench" / f"synth_{args.plays}"
+    tsv = base / "lastfm-dataset-1K" / synth.TSV_NAME
+    if not tsv.exists():
+        t = time.perf_counter()
+        synth.generate(base, synth.SynthConfig(plays=args.plays))
+        print(f"generated {args.plays:,} plays in {time.perf_counter() - t:.0f}s")
+    size_gb = tsv.stat().st_size / 1e9
+    work = base / "out"
+    results = {}
+    steps = [("ours: parse+clean+windows+stats", OURS, (str(tsv), str(ROOT), str(work)))]
+    if not args.skip_study:
+        steps.append(("study: read_csv+describe+dropna+windows", STUDY_WAY, (str(tsv),)))
+    for name, code, argv in steps:
+        runs = [run(code, *argv) for _ in range(args.repeats)]
+        results[name] = {"wall_s": statistics.median(r[0] for r in runs),
+                         "peak_rss_gb": statistics.median(r[1] for r in runs),
+                         "runs_s": [round(r[0], 1) for r in runs]}
+    all_parquet = work / "preprocessed" / "all.parquet"
+    runs = [run(SESSIONIZE, str(all_parquet), str(ROOT)) for _ in range(args.repeats)]
+    sess_s = [float(r[2].split("SESSIONIZE_S")[1].split()[0]) for r in runs]
+    n_rows = int(runs[0][2].split()[-2])
+    results["sessionize (build_sessions on all.parquet)"] = {
+        "wall_s": statistics.median(sess_s), "peak_rss_gb": statistics.median(r[1] for r in runs),
+        "rows": n_rows}
+    print(f"\ninput: {args.plays:,} plays requested, {size_gb:.2f} GB TSV; "
+          f"medians of {args.repeats} runs\n")
+    print(f"{'step':48s} {'wall s':>8s} {'peak GB':>8s}")
+    for name, r in results.items():
+        print(f"{name:48s} {r['wall_s']:8.1f} {r['peak_rss_gb']:8.2f}")
+    (ROOT / "data" / "bench").mkdir(parents=True, exist_ok=True)
+    (ROOT / "data" / "bench" / f"bench_data_{args.plays}.json").write_text(
+        json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

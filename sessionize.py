@@ -1,0 +1,300 @@
+"""Stage 2: split plays into sessions, filter users, split by time.
+
+For each window (``data/preprocessed/<window>.parquet``) writes
+``data/sessions/<window>/``:
+- ``train.parquet``, ``valid.parquet``, ``test.parquet``: one row per play,
+  columns ``common.SCHEMAS['sessions']``, sorted by session id then position;
+- ``vocab.parquet``: the training split's tracks, ``item_idx`` 1..V by
+  descending training popularity (0 is padding), with names;
+- ``{train,valid,test}.tsv``: ``SessionId\\tItemId\\tTime`` (GRU4Rec /
+  session-rec format; ItemId is our ``item_idx``, Time in UTC seconds);
+- ``stats.md``/``stats.json`` and ``meta.json``.
+
+Sessions: a new session starts after an inactivity gap of more than
+``--gap-minutes`` (default 20), or, with ``--mode window``, at each fixed
+20-minute clock window (what the study's figures point to). A session is
+assigned to a split by the time of its *last* play, so no training play is
+later than the start of the validation period (GRU4Rec's rule).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common import (data_root, PipelineError, fingerprint, log, markdown_table, params_match,
+                    read_json, read_table, run_main, stage_dir, write_json)
+
+SPLITS = ("train", "valid", "test")
+STUDY_1M = {"sessions": 173_327, "users": 742, "plays_per_session": 3.4}
+
+
+@dataclass
+class SessionConfig:
+    gap_minutes: float = 20.0
+    mode: str = "gap"              # "gap": inactivity gap; "window": fixed clock windows
+    collapse_repeats: bool = False  # merge a track repeated back-to-back
+    max_len: int = 50              # keep the most recent N plays of a session (0: no cap)
+    min_len: int = 2               # drop shorter sessions (2: drop length-1 sessions)
+    min_user_sessions: int = 6
+    valid_frac: float = 0.1        # share of the time span, before test
+    test_frac: float = 0.1         # last share of the time span
+
+
+def session_starts(user: np.ndarray, ts_s: np.ndarray, cfg: SessionConfig) -> np.ndarray:
+    """Boolean per play (sorted by user, time): True where a new session starts."""
+    gap = cfg.gap_minutes * 60
+    new = np.ones(len(ts_s), dtype=bool)
+    if len(ts_s) > 1:
+        same_user = user[1:] == user[:-1]
+        if cfg.mode == "gap":
+            cont = (ts_s[1:] - ts_s[:-1]) <= gap
+        elif cfg.mode == "window":
+            cont = (ts_s[1:] // gap) == (ts_s[:-1] // gap)
+        else:
+            raise PipelineError(f"--mode {cfg.mode!r}: expected 'gap' or 'window'")
+        new[1:] = ~(same_user & cont)
+    return new
+
+
+def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFrame, dict]:
+    """Sessions of ``plays`` (columns user_idx, ts_s, track_idx): filtered, not split.
+
+    Returns one row per kept play with ``sess`` (0-based, in order of start
+    time), ``position``, and a dictionary of counts at each filtering step.
+    """
+    order = np.lexsort((plays["ts_s"].to_numpy(), plays["user_idx"].to_numpy()))
+    df = plays.iloc[order].reset_index(drop=True)
+    user, ts, track = (df["user_idx"].to_numpy(), df["ts_s"].to_numpy(),
+                       df["track_idx"].to_numpy())
+    new = session_starts(user, ts, cfg)
+    sess = np.cumsum(new) - 1
+    counts = {"plays": len(df), "sessions": int(new.sum()), "users": int(len(np.unique(user)))}
+    keep = np.ones(len(df), dtype=bool)
+    if cfg.collapse_repeats and len(df) > 1:
+        keep[1:] = ~((track[1:] == track[:-1]) & ~new[1:])
+        counts["collapsed_repeats"] = int((~keep).sum())
+    df, sess = df[keep], sess[keep]
+    # Position from the end, to keep the most recent max_len plays.
+    n_sess = int(sess.max()) + 1 if len(sess) else 0
+    lens = np.bincount(sess, minlength=n_sess)
+    start_idx = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    pos = np.arange(len(sess)) - start_idx[sess]
+    if cfg.max_len > 0:
+        over = lens[sess] - pos > cfg.max_len
+        counts["capped_plays"] = int(over.sum())
+        df, sess, pos = df[~over], sess[~over], pos[~over] - 0
+        lens = np.bincount(sess, minlength=n_sess)
+        start_idx = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        pos = np.arange(len(sess)) - start_idx[sess]
+    ok_sess = lens >= cfg.min_len
+    counts["short_sessions_dropped"] = int(((lens > 0) & ~ok_sess).sum())
+    m = ok_sess[sess]
+    df, sess, pos = df[m], sess[m], pos[m]
+    # Users with too few sessions.
+    first = np.r_[True, sess[1:] != sess[:-1]] if len(sess) else np.zeros(0, bool)
+    sess_user = df["user_idx"].to_numpy()[first]
+    per_user = np.bincount(sess_user, minlength=int(plays["user_idx"].max()) + 1)
+    ok_user = per_user >= cfg.min_user_sessions
+    counts["users_dropped"] = int(((per_user > 0) & ~ok_user).sum())
+    m = ok_user[df["user_idx"].to_numpy()]
+    df, sess, pos = df[m], sess[m], pos[m]
+    # Renumber sessions by start time (ties: user).
+    out = pd.DataFrame({"user_idx": df["user_idx"].to_numpy(), "ts_s": df["ts_s"].to_numpy(),
+                        "track_idx": df["track_idx"].to_numpy(), "old": sess,
+                        "position": pos.astype(np.int16)})
+    start_ts = out.groupby("old", sort=True)["ts_s"].transform("min").to_numpy()
+    first = out["position"].to_numpy() == 0
+    order = np.lexsort((out["user_idx"].to_numpy()[first], start_ts[first]))
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    out["sess"] = rank[np.cumsum(first) - 1]
+    out = out.drop(columns="old").sort_values(["sess", "position"], kind="stable")
+    counts.update(kept_plays=len(out), kept_sessions=int(first.sum()),
+                  kept_users=int(ok_user.sum()))
+    return out.reset_index(drop=True), counts
+
+
+def split_by_time(sessions: pd.DataFrame, valid_frac: float, test_frac: float) -> dict:
+    """Split sessions by the time of their last play: train | valid | test."""
+    if not (0 <= valid_frac < 1 and 0 < test_frac < 1 and valid_frac + test_frac < 1):
+        raise PipelineError("--valid-frac/--test-frac must be in [0,1) and sum below 1")
+    end = sessions.groupby("sess")["ts_s"].max()
+    t0, t1 = int(sessions["ts_s"].min()), int(sessions["ts_s"].max())
+    span = t1 - t0
+    test_from = t1 - test_frac * span
+    valid_from = test_from - valid_frac * span
+    which = np.where(end.to_numpy() >= test_from, 2, np.where(end.to_numpy() >= valid_from, 1, 0))
+    split_of = pd.Series(which, index=end.index)
+    s = split_of.reindex(sessions["sess"]).to_numpy()
+    parts = {name: sessions[s == k].reset_index(drop=True) for k, name in enumerate(SPLITS)}
+    bounds = {"valid_from_s": int(valid_from), "test_from_s": int(test_from)}
+    return parts, bounds
+
+
+def build_vocab(train: pd.DataFrame, plays: pd.DataFrame) -> pd.DataFrame:
+    """Training tracks by descending count: item_idx 1..V, with names."""
+    counts = train["track_idx"].value_counts(sort=False)
+    vocab = pd.DataFrame({"track_idx": counts.index.to_numpy(), "train_count": counts.to_numpy()})
+    vocab = vocab.sort_values(["train_count", "track_idx"], ascending=[False, True],
+                              kind="stable").reset_index(drop=True)
+    vocab.insert(0, "item_idx", np.arange(1, len(vocab) + 1, dtype=np.int32))
+    names = plays.drop_duplicates("track_idx").set_index("track_idx")
+    for col in ("artist_idx", "artist_name", "track_name", "artist_mbid", "track_mbid"):
+        vocab[col] = names[col].reindex(vocab["track_idx"]).astype(
+            object if col not in ("artist_idx",) else np.int32).to_numpy()
+    mbid = vocab["track_mbid"].fillna("").astype(str)
+    vocab["track_key"] = np.where(mbid != "", mbid, vocab["artist_name"].astype(str) + "\t"
+                                  + vocab["track_name"].astype(str))
+    return vocab
+
+
+def apply_vocab(part: pd.DataFrame, vocab: pd.DataFrame, min_len: int) -> tuple[pd.DataFrame, dict]:
+    """Map track_idx to item_idx; drop unseen tracks, then sessions under min_len."""
+    lookup = pd.Series(vocab["item_idx"].to_numpy(), index=vocab["track_idx"].to_numpy())
+    item = lookup.reindex(part["track_idx"].to_numpy()).to_numpy()
+    seen = ~np.isnan(item)
+    out = part[seen].copy()
+    out["item_idx"] = item[seen].astype(np.int32)
+    lens = out.groupby("sess")["sess"].transform("size")
+    n_before = part["sess"].nunique()
+    out = out[lens.to_numpy() >= max(2, min_len)].copy()
+    out["position"] = out.groupby("sess").cumcount().astype(np.int16)
+    dropped = {"unseen_plays": int((~seen).sum()),
+               "sessions_dropped": int(n_before - out["sess"].nunique())}
+    return out.reset_index(drop=True), dropped
+
+
+def split_stats(parts: dict[str, pd.DataFrame]) -> dict[str, dict]:
+    stats = {}
+    for name, df in parts.items():
+        lens = df.groupby("session_id").size().to_numpy() if len(df) else np.zeros(1)
+        stats[name] = {
+            "sessions": int(df["session_id"].nunique()), "plays": int(len(df)),
+            "users": int(df["user_idx"].nunique()), "tracks": int(df["item_idx"].nunique()),
+            "len_mean": float(lens.mean()), "len_median": float(np.median(lens)),
+            "len_p90": float(np.percentile(lens, 90)), "len_max": int(lens.max()),
+            "first": str(pd.Timestamp(int(df["ts_s"].min()), unit="s")) if len(df) else "",
+            "last": str(pd.Timestamp(int(df["ts_s"].max()), unit="s")) if len(df) else "",
+        }
+    return stats
+
+
+def sessionize_window(src: Path, out: Path, cfg: SessionConfig) -> dict:
+    """Run the whole stage for one window file; write outputs; return the manifest."""
+    plays = read_table(src, "plays", "preprocess.py")
+    if len(plays) == 0:
+        raise PipelineError(f"{src}: the window holds no play")
+    sessions, counts = build_sessions(plays[["user_idx", "ts_s", "track_idx"]], cfg)
+    if len(sessions) == 0:
+        raise PipelineError(f"{src}: no session left after filtering ({counts}); "
+                            "lower --min-user-sessions or --min-len")
+    parts, bounds = split_by_time(sessions, cfg.valid_frac, cfg.test_frac)
+    vocab = build_vocab(parts["train"], plays)
+    parts["train"]["item_idx"] = pd.Series(
+        vocab["item_idx"].to_numpy(), index=vocab["track_idx"].to_numpy()
+    ).reindex(parts["train"]["track_idx"].to_numpy()).to_numpy().astype(np.int32)
+    dropped = {}
+    for name in ("valid", "test"):
+        parts[name], dropped[name] = apply_vocab(parts[name], vocab, cfg.min_len)
+    for name, df in parts.items():
+        df = df.rename(columns={"sess": "session_id"})
+        df = df[["session_id", "user_idx", "position", "item_idx", "ts_s"]]
+        parts[name] = df
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), out / f"{name}.parquet")
+        df.rename(columns={"session_id": "SessionId", "item_idx": "ItemId", "ts_s": "Time"})[
+            ["SessionId", "ItemId", "Time"]].to_csv(out / f"{name}.tsv", sep="\t", index=False)
+    vocab.to_parquet(out / "vocab.parquet", index=False)
+    stats = split_stats(parts)
+    rows = [[n, s["sessions"], s["plays"], s["users"], s["tracks"], s["len_mean"],
+             s["len_median"], s["len_p90"], s["len_max"], s["first"], s["last"]]
+            for n, s in stats.items()]
+    md = (f"### sessions of `{src.name}` ({cfg.mode}, {cfg.gap_minutes:g} min)\n\n"
+          + markdown_table(["split", "sessions", "plays", "users", "tracks", "mean len",
+                            "median len", "p90 len", "max len", "first", "last"], rows))
+    (out / "stats.md").write_text(md + "\n")
+    manifest = {"counts": counts, "split_bounds": bounds, "unseen_dropped": dropped,
+                "splits": stats, "vocab_size": int(len(vocab)),
+                "vocab_md5": vocab_checksum(vocab)}
+    write_json(out / "stats.json", manifest)
+    return manifest
+
+
+def vocab_checksum(vocab: pd.DataFrame) -> str:
+    """Identity of a vocabulary: MD5 of its ordered track keys."""
+    import hashlib
+
+    return hashlib.md5("\n".join(vocab["track_key"].astype(str)).encode()).hexdigest()
+
+
+def study_table(results: dict[str, dict]) -> str:
+    """Sessions per window in the study's table shape."""
+    rows = []
+    for window, m in results.items():
+        c = m["counts"]
+        rows.append([window, c["plays"], c["sessions"], round(c["plays"] / max(1, c["sessions"]), 2),
+                     c["kept_sessions"], c["kept_users"], c["users_dropped"],
+                     m["vocab_size"]])
+    note = (f"\nThe study's 1-month window: {STUDY_1M['sessions']:,} sessions of about "
+            f"{STUDY_1M['plays_per_session']} plays; {STUDY_1M['users']} users kept.\n")
+    return markdown_table(["window", "plays", "sessions", "plays/session", "kept sessions",
+                           "kept users", "users dropped", "train tracks"], rows) + note
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Sessionize and split the preprocessed windows.")
+    ap.add_argument("--windows", default=None,
+                    help="comma-separated window names (default: every window preprocess wrote)")
+    ap.add_argument("--in-dir", type=Path, default=None, help="default data/preprocessed")
+    ap.add_argument("--out-dir", type=Path, default=None, help="default data/sessions")
+    ap.add_argument("--force", action="store_true")
+    for f, default in asdict(SessionConfig()).items():
+        flag = "--" + f.replace("_", "-")
+        if isinstance(default, bool):
+            ap.add_argument(flag, action="store_true")
+        else:
+            ap.add_argument(flag, type=type(default), default=default)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    src_dir = args.in_dir or data_root() / "preprocessed"
+    if not (src_dir / "meta.json").exists():
+        raise PipelineError(f"{src_dir}/meta.json not found: run preprocess.py first")
+    pre = read_json(src_dir / "meta.json")
+    available = list(pre.get("windows", {})) + ["all"]
+    windows = args.windows.split(",") if args.windows else list(pre.get("windows", {}))
+    for w in windows:
+        if w not in available:
+            raise PipelineError(f"unknown window {w!r}; preprocess.py wrote {available}")
+    cfg = SessionConfig(**{f: getattr(args, f) for f in asdict(SessionConfig())})
+    results = {}
+    for w in windows:
+        src = src_dir / f"{w}.parquet"
+        out = (args.out_dir or data_root() / "sessions") / w
+        out.mkdir(parents=True, exist_ok=True)
+        params = {**asdict(cfg), "input": fingerprint(src)}
+        if not args.force and params_match(out / "meta.json", params):
+            log(f"{out} is current; skipping")
+            results[w] = read_json(out / "meta.json")
+            continue
+        log(f"sessionizing {src}")
+        manifest = sessionize_window(src, out, cfg)
+        write_json(out / "meta.json", {"params": params, **manifest})
+        results[w] = manifest
+        print((out / "stats.md").read_text())
+    table = study_table(results)
+    reports = stage_dir("reports")
+    (reports / "sessions.md").write_text("## Sessions per window\n\n" + table + "\n\n" + "\n\n".join(
+        ((args.out_dir or data_root() / "sessions") / w / "stats.md").read_text() for w in windows))
+    print(table)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

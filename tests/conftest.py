@@ -1,0 +1,57 @@
+"""Shared fixtures: small generated datasets and an isolated data directory."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SAMPLE = ROOT.parent / "shared" / "data" / "lastfm-1k-sample"
+
+import synth  # noqa: E402
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    """Point every stage's data/ at a fresh temporary folder."""
+    d = tmp_path / "data"
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(d))
+    return d
+
+
+@pytest.fixture(scope="session")
+def small_synth(tmp_path_factory):
+    """~60K plays of 24 users over 8 months, with the archive packed."""
+    out = tmp_path_factory.mktemp("synth")
+    cfg = synth.SynthConfig(users=24, plays=60_000, months=8, seed=7, stray_tabs=3,
+                            bad_timestamps=2)
+    summary = synth.generate(out, cfg, archive=True)
+    return out, summary
+
+
+@pytest.fixture(scope="session")
+def pipeline_data(tmp_path_factory, small_synth):
+    """Preprocessed and sessionized small synthetic data (1m and 3m windows)."""
+    import os
+
+    import preprocess
+    import sessionize
+
+    d = tmp_path_factory.mktemp("pipe") / "data"
+    old = os.environ.get("LASTFM_DATA_DIR")
+    os.environ["LASTFM_DATA_DIR"] = str(d)
+    try:
+        preprocess.main(["--input", str(small_synth[0] / "lastfm-dataset-1K"), "--months", "1,3"])
+        sessionize.main(["--min-user-sessions", "3"])
+    finally:
+        if old is None:
+            del os.environ["LASTFM_DATA_DIR"]
+        else:
+            os.environ["LASTFM_DATA_DIR"] = old
+    return d
+
+
+def requires_sample():
+    return pytest.mark.skipif(not SAMPLE.exists(), reason="../shared sample not present")
