@@ -48,6 +48,18 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "track_name": "string",
         "train_count": "int64 plays in the training split",
     },
+    # fetch_tags.py -> data/tags/<window>/tags.parquet (tag vocabulary)
+    "tags": {
+        "tag_idx": "int32 1-based tag index (0 is padding)",
+        "tag": "string, normalised (lower case, single spaces)",
+        "tracks": "int64 tracks of the window carrying the tag",
+    },
+    # fetch_tags.py -> data/tags/<window>/track_tags.parquet (top K per track)
+    "track_tags": {
+        "item_idx": "int32 track index of the window's vocabulary",
+        "tag_idx": "int32 tag index into tags.parquet",
+        "weight": "float32 Last.fm tag weight (0-100)",
+    },
 }
 
 

@@ -21,7 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 STUDY_WAY = r"""
 import sys, pandas as pd
-df = pd.read_csv(sys.argv[1], sep="\t", header=None,
+# on_bad_lines="skip": pandas defaults stop at a line with a stray tab (7 fields)
+# that no open quote swallowed; the study's run got past them.
+df = pd.read_csv(sys.argv[1], sep="\t", header=None, on_bad_lines="skip",
                  names=["user","ts","artist_id","artist_name","track_id","track_name"])
 d = df.describe()
 clean = df.dropna()
@@ -55,14 +57,15 @@ print("SESSIONIZE_S", time.perf_counter() - t, len(df), counts["kept_sessions"])
 
 def run(code: str, *args: str) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in GB and stdout of ``python -c code args``."""
+    wrapper = ("import resource, runpy, sys; code = sys.argv.pop(1); exec(compile(code, 'bench', "
+               "'exec')); print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     t = time.perf_counter()
-    proc = subprocess.run(["/usr/bin/time", "-v", sys.executable, "-c", code, *args],
+    proc = subprocess.run([sys.executable, "-c", wrapper, code, *args],
                           capture_output=True, text=True)
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
-    rss_kb = next(int(line.split()[-1]) for line in proc.stderr.splitlines()
-                  if "Maximum resident set size" in line)
+    rss_kb = int(proc.stdout.split("PEAK_KB")[1].split()[0])
     return wall, rss_kb / 1e6, proc.stdout
 
 

@@ -1,0 +1,198 @@
+"""Full-ranking next-item evaluation: events, ranks, metrics, bootstrap intervals.
+
+Protocol: for every session of a split and every position t >= 1, the tracks
+before t (the most recent ``max_len``) predict the track at t. Each scorer
+gives a score to every track of the training vocabulary (ids 1..V; id 0 is
+padding and never ranked). No sampling.
+
+Tie policy: ``rank = 1 + #(tracks scoring strictly higher than the target)``
+(optimistic). ``pessimistic=True`` counts tied tracks as ranked above the
+target: ``rank = #(tracks scoring >= the target's score)``. A scorer that gives
+every track the same score thus ranks the target 1st (optimistic) or V-th
+(pessimistic); reports use the optimistic rank unless stated.
+
+Metrics at N in (1, 5, 10, 20): HR@N = P(rank <= N); MRR@N = E[1/rank, 0 when
+rank > N]; NDCG@N = E[1/log2(rank + 1), 0 when rank > N] (one relevant track).
+Also catalogue coverage@20 (share of the vocabulary appearing in any top-20),
+mean training popularity of recommended tracks, and the event count.
+Confidence intervals: percentile bootstrap over sessions (events of one
+session stay together), for each metric and for differences between methods.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+CUTOFFS = (1, 5, 10, 20)
+TOPK = 20
+
+
+@dataclass
+class Events:
+    """All next-item events of a split: right-padded prefixes and targets."""
+    prefixes: np.ndarray   # (E, L) int32, items in play order, 0-padded on the right
+    lengths: np.ndarray    # (E,) int32, real prefix length (<= L)
+    targets: np.ndarray    # (E,) int32
+    sessions: np.ndarray   # (E,) int64 session id of each event
+    positions: np.ndarray  # (E,) int32 position t of the target in its session
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, idx: np.ndarray) -> "Events":
+        return Events(self.prefixes[idx], self.lengths[idx], self.targets[idx],
+                      self.sessions[idx], self.positions[idx])
+
+
+def make_events(split: pd.DataFrame, max_len: int = 50) -> Events:
+    """Every (prefix, next track) of ``split`` (sorted by session, position)."""
+    sid = split["session_id"].to_numpy()
+    items = split["item_idx"].to_numpy().astype(np.int32)
+    new = np.r_[True, sid[1:] != sid[:-1]]
+    start = np.maximum.accumulate(np.where(new, np.arange(len(sid)), 0))
+    pos = np.arange(len(sid)) - start
+    ev = np.flatnonzero(pos >= 1)
+    lengths = np.minimum(pos[ev], max_len).astype(np.int32)
+    prefixes = np.zeros((len(ev), max_len), dtype=np.int32)
+    for j in range(max_len):  # column j holds the (j+1)-th most ancient kept prefix item
+        src = ev - lengths + j
+        ok = j < lengths
+        prefixes[ok, j] = items[src[ok]]
+    return Events(prefixes, lengths, items[ev], sid[ev], pos[ev].astype(np.int32))
+
+
+def ranks_from_scores(scores: np.ndarray, targets: np.ndarray,
+                      pessimistic: bool = False) -> np.ndarray:
+    """Rank of each target among columns 1..V of ``scores`` (B, V+1)."""
+    s = scores[:, 1:]
+    t = scores[np.arange(len(targets)), targets][:, None]
+    if pessimistic:
+        return (s >= t).sum(axis=1).astype(np.int64)
+    return 1 + (s > t).sum(axis=1).astype(np.int64)
+
+
+def topk_from_scores(scores: np.ndarray, k: int = TOPK) -> np.ndarray:
+    """Top-k item ids (1-based) per row, best first; column 0 (padding) excluded."""
+    s = scores[:, 1:]
+    k = min(k, s.shape[1])
+    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1) + 1
+
+
+# A scorer takes (prefixes (B, L), lengths (B,)) and returns scores (B, V+1).
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# A ranker returns (ranks (B,), top-k ids (B, k)) given prefixes, lengths, targets.
+Ranker = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False,
+                       pessimistic: bool = False) -> Ranker:
+    def rank(prefixes, lengths, targets):
+        scores = np.array(scorer(prefixes, lengths), dtype=np.float32, copy=True)
+        scores[:, 0] = -np.inf
+        if exclude_seen:
+            rows = np.repeat(np.arange(len(prefixes)), prefixes.shape[1])
+            cols = prefixes.ravel()
+            keep = cols > 0
+            scores[rows[keep], cols[keep]] = -np.inf
+        return ranks_from_scores(scores, targets, pessimistic), topk_from_scores(scores)
+    return rank
+
+
+@dataclass
+class EvalResult:
+    ranks: np.ndarray          # (E,) int64
+    sessions: np.ndarray       # (E,) session ids
+    positions: np.ndarray      # (E,) target positions
+    topk: np.ndarray           # (E, 20) recommended ids
+    seconds: float
+    summary: dict = field(default_factory=dict)
+
+
+def evaluate(ranker: Ranker, events: Events, n_items: int, popularity: np.ndarray | None = None,
+             batch_size: int = 512) -> EvalResult:
+    """Run ``ranker`` over ``events`` in batches; summarise the metrics."""
+    ranks, topk = [], []
+    t0 = time.perf_counter()
+    for i in range(0, len(events), batch_size):
+        sl = slice(i, i + batch_size)
+        r, k = ranker(events.prefixes[sl], events.lengths[sl], events.targets[sl])
+        ranks.append(np.asarray(r, dtype=np.int64))
+        topk.append(np.asarray(k, dtype=np.int64))
+    seconds = time.perf_counter() - t0
+    ranks = np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
+    topk = np.concatenate(topk) if topk else np.zeros((0, TOPK), np.int64)
+    res = EvalResult(ranks, events.sessions, events.positions, topk, seconds)
+    res.summary = summarise(res, n_items, popularity)
+    return res
+
+
+def metric_values(ranks: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-event metric values (the mean of each is the metric)."""
+    r = ranks.astype(np.float64)
+    out = {}
+    for n in CUTOFFS:
+        hit = r <= n
+        out[f"HR@{n}"] = hit.astype(np.float64)
+        out[f"MRR@{n}"] = np.where(hit, 1.0 / r, 0.0)
+        out[f"NDCG@{n}"] = np.where(hit, 1.0 / np.log2(r + 1.0), 0.0)
+    return out
+
+
+def summarise(res: EvalResult, n_items: int, popularity: np.ndarray | None) -> dict:
+    vals = metric_values(res.ranks)
+    out = {k: float(v.mean()) if len(v) else float("nan") for k, v in vals.items()}
+    out["coverage@20"] = float(len(np.unique(res.topk[:, :20])) / n_items) if len(res.topk) else 0.0
+    if popularity is not None and len(res.topk):
+        out["mean_pop@20"] = float(popularity[res.topk[:, :20]].mean())
+    out["events"] = int(len(res.ranks))
+    out["sessions"] = int(len(np.unique(res.sessions)))
+    out["events_per_s"] = float(len(res.ranks) / res.seconds) if res.seconds > 0 else float("nan")
+    return out
+
+
+def _session_sums(values: np.ndarray, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    _, inv = np.unique(sessions, return_inverse=True)
+    return np.bincount(inv, weights=values), np.bincount(inv).astype(np.float64)
+
+
+def bootstrap_ci(ranks: np.ndarray, sessions: np.ndarray, metrics=("HR@20", "MRR@20"),
+                 n_boot: int = 1000, seed: int = 0, other_ranks: np.ndarray | None = None,
+                 alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+    """Percentile CI of each metric (or of ``metric(ranks) - metric(other_ranks)``).
+
+    Sessions are resampled with replacement; a metric on a resample is the
+    ratio of summed event values to summed event counts over the drawn sessions.
+    """
+    rng = np.random.default_rng(seed)
+    vals = metric_values(ranks)
+    other = metric_values(other_ranks) if other_ranks is not None else None
+    sums, counts, n_sess = {}, None, 0
+    for m in metrics:
+        v = vals[m] - (other[m] if other is not None else 0.0)
+        sums[m], counts = _session_sums(v, sessions)
+    n_sess = len(counts)
+    draws = {m: np.empty(n_boot) for m in metrics}
+    chunk = max(1, 20_000_000 // max(1, n_sess))
+    for b0 in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - b0)
+        idx = rng.integers(0, n_sess, size=(b, n_sess))
+        w = counts[idx].sum(axis=1)
+        for m in metrics:
+            draws[m][b0:b0 + b] = sums[m][idx].sum(axis=1) / w
+    q = (100 * alpha / 2, 100 * (1 - alpha / 2))
+    return {m: tuple(float(x) for x in np.percentile(draws[m], q)) for m in metrics}
+
+
+def by_prefix_length(res: EvalResult, max_len: int = 20) -> pd.DataFrame:
+    """HR@20 and MRR@20 by prefix length (positions above ``max_len`` pooled)."""
+    vals = metric_values(res.ranks)
+    df = pd.DataFrame({"prefix_len": np.minimum(res.positions, max_len),
+                       "HR@20": vals["HR@20"], "MRR@20": vals["MRR@20"]})
+    return df.groupby("prefix_len").agg(events=("HR@20", "size"), **{
+        "HR@20": ("HR@20", "mean"), "MRR@20": ("MRR@20", "mean")}).reset_index()

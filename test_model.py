@@ -1,0 +1,310 @@
+"""Stage 5: full-ranking top-N evaluation of the model and strong baselines.
+
+(This is the evaluation stage, not a test file: pytest's testpaths exclude it.)
+
+For a window's splits (``data/sessions/<window>/``) it
+1. tunes each baseline's few parameters on the validation split (MRR@20),
+2. evaluates every baseline and the trained model (``data/models/<window>/``,
+   when present) on the test split, on exactly the same events,
+3. writes ``data/reports/results.{md,json}`` (method x metric with 95%
+   bootstrap intervals, differences to the best baseline), ``results_bar.png``
+   and ``results_by_prefix.png``, and the study's one-page
+   ``data/reports/report.md``.
+
+``--recommend`` shows the top-N tracks for a test session (``--session``) or
+for tracks given by name (``--tracks "Artist - Title; Artist - Title"``), next
+to what was played next.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import baselines as bl
+from common import (PipelineError, data_root, log, markdown_table, read_json, read_table,
+                    run_main, stage_dir, write_json)
+from metrics import (CUTOFFS, Events, bootstrap_ci, by_prefix_length, evaluate, make_events,
+                     ranker_from_scorer)
+
+REPORT_METRICS = [f"{m}@{n}" for n in CUTOFFS for m in ("HR", "MRR", "NDCG")]
+
+
+def load_splits(window: str) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict]:
+    d = data_root() / "sessions" / window
+    if not (d / "meta.json").exists():
+        raise PipelineError(f"{d}/meta.json not found: run sessionize.py (window {window}) first")
+    splits = {s: read_table(d / f"{s}.parquet", "sessions", "sessionize.py")
+              for s in ("train", "valid", "test")}
+    vocab = read_table(d / "vocab.parquet", "vocab", "sessionize.py")
+    return splits, vocab, read_json(d / "meta.json")
+
+
+def tune_baselines(train: pd.DataFrame, valid_events: Events, n_items: int, names: list[str],
+                   log_fn=log) -> list[tuple[bl.Baseline, dict]]:
+    """Fit each grid point on train, keep the best by validation MRR@20 (then HR@20)."""
+    chosen = []
+    for grid in bl.GRIDS:
+        if grid.cls.name not in names:
+            continue
+        best, best_key, tried = None, None, []
+        for params in grid.values:
+            model = grid.cls(**params).fit(train, n_items)
+            res = evaluate(ranker_from_scorer(model.score), valid_events, n_items)
+            key = (res.summary["MRR@20"], res.summary["HR@20"])
+            tried.append({"params": params, "MRR@20": key[0], "HR@20": key[1]})
+            if best_key is None or key > best_key:
+                best, best_key = model, key
+        log_fn(f"{best!r}: valid MRR@20 {best_key[0]:.4f} HR@20 {best_key[1]:.4f}")
+        chosen.append((best, {"tried": tried}))
+    return chosen
+
+
+def model_ranker(window: str, vocab_md5: str, exclude_seen: bool):
+    """The trained model's ranker, or None when no model was trained for ``window``."""
+    path = data_root() / "models" / window / "model.keras"
+    if not path.exists():
+        return None, None
+    import train as trainer  # heavy import (Keras) only when a model exists
+
+    model, config = trainer.load_trained(path, expected_vocab_md5=vocab_md5)
+    return trainer.make_ranker(model, exclude_seen=exclude_seen), config
+
+
+def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len: int,
+                   n_boot: int, tune_events: int, seed: int, use_model: bool) -> dict:
+    splits, vocab, meta = load_splits(window)
+    n_items = len(vocab)
+    pop = np.zeros(n_items + 1)
+    pop[vocab["item_idx"].to_numpy()] = vocab["train_count"].to_numpy()
+    test_events = make_events(splits["test"], max_len)
+    valid_events = make_events(splits["valid"], max_len)
+    if len(test_events) == 0:
+        raise PipelineError(f"window {window}: the test split has no event")
+    rng = np.random.default_rng(seed)
+    if len(valid_events) > tune_events:
+        valid_events = valid_events.subset(np.sort(rng.choice(len(valid_events), tune_events,
+                                                              replace=False)))
+    t0 = time.perf_counter()
+    chosen = tune_baselines(splits["train"], valid_events, n_items, methods)
+    t_tune = time.perf_counter() - t0
+    results: dict[str, dict] = {}
+    raw: dict[str, object] = {}
+    for model, info in chosen:
+        res = evaluate(ranker_from_scorer(model.score, exclude_seen), test_events, n_items, pop)
+        results[model.name] = {"params": model.params, **res.summary, "tuning": info["tried"]}
+        raw[model.name] = res
+        log(f"{model!r}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 "
+            f"{res.summary['MRR@20']:.4f} ({res.summary['events_per_s']:,.0f} events/s)")
+    if use_model:
+        ranker, config = model_ranker(window, meta["vocab_md5"], exclude_seen)
+        if ranker is None:
+            log(f"no trained model in data/models/{window}/ (run train.py); baselines only")
+        else:
+            name = "BiGRU-Att" + ("+tags" if config.get("use_tags") else "")
+            res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
+            results[name] = {"params": config, **res.summary}
+            raw[name] = res
+            log(f"{name}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}")
+    # Intervals, and differences to the best baseline (paired: same resamples).
+    base_names = [m.name for m, _ in chosen]
+    best_base = max(base_names, key=lambda n: results[n]["MRR@20"]) if base_names else None
+    for name, res in raw.items():
+        results[name]["ci"] = bootstrap_ci(res.ranks, res.sessions, REPORT_METRICS,
+                                           n_boot=n_boot, seed=seed)
+        if best_base and name != best_base:
+            results[name]["diff_vs_best_baseline"] = {
+                "baseline": best_base,
+                **{m: [results[name][m] - results[best_base][m], *bootstrap_ci(
+                    res.ranks, res.sessions, (m,), n_boot=n_boot, seed=seed,
+                    other_ranks=raw[best_base].ranks)[m]] for m in ("HR@20", "MRR@20")}}
+    return {"window": window, "exclude_seen": exclude_seen, "max_len": max_len,
+            "n_boot": n_boot, "tie_policy": "optimistic: rank = 1 + #higher scores",
+            "n_items": n_items, "test_events": len(test_events),
+            "test_sessions": int(len(np.unique(test_events.sessions))),
+            "valid_events_for_tuning": len(valid_events), "tuning_seconds": round(t_tune, 1),
+            "best_baseline": best_base, "methods": results,
+            "_raw": raw}
+
+
+def results_markdown(res: dict) -> str:
+    rows = []
+    for name, r in res["methods"].items():
+        row = [name]
+        for m in ("HR@1", "HR@5", "HR@10", "HR@20", "MRR@20", "NDCG@20"):
+            lo, hi = r["ci"][m]
+            row.append(f"{r[m]:.4f} [{lo:.4f}, {hi:.4f}]")
+        row += [f"{r['coverage@20']:.3f}", f"{r.get('mean_pop@20', float('nan')):,.0f}"]
+        rows.append(row)
+    head = ["method", "HR@1", "HR@5", "HR@10", "HR@20", "MRR@20", "NDCG@20", "cov@20",
+            "pop@20"]
+    diffs = [[n, r["diff_vs_best_baseline"]["baseline"],
+              "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r["diff_vs_best_baseline"]["HR@20"]),
+              "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r["diff_vs_best_baseline"]["MRR@20"])]
+             for n, r in res["methods"].items() if "diff_vs_best_baseline" in r]
+    params = [[n, json.dumps(r["params"])] for n, r in res["methods"].items()]
+    seen = "included (re-listening counts)" if not res["exclude_seen"] else "excluded"
+    return (f"## Results: window {res['window']}, test split\n\n"
+            f"Full ranking over {res['n_items']:,} tracks; {res['test_events']:,} events of "
+            f"{res['test_sessions']:,} sessions; tracks already in the session {seen}; "
+            f"tie policy {res['tie_policy']}; 95% bootstrap intervals over sessions "
+            f"({res['n_boot']} resamples). Baseline parameters chosen on validation "
+            f"MRR@20.\n\n" + markdown_table(head, rows)
+            + "\n\nDifference to the best baseline (paired bootstrap):\n\n"
+            + markdown_table(["method", "vs", "HR@20 diff [95% CI]", "MRR@20 diff [95% CI]"],
+                             diffs)
+            + "\n\nParameters:\n\n" + markdown_table(["method", "parameters"], params) + "\n")
+
+
+def plot_results(res: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(res["methods"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, m in zip(axes, ("HR@20", "MRR@20")):
+        v = np.array([res["methods"][n][m] for n in names])
+        lo = np.array([res["methods"][n]["ci"][m][0] for n in names])
+        hi = np.array([res["methods"][n]["ci"][m][1] for n in names])
+        ax.bar(names, v, yerr=[v - lo, hi - v], capsize=4, color="#4c72b0")
+        ax.set_title(f"{m} (95% CI)")
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out_dir / "results_bar.png", dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, r in res["_raw"].items():
+        df = by_prefix_length(r)
+        for ax, m in zip(axes, ("HR@20", "MRR@20")):
+            ax.plot(df["prefix_len"], df[m], marker=".", label=name)
+    for ax, m in zip(axes, ("HR@20", "MRR@20")):
+        ax.set_xlabel("prefix length (20 = 20 or more)")
+        ax.set_title(f"{m} by prefix length")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "results_by_prefix.png", dpi=100)
+    plt.close(fig)
+
+
+def write_report(reports: Path) -> Path:
+    """Gather every stage's tables and plots into ``reports/report.md``."""
+    parts = ["# Last.fm-1K session-based next-track recommendation: report\n"]
+    for name in ("preprocess_stats.md", "sessions.md", "tags.md", "training.md", "results.md"):
+        p = reports / name
+        if p.exists():
+            parts.append(p.read_text())
+    for png in ("plays_per_user.png", "training_curves.png", "results_bar.png",
+                "results_by_prefix.png"):
+        if (reports / png).exists():
+            parts.append(f"![{png}]({png})\n")
+    out = reports / "report.md"
+    out.write_text("\n\n".join(parts))
+    return out
+
+
+# --------------------------------------------------------------------------- recommend
+def _find_tracks(vocab: pd.DataFrame, spec: str) -> list[int]:
+    """Item ids of 'Artist - Title; ...' (exact, case-insensitive)."""
+    key = (vocab["artist_name"].astype(str).str.lower() + " - "
+           + vocab["track_name"].astype(str).str.lower())
+    lookup = dict(zip(key, vocab["item_idx"]))
+    items = []
+    for part in [p.strip() for p in spec.split(";") if p.strip()]:
+        if part.lower() not in lookup:
+            raise PipelineError(f"--tracks: {part!r} is not in the training vocabulary "
+                                "(write 'Artist - Title', separated by ';')")
+        items.append(int(lookup[part.lower()]))
+    return items
+
+
+def recommend(window: str, session: int | None, tracks: str | None, n: int,
+              use_model: bool) -> str:
+    splits, vocab, meta = load_splits(window)
+    n_items = len(vocab)
+    names = dict(zip(vocab["item_idx"], vocab["artist_name"].astype(str) + " - "
+                     + vocab["track_name"].astype(str)))
+    actual = []
+    if tracks:
+        prefix = _find_tracks(vocab, tracks)
+    else:
+        test = splits["test"]
+        ids = test["session_id"].unique()
+        sid = int(ids[0]) if session is None else session
+        rows = test[test["session_id"] == sid]
+        if rows.empty:
+            raise PipelineError(f"--session {sid} is not a test session of window {window} "
+                                f"(ids run {ids.min()}..{ids.max()})")
+        items = rows["item_idx"].tolist()
+        cut = max(1, len(items) // 2)
+        prefix, actual = items[:cut], items[cut:]
+    pre = np.zeros((1, 50), np.int32)
+    p = prefix[-50:]
+    pre[0, :len(p)] = p
+    lengths = np.array([len(p)], np.int32)
+    ranker, _ = model_ranker(window, meta["vocab_md5"], False) if use_model else (None, None)
+    if ranker is None:
+        method = bl.VSKNN(k=100).fit(splits["train"], n_items)
+        ranker, label = ranker_from_scorer(method.score), "V-SKNN (no trained model)"
+    else:
+        label = "trained model"
+    _, top = ranker(pre, lengths, np.array([prefix[-1]], np.int32))
+    lines = ["Session so far:"] + [f"  {i + 1:2d}. {names[t]}" for i, t in enumerate(prefix)]
+    lines += [f"Top {n} next tracks ({label}):"]
+    lines += [f"  {i + 1:2d}. {names[int(t)]}" + ("   <- played next" if actual and
+                                                   int(t) == actual[0] else "")
+              for i, t in enumerate(top[0][:n])]
+    if actual:
+        lines += ["Actually played next:"] + [f"      {names[t]}" for t in actual[:5]]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Full-ranking evaluation and recommendations.")
+    ap.add_argument("--window", default="1m")
+    ap.add_argument("--methods", default="POP,S-POP,SR,Item-kNN,V-SKNN",
+                    help="baselines to run (comma-separated)")
+    ap.add_argument("--no-model", action="store_true", help="baselines only")
+    ap.add_argument("--exclude-seen", action="store_true",
+                    help="never recommend a track already in the session")
+    ap.add_argument("--max-len", type=int, default=50, help="prefix length seen by methods")
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--tune-events", type=int, default=20_000,
+                    help="validation events (sampled) used to choose baseline parameters")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recommend", action="store_true")
+    ap.add_argument("--session", type=int, help="test session id for --recommend")
+    ap.add_argument("--tracks", help="'Artist - Title; ...' for --recommend")
+    ap.add_argument("-n", type=int, default=10, help="recommendations to show")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.recommend:
+        print(recommend(args.window, args.session, args.tracks, args.n, not args.no_model))
+        return
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    known = [g.cls.name for g in bl.GRIDS]
+    for m in methods:
+        if m not in known:
+            raise PipelineError(f"--methods: unknown baseline {m!r}; known: {known}")
+    res = run_evaluation(args.window, methods, args.exclude_seen, args.max_len, args.n_boot,
+                         args.tune_events, args.seed, not args.no_model)
+    reports = stage_dir("reports")
+    md = results_markdown(res)
+    (reports / "results.md").write_text(md)
+    plot_results(res, reports)
+    write_json(reports / "results.json", {k: v for k, v in res.items() if k != "_raw"})
+    report = write_report(reports)
+    print(md)
+    log(f"wrote {reports / 'results.md'} and {report}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

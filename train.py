@@ -1,0 +1,281 @@
+"""Stage 4: train the next-track model on a window's training split.
+
+Examples: every prefix of every training session (its most recent
+``--max-len`` tracks) predicts the next track. Adam with global-norm gradient
+clipping, dropout, full softmax by default (``--sampled N``: in-batch plus N
+popularity-sampled negatives with the log-Q correction). After each epoch:
+validation HR@20 / MRR@20 (full ranking, ``metrics.py``), time and examples/s;
+early stopping on validation MRR@20 keeps the best weights.
+
+Outputs in ``data/models/<window>/``: ``model.keras``, ``config.json``
+(resolved configuration, vocabulary checksum, seed, backend), ``history.csv``
+(and TensorBoard logs with the TensorFlow backend); in ``data/reports/``:
+``training_curves.png`` and ``training.md``.
+
+Backend: Keras 3 with TensorFlow by default; ``KERAS_BACKEND=jax`` or
+``torch`` runs the same code. It uses a GPU whenever the backend sees one.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from common import (PipelineError, data_root, log, markdown_table, read_json, run_main,
+                    stage_dir, write_json)
+from metrics import TOPK, Events, evaluate, make_events
+
+
+def load_tag_tables(window: str, n_items: int, k: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(V+1, K) tag ids and weights from ``data/tags/<window>/``, or None."""
+    d = data_root() / "tags" / window
+    path = d / "track_tags.parquet"
+    if not path.exists():
+        return None
+    from common import read_table
+
+    tt = read_table(path, "track_tags", "fetch_tags.py")
+    n_tags = len(read_table(d / "tags.parquet", "tags", "fetch_tags.py"))
+    tt = tt[(tt["item_idx"] >= 1) & (tt["item_idx"] <= n_items)]
+    tt = tt.sort_values(["item_idx", "weight"], ascending=[True, False], kind="stable")
+    tt["rank"] = tt.groupby("item_idx").cumcount()
+    tt = tt[tt["rank"] < k]
+    ids = np.zeros((n_items + 1, k), np.int32)
+    w = np.zeros((n_items + 1, k), np.float32)
+    ids[tt["item_idx"].to_numpy(), tt["rank"].to_numpy()] = tt["tag_idx"].to_numpy()
+    w[tt["item_idx"].to_numpy(), tt["rank"].to_numpy()] = tt["weight"].to_numpy()
+    return ids, w, n_tags
+
+
+def recent(prefixes: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """The most recent ``max_len`` items of right-padded prefixes, right-padded."""
+    out = np.zeros((len(prefixes), max_len), np.int32)
+    if prefixes.shape[1] <= max_len:
+        out[:, :prefixes.shape[1]] = prefixes
+        return out
+    keep = np.minimum(lengths, max_len)
+    for j in range(max_len):
+        ok = j < keep
+        src = lengths - keep + j
+        out[ok, j] = prefixes[np.flatnonzero(ok), src[ok]]
+    return out
+
+
+def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None):
+    """(prefixes, lengths, targets) -> (ranks, top-20), computed with keras.ops.
+
+    Scores, ranks and top-k stay on the backend's device; only (B,) ranks and
+    (B, 20) ids come back to the host.
+    """
+    from keras import ops
+
+    L = max_len or model.max_len
+
+    def rank(prefixes, lengths, targets):
+        x = recent(prefixes, lengths, L)
+        logits = model.logits(model(x, training=False))            # (B, V+1)
+        if exclude_seen:
+            seen = ops.sum(ops.one_hot(ops.convert_to_tensor(x), model.n_items + 1), axis=1) > 0
+            logits = ops.where(seen, -np.inf, logits)
+        t = ops.convert_to_tensor(targets.astype(np.int32))
+        tgt = ops.take_along_axis(logits, t[:, None], axis=1)        # (B, 1)
+        ranks = 1 + ops.sum(ops.cast(logits > tgt, "int32"), axis=1)
+        top = ops.top_k(logits, TOPK)[1]
+        return ops.convert_to_numpy(ranks), ops.convert_to_numpy(top)
+
+    return rank
+
+
+def load_trained(path: Path, expected_vocab_md5: str | None = None):
+    """Load ``model.keras`` and its ``config.json``; refuse a vocabulary mismatch."""
+    import keras
+
+    import model as _model  # noqa: F401  registers SessionRecommender
+
+    path = Path(path)
+    cfg_path = path.with_name("config.json")
+    if not path.exists() or not cfg_path.exists():
+        raise PipelineError(f"{path} or its config.json not found: run train.py first")
+    config = read_json(cfg_path)
+    if expected_vocab_md5 is not None and config.get("vocab_md5") != expected_vocab_md5:
+        raise PipelineError(
+            f"{path} was trained on another vocabulary (window {config.get('window')}, "
+            f"vocab {config.get('vocab_md5')}) than the current splits ({expected_vocab_md5}); "
+            "rerun train.py on the current splits")
+    m = keras.saving.load_model(path, compile=False)
+    m.max_len = int(config["max_len"])
+    return m, config
+
+
+def train(window: str, args) -> dict:
+    import keras
+
+    from model import ModelConfig, build_model
+    from test_model import load_splits
+
+    if args.mixed_precision:
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    keras.utils.set_random_seed(args.seed)
+    splits, vocab, meta = load_splits(window)
+    n_items = len(vocab)
+    train_ev = make_events(splits["train"], args.max_len)
+    if args.max_train_examples and len(train_ev) > args.max_train_examples:
+        train_ev = train_ev.subset(np.arange(len(train_ev) - args.max_train_examples, len(train_ev)))
+    valid_ev = make_events(splits["valid"], args.max_len)
+    rng = np.random.default_rng(args.seed)
+    if len(valid_ev) > args.valid_events:
+        valid_ev = valid_ev.subset(np.sort(rng.choice(len(valid_ev), args.valid_events,
+                                                      replace=False)))
+    if len(train_ev) == 0 or len(valid_ev) == 0:
+        raise PipelineError(f"window {window}: no training or validation event")
+    cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
+                      dropout=args.dropout, output=args.output, sampled=args.sampled,
+                      use_tags=not args.no_tags)
+    tags = load_tag_tables(window, n_items, args.tags_per_track) if cfg.use_tags else None
+    if cfg.use_tags and tags is None:
+        log(f"no tags in data/tags/{window}/ (run fetch_tags.py); training without tags")
+        cfg.use_tags = False
+    model = build_model(n_items, cfg, n_tags=tags[2] if tags else 0,
+                        tags_per_track=args.tags_per_track if tags else 0, seed=args.seed,
+                        max_len=args.max_len)
+    pop = np.zeros(n_items + 1)
+    pop[vocab["item_idx"].to_numpy()] = vocab["train_count"].to_numpy()
+    model.set_tables(*(tags[:2] if tags else (None, None)), popularity=pop)
+    model.max_len = args.max_len
+    steps = int(np.ceil(len(train_ev) / args.batch_size)) * args.epochs
+    lr = keras.optimizers.schedules.CosineDecay(args.lr, steps, alpha=0.1) \
+        if args.cosine else args.lr
+    model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=args.clip_norm or None))
+    out = stage_dir("models", window)
+    config = {"window": window, "vocab_md5": meta["vocab_md5"], "n_items": n_items,
+              "max_len": args.max_len, "seed": args.seed, "backend": keras.backend.backend(),
+              "use_tags": cfg.use_tags, "n_tags": tags[2] if tags else 0,
+              "model": asdict(cfg), "train_args": {k: v for k, v in vars(args).items()},
+              "train_examples": len(train_ev), "valid_events": len(valid_ev)}
+    cb = ValidationCallback(model, valid_ev, n_items, args.patience, out / "model.keras",
+                            out / "history.csv", len(train_ev))
+    callbacks = [cb]
+    if keras.backend.backend() == "tensorflow" and args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
+    write_json(out / "config.json", config)
+    model.fit(train_ev.prefixes, train_ev.targets, batch_size=args.batch_size,
+              epochs=args.epochs, shuffle=True, callbacks=callbacks, verbose=args.verbose)
+    config["best_epoch"], config["best_valid"] = cb.best_epoch, cb.best
+    config["history"] = cb.rows
+    write_json(out / "config.json", config)
+    plot_history(cb.rows, stage_dir("reports") / "training_curves.png")
+    md = ("## Training\n\n" + f"Window {window}; {len(train_ev):,} training examples; "
+          f"backend {config['backend']}; tags {'on' if cfg.use_tags else 'off'}; "
+          f"best epoch {cb.best_epoch} (validation MRR@20 {cb.best:.4f}).\n\n"
+          + markdown_table(list(cb.rows[0].keys()), [list(r.values()) for r in cb.rows]) + "\n")
+    (stage_dir("reports") / "training.md").write_text(md)
+    return config
+
+
+def _callback_base():
+    import keras
+
+    return keras.callbacks.Callback
+
+
+class ValidationCallback(_callback_base()):
+    """Per epoch: validation HR@20/MRR@20, timing; early stopping; best model saved."""
+
+    def __init__(self, rec_model, valid: Events, n_items: int, patience: int, path: Path,
+                 csv_path: Path, n_train: int):
+        super().__init__()
+        self.rec_model, self.valid, self.n_items = rec_model, valid, n_items
+        self.patience, self.path, self.csv_path, self.n_train = patience, path, csv_path, n_train
+        self.best, self.best_epoch, self.wait, self.rows = -1.0, 0, 0, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        secs = time.perf_counter() - self.t0
+        res = evaluate(make_ranker(self.rec_model), self.valid, self.n_items, batch_size=512)
+        row = {"epoch": epoch + 1, "loss": round(float(logs.get("loss", np.nan)), 4),
+               "valid_HR@20": round(res.summary["HR@20"], 4),
+               "valid_MRR@20": round(res.summary["MRR@20"], 4),
+               "train_s": round(secs, 1), "examples_per_s": round(self.n_train / secs, 0),
+               "valid_s": round(res.seconds, 1)}
+        self.rows.append(row)
+        log(json.dumps(row))
+        with open(self.csv_path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(row))
+            w.writeheader()
+            w.writerows(self.rows)
+        if res.summary["MRR@20"] > self.best:
+            self.best, self.best_epoch, self.wait = res.summary["MRR@20"], epoch + 1, 0
+            self.rec_model.save(self.path)
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                log(f"early stop: no validation MRR@20 gain for {self.patience} epoch(s)")
+                self.rec_model.stop_training = True
+
+
+def plot_history(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.3))
+    ax[0].plot(ep, [r["loss"] for r in rows], marker="o")
+    ax[0].set_title("training loss")
+    for m in ("valid_HR@20", "valid_MRR@20"):
+        ax[1].plot(ep, [r[m] for r in rows], marker="o", label=m)
+    ax[1].legend()
+    ax[1].set_title("validation")
+    for a in ax:
+        a.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description="Train the Bi-GRU + attention next-track model.")
+    ap.add_argument("--window", default="1m")
+    ap.add_argument("--max-len", type=int, default=20, help="prefix length L (most recent)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--cosine", action="store_true", help="cosine learning-rate decay")
+    ap.add_argument("--clip-norm", type=float, default=1.0, help="global-norm clip (0: off)")
+    ap.add_argument("--emb-dim", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=100)
+    ap.add_argument("--fc-dim", type=int, default=128)
+    ap.add_argument("--dropout", type=float, default=0.25)
+    ap.add_argument("--output", choices=["tied", "dense"], default="tied")
+    ap.add_argument("--sampled", type=int, default=0,
+                    help="sampled softmax: popularity negatives per batch (0: full softmax)")
+    ap.add_argument("--no-tags", action="store_true", help="train without tags")
+    ap.add_argument("--tags-per-track", type=int, default=5)
+    ap.add_argument("--patience", type=int, default=2)
+    ap.add_argument("--valid-events", type=int, default=20_000)
+    ap.add_argument("--max-train-examples", type=int, default=0,
+                    help="use only the most recent N training examples (0: all)")
+    ap.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
+    ap.add_argument("--tensorboard", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--verbose", type=int, default=2)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    config = train(args.window, args)
+    log(f"best epoch {config['best_epoch']}: validation MRR@20 {config['best_valid']:.4f}; "
+        f"saved {data_root() / 'models' / args.window / 'model.keras'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
