@@ -97,7 +97,7 @@ def main() -> None:
     all_parquet = work / "preprocessed" / "all.parquet"
     runs = [run(SESSIONIZE, str(all_parquet), str(ROOT)) for _ in range(args.repeats)]
     sess_s = [float(r[2].split("SESSIONIZE_S")[1].split()[0]) for r in runs]
-    n_rows = int(runs[0][2].split()[-2])
+    n_rows = int(runs[0][2].split("SESSIONIZE_S")[1].split()[1])
     results["sessionize (build_sessions on all.parquet)"] = {
         "wall_s": statistics.median(sess_s), "peak_rss_gb": statistics.median(r[1] for r in runs),
         "rows": n_rows}

@@ -1,0 +1,89 @@
+"""metrics.py: hand-computed cases, ties, and an independent computation."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metrics import (Events, bootstrap_ci, evaluate, make_events, metric_values,
+                     ranker_from_scorer, ranks_from_scores, topk_from_scores)
+
+
+def test_ranks_hand_computed_with_ties():
+    # column 0 is padding and never ranked
+    scores = np.array([[9.0, 0.5, 0.9, 0.1, 0.9],
+                       [9.0, 0.2, 0.2, 0.2, 0.2]])
+    targets = np.array([2, 3])
+    assert ranks_from_scores(scores, targets).tolist() == [1, 1]             # optimistic
+    assert ranks_from_scores(scores, targets, pessimistic=True).tolist() == [2, 4]
+    assert ranks_from_scores(scores, np.array([1, 1])).tolist() == [3, 1]
+
+
+def test_metric_values_hand_computed():
+    v = metric_values(np.array([1, 3, 25]))
+    assert v["HR@1"].tolist() == [1, 0, 0]
+    assert v["HR@5"].tolist() == [1, 1, 0]
+    assert v["MRR@5"].tolist() == pytest.approx([1, 1 / 3, 0])
+    assert v["NDCG@5"].tolist() == pytest.approx([1, 0.5, 0])
+    assert v["HR@20"].tolist() == [1, 1, 0] and v["MRR@20"][2] == 0
+
+
+def test_ranks_and_topk_agree_with_argsort_on_random_scores():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(200, 51))
+    targets = rng.integers(1, 51, size=200)
+    order = np.argsort(-scores[:, 1:], axis=1) + 1                 # independent: full sort
+    expected = np.array([np.flatnonzero(order[i] == targets[i])[0] + 1 for i in range(200)])
+    assert (ranks_from_scores(scores, targets) == expected).all()
+    assert (topk_from_scores(scores, 20) == order[:, :20]).all()
+    hr = (expected <= 20).mean()
+    assert metric_values(ranks_from_scores(scores, targets))["HR@20"].mean() == pytest.approx(hr)
+
+
+def test_make_events_prefixes_and_truncation():
+    split = pd.DataFrame({"session_id": [5, 5, 5, 5, 9, 9], "item_idx": [1, 2, 3, 4, 7, 8]})
+    ev = make_events(split, max_len=2)
+    assert ev.targets.tolist() == [2, 3, 4, 8]
+    assert ev.lengths.tolist() == [1, 2, 2, 1]
+    assert ev.prefixes.tolist() == [[1, 0], [1, 2], [2, 3], [7, 0]]   # most recent kept
+    assert ev.sessions.tolist() == [5, 5, 5, 9] and ev.positions.tolist() == [1, 2, 3, 1]
+
+
+def test_exclude_seen_and_padding_never_recommended():
+    def scorer(prefixes, lengths):
+        s = np.tile(np.arange(6, dtype=np.float32), (len(prefixes), 1))
+        s[:, 0] = 100.0  # padding gets the top raw score and must still be excluded
+        return s
+    pre = np.array([[5, 4, 0]])
+    r_in, top_in = ranker_from_scorer(scorer)(pre, np.array([2]), np.array([5]))
+    r_ex, top_ex = ranker_from_scorer(scorer, exclude_seen=True)(pre, np.array([2]), np.array([3]))
+    assert r_in.tolist() == [1] and top_in[0, :3].tolist() == [5, 4, 3]
+    assert r_ex.tolist() == [1] and top_ex[0, :3].tolist() == [3, 2, 1]
+
+
+def test_bootstrap_intervals():
+    rng = np.random.default_rng(0)
+    ranks = rng.integers(1, 40, size=3000)
+    sessions = np.repeat(np.arange(300), 10)
+    ci = bootstrap_ci(ranks, sessions, ("HR@20", "MRR@20"), n_boot=300, seed=1)
+    point = metric_values(ranks)
+    for m in ("HR@20", "MRR@20"):
+        lo, hi = ci[m]
+        assert lo < point[m].mean() < hi and hi - lo < 0.1
+    same = bootstrap_ci(ranks, sessions, ("HR@20",), n_boot=100, other_ranks=ranks)
+    assert same["HR@20"] == (0.0, 0.0)
+    better = bootstrap_ci(np.ones_like(ranks), sessions, ("HR@20",), n_boot=100, other_ranks=ranks)
+    assert better["HR@20"][0] > 0
+    assert bootstrap_ci(ranks, sessions, n_boot=50, seed=4) == bootstrap_ci(ranks, sessions,
+                                                                            n_boot=50, seed=4)
+
+
+def test_evaluate_summary_fields():
+    ev = Events(np.array([[1, 0], [1, 2]], np.int32), np.array([1, 2], np.int32),
+                np.array([2, 3], np.int32), np.array([0, 0]), np.array([1, 2], np.int32))
+    pop = np.array([0, 5, 3, 1], float)
+    res = evaluate(ranker_from_scorer(lambda p, n: np.tile(pop, (len(p), 1))), ev, 3, pop)
+    assert res.ranks.tolist() == [2, 3]
+    assert res.summary["HR@1"] == 0 and res.summary["MRR@20"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert res.summary["coverage@20"] == 1.0 and res.summary["events"] == 2
+    assert res.summary["mean_pop@20"] == pytest.approx(3.0)
