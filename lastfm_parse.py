@@ -62,13 +62,23 @@ def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[by
                 if carry:
                     yield carry, True
                 return
-            buf = carry + chunk
-            cut = buf.rfind(b"\n")
+            cut = chunk.rfind(b"\n")
             if cut < 0:
-                carry = buf
+                carry += chunk
                 continue
-            carry = buf[cut + 1:]
-            yield buf[:cut + 1], False
+            head = carry + chunk[:cut + 1] if carry else chunk[:cut + 1]
+            carry = chunk[cut + 1:]
+            yield head, False
+
+
+def sub_blocks(buf: bytes, size: int) -> Iterator[bytes]:
+    """Split a block into newline-aligned pieces of about ``size`` bytes."""
+    start = 0
+    while start < len(buf):
+        nl = buf.find(b"\n", start + size) if start + size < len(buf) else -1
+        end = len(buf) if nl < 0 else nl + 1
+        yield buf[start:end]
+        start = end
 
 
 def _fast_parse(buf: bytes, n_lines: int) -> pa.Table | None:
@@ -159,22 +169,61 @@ def _check_row(parts: list[str]) -> str | None:
     return None
 
 
+def handle_lines(lines: list[tuple[int, bytes]], truncated_line: int | None = None):
+    """Repair or reject suspect lines one by one.
+
+    Returns (rows as [6 fields + line], rejects, number repaired);
+    ``truncated_line`` is the number of a last line without its newline.
+    """
+    rows, rejects, repaired = [], [], 0
+    for line_no, raw in lines:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            rejects.append((line_no, "non_utf8", raw))
+            continue
+        parts = text.split("\t")
+        truncated = line_no == truncated_line
+        if len(parts) < len(FIELDS):
+            reason = "truncated_last_line" if truncated else (
+                "empty_line" if text == "" else f"too_few_fields_{len(parts)}")
+            rejects.append((line_no, reason, raw))
+            continue
+        if len(parts) > len(FIELDS):
+            fixed = repair_fields(parts)
+            if fixed is None:
+                rejects.append((line_no, f"ambiguous_{len(parts)}_fields", raw))
+                continue
+            parts, repaired = fixed, repaired + 1
+        bad = _check_row(parts)
+        if bad:
+            rejects.append((line_no, "truncated_last_line" if truncated else bad, raw))
+            continue
+        rows.append(parts + [line_no])
+    return rows, rejects, repaired
+
+
+def rows_table(rows: list[list]) -> pa.Table:
+    """Table (string fields, timestamp, line) of rows from ``handle_lines``."""
+    cols = list(zip(*rows))
+    extra = pa.table({**{n: pa.array(cols[j], pa.string()) for j, n in enumerate(FIELDS)},
+                      "line": pa.array(cols[-1], pa.int64())})
+    return extra.set_column(1, "timestamp", pc.strptime(extra["timestamp"], format=TS_FORMAT,
+                                                         unit="s"))
+
+
 def _slow_parse(buf: bytes, first_line: int, last_block: bool):
     """Parse a block that failed the fast path, line by line where needed."""
     starts, ends = _line_bounds(buf)
     suspect = _suspect_lines(buf, starts, ends)
     good = np.flatnonzero(~suspect)
-    rejects, rows, repaired = [], [], 0
+    rejects = []
     # Clean lines: parse with pyarrow (strings), then validate user and time.
     if len(good):
-        pieces, run_start = [], None
-        for i in range(len(ends)):
-            if not suspect[i] and run_start is None:
-                run_start = i
-            if (suspect[i] or i == len(ends) - 1) and run_start is not None:
-                stop = i if suspect[i] else i + 1
-                pieces.append(buf[starts[run_start]:ends[stop - 1]] + b"\n")
-                run_start = None
+        bad = np.flatnonzero(suspect)
+        cuts = np.concatenate([[0], bad + 1])             # good runs start after each bad line
+        stops = np.concatenate([bad, [len(ends)]])         # ... and stop before the next one
+        pieces = [buf[starts[c]:ends[e - 1]] + b"\n" for c, e in zip(cuts, stops) if e > c]
         clean = b"".join(pieces)
         table = pcsv.read_csv(
             pa.py_buffer(clean),
@@ -194,75 +243,95 @@ def _slow_parse(buf: bytes, first_line: int, last_block: bool):
     else:
         table = None
     # Suspect lines, one by one.
-    for i in np.flatnonzero(suspect):
-        raw = buf[starts[i]:ends[i]]
-        line_no = first_line + int(i)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            rejects.append((line_no, "non_utf8", raw))
-            continue
-        parts = text.split("\t")
-        truncated = last_block and i == len(ends) - 1 and not buf.endswith(b"\n")
-        if len(parts) < len(FIELDS):
-            reason = "truncated_last_line" if truncated else (
-                "empty_line" if text == "" else f"too_few_fields_{len(parts)}")
-            rejects.append((line_no, reason, raw))
-            continue
-        if len(parts) > len(FIELDS):
-            fixed = repair_fields(parts)
-            if fixed is None:
-                rejects.append((line_no, f"ambiguous_{len(parts)}_fields", raw))
-                continue
-            parts, repaired = fixed, repaired + 1
-        bad = _check_row(parts)
-        if bad:
-            rejects.append((line_no, "truncated_last_line" if truncated else bad, raw))
-            continue
-        rows.append(parts + [line_no])
+    truncated = (first_line + len(ends) - 1) if last_block and not buf.endswith(b"\n") else None
+    lines = [(first_line + int(i), buf[starts[i]:ends[i]]) for i in np.flatnonzero(suspect)]
+    rows, rej, repaired = handle_lines(lines, truncated)
+    rejects += rej
     if rows:
-        cols = list(zip(*rows))
-        extra = pa.table({**{n: pa.array(cols[j], pa.string()) for j, n in enumerate(FIELDS)},
-                          "line": pa.array(cols[-1], pa.int64())})
-        extra = extra.set_column(1, "timestamp", pc.strptime(
-            extra["timestamp"], format=TS_FORMAT, unit="s"))
+        extra = rows_table(rows)
         table = extra if table is None else pa.concat_tables([table, extra])
     return table, rejects, repaired, len(ends)
 
 
-def parse_file(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = True) -> ParseResult:
-    """Parse ``path`` exactly; see the module docstring."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty (0 bytes)")
+STRING_COLUMNS = ["user", "artist_mbid", "artist_name", "track_mbid", "track_name"]
+RETRY_BYTES = 1 << 20
+
+
+def _finish(table: pa.Table) -> pa.Table:
+    """Typed block: ts_s int64 seconds, line int32, strings dictionary-encoded."""
+    table = table.set_column(1, "ts_s", table["timestamp"].cast(pa.int64()))
+    table = table.set_column(table.schema.get_field_index("line"), "line",
+                             table["line"].cast(pa.int32()))
+    for name in STRING_COLUMNS:
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pc.dictionary_encode(table[name]))
+    return table
+
+
+def parse_blocks(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = True) -> ParseResult:
+    """The exact block-by-block parser (used when the whole-file pass is not exact).
+
+    Returns one table whose string columns are dictionary-encoded with one
+    dictionary per column (``unify_dictionaries``); blocks are encoded as
+    they are parsed so that repeated strings are held once.
+    """
+    import queue
+    import threading
+
+    _check_exists(path)
     md5 = hashlib.md5() if with_md5 else None
+    feed: queue.Queue = queue.Queue(maxsize=4)
+    hasher = None
+    if md5 is not None:  # hashing releases the GIL: overlap it with parsing
+        def _hash():
+            while (blk := feed.get()) is not None:
+                md5.update(blk)
+        hasher = threading.Thread(target=_hash, daemon=True)
+        hasher.start()
     tables, rejects = [], []
     line0, repaired, slow = 1, 0, 0
-    for buf, last in iter_blocks(path, block_bytes):
-        if md5 is not None:
-            md5.update(buf)
-        n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
-        table = _fast_parse(buf, n_lines) if buf.endswith(b"\n") else None
+
+    def parse_piece(piece: bytes, first: int, last: bool):
+        nonlocal repaired, slow
+        n = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)
+        table = _fast_parse(piece, n) if piece.endswith(b"\n") else None
         if table is not None:
-            table = table.append_column(
-                "line", pa.array(np.arange(line0, line0 + n_lines, dtype=np.int64)))
+            table = table.append_column("line", pa.array(np.arange(first, first + n, dtype=np.int64)))
         else:
             slow += 1
-            table, rej, rep, n_lines = _slow_parse(buf, line0, last)
-            rejects += rej
+            table, rej, rep, n = _slow_parse(piece, first, last)
+            rejects.extend(rej)
             repaired += rep
         if table is not None and table.num_rows:
-            ts = table["timestamp"].cast(pa.int64())
-            tables.append(table.set_column(1, "ts_s", ts))
-        line0 += n_lines
+            tables.append(_finish(table))
+        return n
+
+    try:
+        for buf, last in iter_blocks(path, block_bytes):
+            if hasher is not None:
+                feed.put(buf)
+            n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
+            table = _fast_parse(buf, n_lines) if buf.endswith(b"\n") else None
+            if table is not None:
+                table = table.append_column(
+                    "line", pa.array(np.arange(line0, line0 + n_lines, dtype=np.int64)))
+                tables.append(_finish(table))
+                line0 += n_lines
+                continue
+            # Something is off in this block: retry in ~1 MB pieces, slow path where needed.
+            pieces = list(sub_blocks(buf, RETRY_BYTES)) if len(buf) > RETRY_BYTES else [buf]
+            for k, piece in enumerate(pieces):
+                line0 += parse_piece(piece, line0, last and k == len(pieces) - 1)
+    finally:
+        if hasher is not None:
+            feed.put(None)
+            hasher.join()
     if not tables:
-        schema = pa.schema([(n, pa.string()) for n in FIELDS] + [("line", pa.int64())])
-        schema = schema.set(1, pa.field("ts_s", pa.int64()))
-        table = schema.empty_table()
+        fields = [pa.field(n, pa.dictionary(pa.int32(), pa.string())) for n in FIELDS]
+        fields[1] = pa.field("ts_s", pa.int64())
+        table = pa.schema(fields + [pa.field("line", pa.int32())]).empty_table()
     else:
-        table = pa.concat_tables(tables)
+        table = pa.concat_tables(tables).unify_dictionaries()
     counts: dict[str, int] = {}
     for _, reason, _ in rejects:
         counts[reason] = counts.get(reason, 0) + 1
@@ -284,3 +353,153 @@ def write_rejects(path: Path, rejects: list[tuple[int, str, bytes]]) -> None:
         fh.write("line\treason\ttext\n")
         for line, reason, raw in rejects:
             fh.write(f"{line}\t{reason}\t{escape_line(raw)}\n")
+
+
+def _check_exists(path: Path) -> None:
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path} not found")
+    if Path(path).stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes)")
+
+
+class _Scan:
+    """One pass over the file in a thread: MD5, and per newline-aligned block its
+    byte range, first line number, line count and tab count."""
+
+    def __init__(self, path: Path, with_md5: bool, block: int = 64 << 20):
+        import threading
+
+        self.path, self.block = path, block
+        self.md5 = hashlib.md5() if with_md5 else None
+        self.lines, self.ends_with_newline, self.error = 0, True, None
+        self.blocks: list[tuple[int, int, int, int, int]] = []  # start, end, line0, lines, tabs
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            buf = bytearray(self.block * 2)
+            view = memoryview(buf)
+            carry, offset = 0, 0
+            with open(self.path, "rb") as fh:
+                while True:
+                    n = fh.readinto(view[carry:carry + self.block])
+                    total = carry + n
+                    if self.md5 is not None and n:
+                        self.md5.update(view[carry:total])
+                    if total == 0:
+                        break
+                    cut = buf.rfind(b"\n", 0, total) + 1 if n else total
+                    if cut == 0:  # no newline yet: keep reading
+                        if n == 0:
+                            cut = total
+                        else:
+                            carry = total
+                            continue
+                    arr = np.frombuffer(buf, np.uint8, count=cut)
+                    lines = int(np.count_nonzero(arr == 10))
+                    if n == 0 and buf[cut - 1:cut] != b"\n":
+                        lines += 1
+                        self.ends_with_newline = False
+                    self.blocks.append((offset, offset + cut, self.lines + 1, lines,
+                                        int(np.count_nonzero(arr == 9))))
+                    self.lines += lines
+                    offset += cut
+                    carry = total - cut
+                    view[:carry] = view[cut:total]
+                    if n == 0:
+                        break
+        except Exception as err:  # re-raised by join()
+            self.error = err
+
+    def join(self) -> "_Scan":
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+def _locate_wrong_field_counts(path: Path, blocks) -> list[tuple[int, bytes]]:
+    """(line number, raw line) of every line whose tab count is not 5, reading only
+    the blocks whose tab count does not balance (5 per line)."""
+    found = []
+    with open(path, "rb") as fh:
+        for start, end, line0, n_lines, tabs in blocks:
+            if tabs == (len(FIELDS) - 1) * n_lines:
+                continue
+            fh.seek(start)
+            buf = fh.read(end - start)
+            arr = np.frombuffer(buf, np.uint8)
+            starts, ends = _line_bounds(buf)
+            per_line = np.bincount(np.searchsorted(ends, np.flatnonzero(arr == 9)),
+                                   minlength=len(ends))
+            for i in np.flatnonzero(per_line != len(FIELDS) - 1):
+                found.append((line0 + int(i), buf[starts[i]:ends[i]]))
+    return found
+
+
+_DICT = pa.dictionary(pa.int32(), pa.string())
+
+
+def parse_file(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = True,
+               force_blocks: bool = False) -> ParseResult:
+    """Parse ``path`` exactly; see the module docstring.
+
+    Fast path: one multithreaded ``pyarrow.csv`` pass over the whole file
+    (strict timestamp, UTF-8 check, strings dictionary-encoded), while a
+    thread computes the MD5 and counts lines. It is accepted when rows plus
+    wrong-field-count lines equal the line count and no user is empty; the
+    wrong-field-count lines are then located (a numpy pass) and repaired or
+    rejected. Anything else (a bad timestamp, a non-UTF-8 byte, a carriage
+    return, a missing final newline) falls back to ``parse_blocks``.
+    """
+    _check_exists(path)
+    if force_blocks:
+        return parse_blocks(path, block_bytes, with_md5)
+    scan = _Scan(Path(path), with_md5)
+    invalid = []
+
+    def on_invalid(row):
+        invalid.append(row.text)
+        return "skip"
+
+    types = {n: _DICT for n in FIELDS}
+    types["timestamp"] = pa.timestamp("s")
+    try:
+        table = pcsv.read_csv(
+            path, read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=16 << 20),
+            parse_options=pcsv.ParseOptions(**_PARSE, invalid_row_handler=on_invalid),
+            convert_options=pcsv.ConvertOptions(
+                column_types=types, timestamp_parsers=[TS_FORMAT], strings_can_be_null=False,
+                quoted_strings_can_be_null=False, check_utf8=True))
+    except pa.ArrowInvalid:
+        table = None
+    scan.join()
+    exact = (table is not None and scan.ends_with_newline
+             and table.num_rows + len(invalid) == scan.lines)
+    if exact:  # an empty user id (each chunk's dictionary holds only values it uses)
+        exact = not any(pc.any(pc.equal(c.dictionary, "")).as_py()
+                        for c in table["user"].chunks)
+    located: list[tuple[int, bytes]] = []
+    if exact and invalid:
+        located = _locate_wrong_field_counts(Path(path), scan.blocks)
+        exact = len(located) == len(invalid)
+    if not exact:
+        return parse_blocks(path, block_bytes, with_md5)
+    lines = np.arange(1, scan.lines + 1, dtype=np.int32)
+    if located:
+        lines = np.delete(lines, np.array([n for n, _ in located]) - 1)
+    table = table.append_column("line", pa.array(lines))
+    table = table.set_column(1, "ts_s", table["timestamp"].cast(pa.int64()))
+    rows, rejects, repaired = handle_lines(located)
+    parts = [table]
+    if rows:
+        extra = _finish(rows_table(rows))
+        parts.append(extra)
+    table = pa.concat_tables(parts).unify_dictionaries()
+    counts: dict[str, int] = {}
+    for _, reason, _ in rejects:
+        counts[reason] = counts.get(reason, 0) + 1
+    return ParseResult(table=table, rejects=sorted(rejects), lines=scan.lines,
+                       repaired=repaired, md5=scan.md5.hexdigest() if scan.md5 else "",
+                       slow_blocks=0, reject_counts=counts)

@@ -173,54 +173,73 @@ def extract(archive: Path, target: Path) -> Path:
 def encode(table: pa.Table) -> dict[str, np.ndarray]:
     """Integer codes for every column; empty strings become code -1 (missing).
 
-    Returns arrays ``user_id`` (0-based, users sorted), ``ts_s``, ``artist_id``,
-    ``artist_name``, ``track_id``, ``track_name``, ``line`` and the matching
-    dictionaries under ``dict_<name>``.
+    ``table``'s string columns are dictionary-encoded with one dictionary each
+    (``parse_file`` output). Codes follow the sorted order of the values, so
+    ids are stable for a given input. Returns arrays ``user_id``, ``ts_s``,
+    ``artist_id``, ``artist_name``, ``track_id``, ``track_name``, ``line`` and
+    the dictionaries (pyarrow string arrays) under ``dict_<name>``.
     """
     out: dict = {}
     for col, name in [("user", "user_id"), ("artist_mbid", "artist_id"),
                       ("artist_name", "artist_name"), ("track_mbid", "track_id"),
                       ("track_name", "track_name")]:
-        chunks = pc.dictionary_encode(table[col]).chunks  # one dictionary for all chunks
+        chunks = table[col].chunks
         dictionary = chunks[0].dictionary if chunks else pa.array([], pa.string())
-        codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks]) \
-            if chunks else np.zeros(0, np.int32)
-        codes = codes.astype(np.int32, copy=False)
-        words = np.asarray(dictionary.to_pylist(), dtype=object)
-        order = np.argsort(words, kind="stable")      # codes in sorted order: stable ids
-        remap = np.empty(len(words), np.int32)
-        remap[order] = np.arange(len(words), dtype=np.int32)
-        words = words[order]
+        codes = (np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
+                 if chunks else np.zeros(0, np.int32)).astype(np.int32, copy=False)
+        order = pc.sort_indices(dictionary).to_numpy()
+        remap = np.empty(len(order), np.int32)
+        remap[order] = np.arange(len(order), dtype=np.int32)
+        words = dictionary.take(pa.array(order))
         codes = remap[codes] if len(codes) else codes
-        if len(words) and words[0] == "":             # "" sorts first: missing value
-            codes = codes - 1
-            words = words[1:]
+        if len(words) and words[0].as_py() == "":      # "" sorts first: missing value
+            codes -= 1
+            words = words.slice(1)
         out[name], out[f"dict_{name}"] = codes, words
     out["ts_s"] = table["ts_s"].to_numpy()
     out["line"] = table["line"].to_numpy()
-    out["ts_code"] = pd.factorize(out["ts_s"])[0].astype(np.int32)
     return out
+
+
+def distinct_count(codes: np.ndarray) -> int:
+    """Number of distinct non-negative codes (bincount: numpy's unique is slow here)."""
+    codes = codes[codes >= 0]
+    return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
+
+
+def _timestamp_stats(ts: np.ndarray) -> tuple[int, int, int]:
+    """(unique, most frequent value, its count) of int64 seconds, by sorting
+    (numpy's hash-based unique and pandas' value_counts are several times slower)."""
+    s = np.sort(ts)
+    new = np.r_[True, s[1:] != s[:-1]]
+    first = np.flatnonzero(new)
+    runs = np.diff(np.r_[first, len(s)])
+    top = int(np.argmax(runs))
+    return int(len(first)), int(s[first[top]]), int(runs[top])
 
 
 def column_stats(enc: dict, mask: np.ndarray | None) -> dict[str, dict]:
     """The study's describe() table: count, unique, top, freq per column."""
     stats = {}
     for name in STAT_COLUMNS:
-        codes = enc["ts_code"] if name == "timestamp" else enc[name]
-        sel = codes if mask is None else codes[mask]
+        if name == "timestamp":
+            ts = enc["ts_s"] if mask is None else enc["ts_s"][mask]
+            if len(ts) == 0:
+                stats[name] = {"count": 0, "unique": 0, "top": None, "freq": 0}
+                continue
+            unique, top, freq = _timestamp_stats(ts)
+            stats[name] = {"count": int(len(ts)), "unique": unique,
+                           "top": str(np.datetime64(top, "s")) + "Z", "freq": freq}
+            continue
+        sel = enc[name] if mask is None else enc[name][mask]
         sel = sel[sel >= 0]
         if len(sel) == 0:
             stats[name] = {"count": 0, "unique": 0, "top": None, "freq": 0}
             continue
         counts = np.bincount(sel)
         top = int(np.argmax(counts))
-        if name == "timestamp":
-            ts = enc["ts_s"][np.flatnonzero(enc["ts_code"] == top)[0]]
-            top_value = str(np.datetime64(int(ts), "s")) + "Z"
-        else:
-            top_value = str(enc[f"dict_{name}"][top])
         stats[name] = {"count": int(len(sel)), "unique": int(np.count_nonzero(counts)),
-                       "top": top_value, "freq": int(counts[top])}
+                       "top": enc[f"dict_{name}"][top].as_py(), "freq": int(counts[top])}
     return stats
 
 
@@ -249,10 +268,14 @@ def plays_table(enc: dict, rows: np.ndarray, keep_missing_mbid: bool) -> pa.Tabl
     rows = rows[order]
 
     def dict_col(name: str) -> pa.Array:
+        """Dictionary column holding only the values these rows use."""
         codes = enc[name][rows]
+        used = np.bincount(codes[codes >= 0], minlength=len(enc[f"dict_{name}"])) > 0
+        remap = np.cumsum(used, dtype=np.int32) - 1
+        compact = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1).astype(np.int32)
         return pa.DictionaryArray.from_arrays(
-            pa.array(codes, pa.int32(), mask=codes < 0),
-            pa.array(enc[f"dict_{name}"].tolist(), pa.string()))
+            pa.array(compact, pa.int32(), mask=compact < 0),
+            enc[f"dict_{name}"].filter(pa.array(used)))
 
     if keep_missing_mbid:
         artist_idx, track_idx = enc["artist_name"][rows], enc["track_key"][rows]
@@ -274,7 +297,9 @@ def add_track_key(enc: dict) -> None:
     """Track identity by (artist name, track name), for --keep-missing-mbid."""
     n_names = len(enc["dict_track_name"]) + 1
     pair = enc["artist_name"].astype(np.int64) * n_names + enc["track_name"]
-    enc["track_key"] = pd.factorize(pair)[0].astype(np.int32)
+    s = np.sort(pair)
+    uniques = s[np.r_[True, s[1:] != s[:-1]]]
+    enc["track_key"] = np.searchsorted(uniques, pair).astype(np.int32)
 
 
 # --------------------------------------------------------------------------- report
@@ -342,7 +367,8 @@ def resolve_input(args) -> Path:
 
 
 def preprocess(tsv: Path, out: Path, reports: Path, months: list[int], anchor: str,
-               keep_missing_mbid: bool, valid_from: str, valid_to: str) -> dict:
+               keep_missing_mbid: bool, valid_from: str, valid_to: str,
+               write_all: bool = False) -> dict:
     """Parse, clean, cut windows, write outputs; return the manifest."""
     t0 = time.perf_counter()
     try:
@@ -375,21 +401,20 @@ def preprocess(tsv: Path, out: Path, reports: Path, months: list[int], anchor: s
     stats, extra = {}, {}
     for name, mask in masks.items():
         stats[name] = column_stats(enc, mask)
-        users = enc["user_id"] if mask is None else enc["user_id"][mask]
         extra[name] = {"rows": int(n if mask is None else mask.sum()),
-                       "users": int(len(np.unique(users)))}
+                       "users": stats[name]["user_id"]["unique"]}
     for name in windows:
         if extra[name]["rows"] == 0:
             raise PipelineError(f"window {name} holds no play (anchor {anchor}); "
                                 "choose other --months or --anchor")
     written = {}
-    for name in list(windows) + ["all"]:
+    for name in list(windows) + (["all"] if write_all else []):
         rows = np.flatnonzero(masks[name] if name != "all" else kept)
         table = plays_table(enc, rows, keep_missing_mbid)
         pq.write_table(table, out / f"{name}.parquet", compression="zstd")
         written[name] = {"rows": table.num_rows,
-                         "tracks": int(len(np.unique(table["track_idx"].to_numpy()))),
-                         "users": int(len(np.unique(table["user_idx"].to_numpy())))}
+                         "tracks": distinct_count(table["track_idx"].to_numpy()),
+                         "users": distinct_count(table["user_idx"].to_numpy())}
     md = stats_markdown(stats, extra)
     (reports / "preprocess_stats.md").write_text(
         f"## Preprocessing statistics\n\nInput: `{tsv}` ({res.lines:,} lines; "
@@ -410,7 +435,7 @@ def preprocess(tsv: Path, out: Path, reports: Path, months: list[int], anchor: s
         "out_of_range": int((~in_range).sum()), "dropped_missing": int((~clean).sum()),
         "windows": {k: {"start_s": v[0], "end_s": v[1], **written[k]}
                     for k, v in windows.items()},
-        "all": written["all"], "users": enc["dict_user_id"].tolist(),
+        "all": written.get("all"), "users": enc["dict_user_id"].to_pylist(),
         "seconds": {"parse": round(t_parse, 2), "total": round(time.perf_counter() - t0, 2)},
     }
 
@@ -429,6 +454,8 @@ def parse_args(argv=None):
     ap.add_argument("--valid-from", default=VALID_FROM)
     ap.add_argument("--valid-to", default=VALID_TO)
     ap.add_argument("--out", type=Path, default=None, help="default data/preprocessed")
+    ap.add_argument("--write-all", action="store_true",
+                    help="also write all.parquet (the whole cleaned table, every month)")
     ap.add_argument("--force", action="store_true", help="rerun even if outputs are current")
     return ap.parse_args(argv)
 
@@ -446,6 +473,7 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     reports = stage_dir("reports")
     params = {"months": months, "anchor": args.anchor, "keep_missing_mbid": args.keep_missing_mbid,
+              "write_all": args.write_all,
               "valid_from": args.valid_from, "valid_to": args.valid_to,
               "input": fingerprint(tsv)}
     if not args.force and params_match(out / "meta.json", params) and all(
@@ -455,7 +483,7 @@ def main(argv=None) -> None:
               (reports / "preprocess_stats.md").exists() else "")
         return
     meta = preprocess(tsv, out, reports, months, args.anchor, args.keep_missing_mbid,
-                      args.valid_from, args.valid_to)
+                      args.valid_from, args.valid_to, args.write_all)
     write_json(out / "meta.json", {"params": params, **meta})
     sizes = ", ".join(f"{k}: {v['rows']:,}" for k, v in meta["windows"].items())
     log(f"wrote {out} ({sizes})")

@@ -268,7 +268,7 @@ def main(argv=None) -> None:
     if not (src_dir / "meta.json").exists():
         raise PipelineError(f"{src_dir}/meta.json not found: run preprocess.py first")
     pre = read_json(src_dir / "meta.json")
-    available = list(pre.get("windows", {})) + ["all"]
+    available = list(pre.get("windows", {})) + (["all"] if pre.get("all") else [])
     windows = args.windows.split(",") if args.windows else list(pre.get("windows", {}))
     for w in windows:
         if w not in available:

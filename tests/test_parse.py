@@ -39,9 +39,10 @@ def write(tmp_path, lines, newline_at_end=False):
 
 
 @pytest.mark.parametrize("block", [1 << 20, 97])
-def test_crafted_file_every_line_accounted(tmp_path, block):
+@pytest.mark.parametrize("force_blocks", [False, True])
+def test_crafted_file_every_line_accounted(tmp_path, block, force_blocks):
     path = write(tmp_path, crafted_lines())
-    res = parse_file(path, block_bytes=block)
+    res = parse_file(path, block_bytes=block, force_blocks=force_blocks)
     assert res.lines == 14
     assert res.table.num_rows + len(res.rejects) == 14
     rejected = {line: reason for line, reason, _ in res.rejects}
@@ -71,14 +72,15 @@ def test_rejects_file_keeps_text(tmp_path):
     assert all(len(line.split("\t")) == 3 for line in lines)
 
 
-def test_blocks_agree_with_single_block(small_synth):
+def test_fast_path_and_block_parser_agree(small_synth):
     tsv = small_synth[0] / "lastfm-dataset-1K" / "userid-timestamp-artid-artname-traid-traname.tsv"
-    big = parse_file(tsv)
-    small = parse_file(tsv, block_bytes=64 << 10)
+    big = parse_file(tsv)                                   # whole-file fast path
+    small = parse_file(tsv, block_bytes=64 << 10, force_blocks=True)
+    assert small.slow_blocks > 0 and big.slow_blocks == 0
     assert big.table.num_rows == small.table.num_rows == small_synth[1]["lines"]
     assert big.rejects == small.rejects == []
     assert big.repaired == small.repaired == 3
-    assert big.table.sort_by("line").equals(small.table.sort_by("line"))
+    assert big.table.sort_by("line").to_pylist() == small.table.sort_by("line").to_pylist()
     assert big.md5 == small.md5
 
 
@@ -120,3 +122,15 @@ def test_real_sample_parses_every_line():
     assert res.table.num_rows == 16_685 and res.rejects == []
     assert res.table.column_names == [*[f if f != "timestamp" else "ts_s" for f in FIELDS], "line"]
     assert set(res.table["user"].to_pylist()) == {"user_000001"}
+
+
+def test_fast_path_locates_stray_tabs_and_ambiguous_lines(tmp_path):
+    lines = crafted_lines()
+    keep = [lines[i] for i in (0, 1, 2, 3, 4, 10)] + [GOOD.encode()] * 3
+    res = parse_file(write(tmp_path, keep, newline_at_end=True))
+    assert res.slow_blocks == 0                       # no fallback needed
+    assert [(n, r) for n, r, _ in res.rejects] == [(5, "ambiguous_7_fields")]
+    assert sorted(res.table["line"].to_pylist()) == [1, 2, 3, 4, 6, 7, 8, 9]
+    assert res.repaired == 2
+    rows = {r["line"]: r for r in res.table.to_pylist()}
+    assert rows[3]["track_name"] == "Part 1\tPart 2" and rows[6]["artist_name"] == "坂本龍一"

@@ -142,7 +142,7 @@ def test_end_to_end_from_http(server, data_dir, capsys):
 
 def test_cleaned_rows_match_an_independent_pandas_read(small_synth, data_dir):
     folder = small_synth[0] / "lastfm-dataset-1K"
-    preprocess.main(["--input", str(folder), "--months", "1"])
+    preprocess.main(["--input", str(folder), "--months", "1", "--write-all"])
     ours = pq.read_table(data_dir / "preprocessed" / "all.parquet").to_pandas()
     # pandas without quote processing; it skips the 3 planted stray-tab lines we repair.
     df = pd.read_csv(folder / preprocess.TSV.split("/")[1], sep="\t", header=None, quoting=3,
@@ -194,7 +194,7 @@ def test_window_anchors(small_synth, data_dir):
 
 @requires_sample()
 def test_real_sample_end_to_end(data_dir):
-    preprocess.main(["--input", str(SAMPLE / "user_000001-history.tsv")])
+    preprocess.main(["--input", str(SAMPLE / "user_000001-history.tsv"), "--write-all"])
     meta = json.loads((data_dir / "preprocessed" / "meta.json").read_text())
     assert meta["input"]["lines"] == meta["rows_parsed"] == 16_685
     stats = json.loads((data_dir / "reports" / "preprocess_stats.json").read_text())
