@@ -31,6 +31,7 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "track_idx": "int32 track code (MBID, or artist+name with --keep-missing-mbid)",
         "artist_name": "dictionary string, for display",
         "track_name": "dictionary string, for display",
+        "track_mbid": "dictionary string, the track's MusicBrainz id (null without one)",
     },
     # sessionize.py -> data/sessions/<window>/{train,valid,test}.parquet
     "sessions": {

@@ -366,7 +366,7 @@ class _Scan:
     """One pass over the file in a thread: MD5, and per newline-aligned block its
     byte range, first line number, line count and tab count."""
 
-    def __init__(self, path: Path, with_md5: bool, block: int = 64 << 20):
+    def __init__(self, path: Path, with_md5: bool, block: int = 16 << 20):
         import threading
 
         self.path, self.block = path, block

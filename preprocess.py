@@ -3,9 +3,9 @@
 Outputs (under ``data/``):
 - ``raw/lastfm-dataset-1K.tar.gz`` and ``raw/lastfm-dataset-1K/`` (download);
 - ``preprocessed/<window>.parquet`` for each window (``1m``, ``2m``, ``3m``,
-  ``6m`` by default) and ``all`` (the whole cleaned table); columns in
-  ``common.SCHEMAS['plays']`` plus ``artist_mbid``/``track_mbid``; sorted by
-  user, then time ascending;
+  ``6m`` by default), and with ``--write-all`` ``all`` (the whole cleaned
+  table); columns in ``common.SCHEMAS['plays']``; sorted by user, then time
+  ascending;
 - ``preprocessed/rejects.tsv`` (line, reason, text) and ``meta.json``;
 - ``reports/preprocess_stats.{md,json}`` (the study's table for raw, cleaned and
   each window, next to the study's published figures) and
@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -208,9 +209,13 @@ def distinct_count(codes: np.ndarray) -> int:
 
 
 def _timestamp_stats(ts: np.ndarray) -> tuple[int, int, int]:
-    """(unique, most frequent value, its count) of int64 seconds, by sorting
-    (numpy's hash-based unique and pandas' value_counts are several times slower)."""
-    s = np.sort(ts)
+    """(unique, most frequent value, its count) of int64 seconds, by sorting.
+
+    The rows come in file order (each user's plays newest first): runs that
+    timsort (``kind="stable"``) merges several times faster than quicksort;
+    numpy's hash-based unique and pandas' value_counts are slower still.
+    """
+    s = np.sort(ts, kind="stable")
     new = np.r_[True, s[1:] != s[:-1]]
     first = np.flatnonzero(new)
     runs = np.diff(np.r_[first, len(s)])
@@ -264,8 +269,13 @@ def month_windows(ts_s: np.ndarray, in_range: np.ndarray, months: list[int],
 
 def plays_table(enc: dict, rows: np.ndarray, keep_missing_mbid: bool) -> pa.Table:
     """The Parquet table of ``rows`` (indices into ``enc``), sorted by user, time."""
-    order = np.lexsort((-enc["line"][rows], enc["ts_s"][rows], enc["user_id"][rows]))
-    rows = rows[order]
+    # Sort by user, then time; equal times keep the older line (the file is newest
+    # first). Rows arrive in file order, so a stable sort of the reversed rows is
+    # a merge of runs (timsort), ~3x faster than lexsort.
+    rev = rows[::-1]
+    ts = enc["ts_s"][rev]
+    key = (enc["user_id"][rev].astype(np.int64) << 36) | (ts - ts.min() if len(ts) else ts)
+    rows = rev[np.argsort(key, kind="stable")]
 
     def dict_col(name: str) -> pa.Array:
         """Dictionary column holding only the values these rows use."""
@@ -288,7 +298,6 @@ def plays_table(enc: dict, rows: np.ndarray, keep_missing_mbid: bool) -> pa.Tabl
         "track_idx": pa.array(track_idx, pa.int32()),
         "artist_name": dict_col("artist_name"),
         "track_name": dict_col("track_name"),
-        "artist_mbid": dict_col("artist_id"),
         "track_mbid": dict_col("track_id"),
     })
 
@@ -371,10 +380,17 @@ def preprocess(tsv: Path, out: Path, reports: Path, months: list[int], anchor: s
                write_all: bool = False) -> dict:
     """Parse, clean, cut windows, write outputs; return the manifest."""
     t0 = time.perf_counter()
+    # The input's MD5 is computed once (beside the parse) and reused while the
+    # file's size and modification time are unchanged.
+    md5_cache = out / "input_md5.json"
+    cached = read_json(md5_cache) if md5_cache.exists() else {}
+    known = cached.get("md5") if cached.get("file") == fingerprint(tsv) else None
     try:
-        res = parse_file(tsv)
+        res = parse_file(tsv, with_md5=known is None)
     except (FileNotFoundError, ValueError) as err:
         raise PipelineError(str(err)) from None
+    res.md5 = known or res.md5
+    write_json(md5_cache, {"file": fingerprint(tsv), "md5": res.md5})
     t_parse = time.perf_counter() - t0
     if res.table.num_rows == 0:
         raise PipelineError(f"{tsv}: no valid play among {res.lines:,} lines; see rejects")
@@ -398,23 +414,50 @@ def preprocess(tsv: Path, out: Path, reports: Path, months: list[int], anchor: s
     masks = {"raw": None, "clean": clean}
     for name, (start, end) in windows.items():
         masks[name] = kept & (enc["ts_s"] >= start) & (enc["ts_s"] < end)
+    for name, mask in masks.items():
+        if name in windows and not mask.any():
+            raise PipelineError(f"window {name} holds no play (anchor {anchor}); "
+                                "choose other --months or --anchor")
+    # Window files are built and written in a thread while the statistics, the
+    # report and the plot are made (Parquet writing releases the GIL).
+    def write_window(name: str) -> dict:
+        rows = np.flatnonzero(masks[name] if name != "all" else kept)
+        table = plays_table(enc, rows, keep_missing_mbid)
+        pq.write_table(table, out / f"{name}.parquet", compression="zstd")
+        return {"rows": table.num_rows,
+                "tracks": distinct_count(table["track_idx"].to_numpy()),
+                "users": distinct_count(table["user_idx"].to_numpy())}
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = {name: pool.submit(write_window, name)
+                   for name in list(windows) + (["all"] if write_all else [])}
+        _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to)
+        written = {name: f.result() for name, f in futures.items()}
+    name = Path(tsv).name
+    if name in KNOWN_MD5 and res.md5 != KNOWN_MD5[name]:
+        log(f"warning: {name} MD5 {res.md5} differs from the published "
+            f"{KNOWN_MD5[name]} (not the original file)")
+    return {
+        "input": {**fingerprint(tsv), "md5": res.md5, "lines": res.lines,
+                  "md5_reused": known is not None},
+        "rows_parsed": int(n), "rejects": res.reject_counts, "repaired": res.repaired,
+        "lines_accounted": int(n) + len(res.rejects),
+        "out_of_range": int((~in_range).sum()), "dropped_missing": int((~clean).sum()),
+        "windows": {k: {"start_s": v[0], "end_s": v[1], **written[k]}
+                    for k, v in windows.items()},
+        "all": written.get("all"), "users": enc["dict_user_id"].to_pylist(),
+        "seconds": {"parse": round(t_parse, 2), "total": round(time.perf_counter() - t0, 2)},
+    }
+
+
+def _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to) -> None:
+    """The study's statistics tables (Markdown, JSON, printed) and the plot."""
+    n = len(enc["ts_s"])
     stats, extra = {}, {}
     for name, mask in masks.items():
         stats[name] = column_stats(enc, mask)
         extra[name] = {"rows": int(n if mask is None else mask.sum()),
                        "users": stats[name]["user_id"]["unique"]}
-    for name in windows:
-        if extra[name]["rows"] == 0:
-            raise PipelineError(f"window {name} holds no play (anchor {anchor}); "
-                                "choose other --months or --anchor")
-    written = {}
-    for name in list(windows) + (["all"] if write_all else []):
-        rows = np.flatnonzero(masks[name] if name != "all" else kept)
-        table = plays_table(enc, rows, keep_missing_mbid)
-        pq.write_table(table, out / f"{name}.parquet", compression="zstd")
-        written[name] = {"rows": table.num_rows,
-                         "tracks": distinct_count(table["track_idx"].to_numpy()),
-                         "users": distinct_count(table["user_idx"].to_numpy())}
     md = stats_markdown(stats, extra)
     (reports / "preprocess_stats.md").write_text(
         f"## Preprocessing statistics\n\nInput: `{tsv}` ({res.lines:,} lines; "
@@ -424,20 +467,6 @@ def preprocess(tsv: Path, out: Path, reports: Path, months: list[int], anchor: s
                                                     "study": STUDY})
     plot_plays_per_user(enc, clean, reports / "plays_per_user.png")
     print(md)
-    name = Path(tsv).name
-    if name in KNOWN_MD5 and res.md5 != KNOWN_MD5[name]:
-        log(f"warning: {name} MD5 {res.md5} differs from the published "
-            f"{KNOWN_MD5[name]} (not the original file)")
-    return {
-        "input": {**fingerprint(tsv), "md5": res.md5, "lines": res.lines},
-        "rows_parsed": int(n), "rejects": res.reject_counts, "repaired": res.repaired,
-        "lines_accounted": int(n) + len(res.rejects),
-        "out_of_range": int((~in_range).sum()), "dropped_missing": int((~clean).sum()),
-        "windows": {k: {"start_s": v[0], "end_s": v[1], **written[k]}
-                    for k, v in windows.items()},
-        "all": written.get("all"), "users": enc["dict_user_id"].to_pylist(),
-        "seconds": {"parse": round(t_parse, 2), "total": round(time.perf_counter() - t0, 2)},
-    }
 
 
 def parse_args(argv=None):

@@ -145,7 +145,7 @@ def build_vocab(train: pd.DataFrame, plays: pd.DataFrame) -> pd.DataFrame:
                               kind="stable").reset_index(drop=True)
     vocab.insert(0, "item_idx", np.arange(1, len(vocab) + 1, dtype=np.int32))
     names = plays.drop_duplicates("track_idx").set_index("track_idx")
-    for col in ("artist_idx", "artist_name", "track_name", "artist_mbid", "track_mbid"):
+    for col in ("artist_idx", "artist_name", "track_name", "track_mbid"):
         vocab[col] = names[col].reindex(vocab["track_idx"]).astype(
             object if col not in ("artist_idx",) else np.int32).to_numpy()
     mbid = vocab["track_mbid"].fillna("").astype(str)
