@@ -46,6 +46,7 @@ class ModelConfig:
     output: str = "tied"       # "tied": scores vs. the track embeddings; "dense": own matrix
     sampled: int = 0           # >0: sampled softmax with this many popularity negatives
     use_tags: bool = True      # use tags when a tag table is given
+    unroll: bool = False       # unroll the GRU loop (faster on CPU for short prefixes)
 
 
 @keras.saving.register_keras_serializable(package="lastfm")
@@ -54,19 +55,21 @@ class SessionRecommender(keras.Model):
 
     def __init__(self, n_items: int, emb_dim: int = 64, hidden: int = 100, fc_dim: int = 128,
                  dropout: float = 0.25, output: str = "tied", sampled: int = 0,
-                 n_tags: int = 0, tags_per_track: int = 0, seed: int = 0, **kwargs):
+                 n_tags: int = 0, tags_per_track: int = 0, seed: int = 0, unroll: bool = False,
+                 **kwargs):
         super().__init__(**kwargs)
         if output not in ("tied", "dense"):
             raise ValueError(f"output={output!r}: expected 'tied' or 'dense'")
         self.n_items, self.emb_dim, self.hidden, self.fc_dim = n_items, emb_dim, hidden, fc_dim
         self.dropout_rate, self.output_kind, self.sampled = dropout, output, sampled
         self.n_tags, self.tags_per_track, self.seed = n_tags, tags_per_track, seed
+        self.unroll = unroll
         self.item_emb = layers.Embedding(n_items + 1, emb_dim, name="item_emb")
         self.tag_emb = layers.Embedding(n_tags + 1, emb_dim, name="tag_emb") if n_tags else None
         self.in_drop = layers.Dropout(dropout, seed=seed)
         # reset_after=True and tanh/sigmoid defaults keep the cuDNN kernel on GPU.
         self.bigru = layers.Bidirectional(
-            layers.GRU(hidden, return_sequences=True, return_state=True), name="bigru")
+            layers.GRU(hidden, return_sequences=True, return_state=True, unroll=unroll), name="bigru")
         self.att_keys = layers.Dense(hidden, use_bias=False, name="att_keys")
         self.att_query = layers.Dense(hidden, name="att_query")
         self.att_v = layers.Dense(1, use_bias=False, name="att_v")
@@ -190,7 +193,7 @@ class SessionRecommender(keras.Model):
         return {**super().get_config(), "n_items": self.n_items, "emb_dim": self.emb_dim,
                 "hidden": self.hidden, "fc_dim": self.fc_dim, "dropout": self.dropout_rate,
                 "output": self.output_kind, "sampled": self.sampled, "n_tags": self.n_tags,
-                "tags_per_track": self.tags_per_track, "seed": self.seed}
+                "tags_per_track": self.tags_per_track, "seed": self.seed, "unroll": self.unroll}
 
 
 def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track: int = 0,
@@ -199,7 +202,7 @@ def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track:
     model = SessionRecommender(
         n_items, emb_dim=cfg.emb_dim, hidden=cfg.hidden, fc_dim=cfg.fc_dim, dropout=cfg.dropout,
         output=cfg.output, sampled=cfg.sampled, n_tags=n_tags if cfg.use_tags else 0,
-        tags_per_track=tags_per_track if cfg.use_tags else 0, seed=seed)
+        tags_per_track=tags_per_track if cfg.use_tags else 0, seed=seed, unroll=cfg.unroll)
     model.build((None, max_len))
     model(np.zeros((1, max_len), np.int32))
     return model

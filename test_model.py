@@ -64,10 +64,12 @@ def tune_baselines(train: pd.DataFrame, valid_events: Events, n_items: int, name
     return chosen
 
 
-def model_ranker(window: str, vocab_md5: str, exclude_seen: bool):
+def model_ranker(window: str, vocab_md5: str, exclude_seen: bool, model_dir: Path | None = None):
     """The trained model's ranker, or None when no model was trained for ``window``."""
-    path = data_root() / "models" / window / "model.keras"
+    path = (Path(model_dir) if model_dir else data_root() / "models" / window) / "model.keras"
     if not path.exists():
+        if model_dir:
+            raise PipelineError(f"--models {model_dir}: no model.keras there; run train.py --out")
         return None, None
     import train as trainer  # heavy import (Keras) only when a model exists
 
@@ -76,7 +78,8 @@ def model_ranker(window: str, vocab_md5: str, exclude_seen: bool):
 
 
 def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len: int,
-                   n_boot: int, tune_events: int, seed: int, use_model: bool) -> dict:
+                   n_boot: int, tune_events: int, seed: int, use_model: bool,
+                   model_dirs: list[Path] | None = None) -> dict:
     splits, vocab, meta = load_splits(window)
     n_items = len(vocab)
     pop = np.zeros(n_items + 1)
@@ -100,16 +103,17 @@ def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len:
         raw[model.name] = res
         log(f"{model!r}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 "
             f"{res.summary['MRR@20']:.4f} ({res.summary['events_per_s']:,.0f} events/s)")
-    if use_model:
-        ranker, config = model_ranker(window, meta["vocab_md5"], exclude_seen)
+    for model_dir in (model_dirs or [None]) if use_model else []:
+        ranker, config = model_ranker(window, meta["vocab_md5"], exclude_seen, model_dir)
         if ranker is None:
             log(f"no trained model in data/models/{window}/ (run train.py); baselines only")
-        else:
-            name = "BiGRU-Att" + ("+tags" if config.get("use_tags") else "")
-            res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
-            results[name] = {"params": config, **res.summary}
-            raw[name] = res
-            log(f"{name}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}")
+            continue
+        name = "BiGRU-Att" + ("+tags" if config.get("use_tags") else "")
+        res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
+        params = {k: config[k] for k in ("model", "max_len", "best_epoch", "seed") if k in config}
+        results[name] = {"params": params, **res.summary}
+        raw[name] = res
+        log(f"{name}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}")
     # Intervals, and differences to the best baseline (paired: same resamples).
     base_names = [m.name for m, _ in chosen]
     best_base = max(base_names, key=lambda n: results[n]["MRR@20"]) if base_names else None
@@ -195,12 +199,13 @@ def plot_results(res: dict, out_dir: Path) -> None:
 def write_report(reports: Path) -> Path:
     """Gather every stage's tables and plots into ``reports/report.md``."""
     parts = ["# Last.fm-1K session-based next-track recommendation: report\n"]
-    for name in ("preprocess_stats.md", "sessions.md", "tags.md", "training.md", "results.md"):
+    for name in ("preprocess_stats.md", "sessions.md", "tags.md", "training.md",
+                 "training_notags.md", "results.md"):
         p = reports / name
         if p.exists():
             parts.append(p.read_text())
-    for png in ("plays_per_user.png", "training_curves.png", "results_bar.png",
-                "results_by_prefix.png"):
+    for png in ("plays_per_user.png", "training_curves.png", "training_curves_notags.png",
+                "results_bar.png", "results_by_prefix.png"):
         if (reports / png).exists():
             parts.append(f"![{png}]({png})\n")
     out = reports / "report.md"
@@ -270,6 +275,7 @@ def parse_args(argv=None):
     ap.add_argument("--methods", default="POP,S-POP,SR,Item-kNN,V-SKNN",
                     help="baselines to run (comma-separated)")
     ap.add_argument("--no-model", action="store_true", help="baselines only")
+    ap.add_argument("--models", help="comma-separated model folders (default data/models/<window>)")
     ap.add_argument("--exclude-seen", action="store_true",
                     help="never recommend a track already in the session")
     ap.add_argument("--max-len", type=int, default=50, help="prefix length seen by methods")
@@ -294,8 +300,9 @@ def main(argv=None) -> None:
     for m in methods:
         if m not in known:
             raise PipelineError(f"--methods: unknown baseline {m!r}; known: {known}")
+    model_dirs = [Path(p) for p in args.models.split(",")] if args.models else None
     res = run_evaluation(args.window, methods, args.exclude_seen, args.max_len, args.n_boot,
-                         args.tune_events, args.seed, not args.no_model)
+                         args.tune_events, args.seed, not args.no_model, model_dirs)
     reports = stage_dir("reports")
     md = results_markdown(res)
     (reports / "results.md").write_text(md)

@@ -136,7 +136,8 @@ def train(window: str, args) -> dict:
     cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
                       dropout=args.dropout, output=args.output, sampled=args.sampled,
                       use_tags=not args.no_tags)
-    tags = load_tag_tables(window, n_items, args.tags_per_track) if cfg.use_tags else None
+    available = load_tag_tables(window, n_items, args.tags_per_track)
+    tags = available if cfg.use_tags else None
     if cfg.use_tags and tags is None:
         log(f"no tags in data/tags/{window}/ (run fetch_tags.py); training without tags")
         cfg.use_tags = False
@@ -151,7 +152,8 @@ def train(window: str, args) -> dict:
     lr = keras.optimizers.schedules.CosineDecay(args.lr, steps, alpha=0.1) \
         if args.cosine else args.lr
     model.compile(optimizer=keras.optimizers.Adam(lr, global_clipnorm=args.clip_norm or None))
-    out = stage_dir("models", window)
+    out = Path(args.out) if args.out else stage_dir("models", window)
+    out.mkdir(parents=True, exist_ok=True)
     config = {"window": window, "vocab_md5": meta["vocab_md5"], "n_items": n_items,
               "max_len": args.max_len, "seed": args.seed, "backend": keras.backend.backend(),
               "use_tags": cfg.use_tags, "n_tags": tags[2] if tags else 0,
@@ -168,12 +170,14 @@ def train(window: str, args) -> dict:
     config["best_epoch"], config["best_valid"] = cb.best_epoch, cb.best
     config["history"] = cb.rows
     write_json(out / "config.json", config)
-    plot_history(cb.rows, stage_dir("reports") / "training_curves.png")
-    md = ("## Training\n\n" + f"Window {window}; {len(train_ev):,} training examples; "
+    suffix = "" if cfg.use_tags or available is None else "_notags"
+    plot_history(cb.rows, stage_dir("reports") / f"training_curves{suffix}.png")
+    md = (f"## Training{' (without tags)' if suffix else ''}\n\n"
+          + f"Window {window}; {len(train_ev):,} training examples; "
           f"backend {config['backend']}; tags {'on' if cfg.use_tags else 'off'}; "
           f"best epoch {cb.best_epoch} (validation MRR@20 {cb.best:.4f}).\n\n"
           + markdown_table(list(cb.rows[0].keys()), [list(r.values()) for r in cb.rows]) + "\n")
-    (stage_dir("reports") / "training.md").write_text(md)
+    (stage_dir("reports") / f"training{suffix}.md").write_text(md)
     return config
 
 
@@ -266,6 +270,7 @@ def parse_args(argv=None):
     ap.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
     ap.add_argument("--tensorboard", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="model folder (default data/models/<window>)")
     ap.add_argument("--verbose", type=int, default=2)
     return ap.parse_args(argv)
 
@@ -273,8 +278,9 @@ def parse_args(argv=None):
 def main(argv=None) -> None:
     args = parse_args(argv)
     config = train(args.window, args)
+    out = Path(args.out) if args.out else data_root() / "models" / args.window
     log(f"best epoch {config['best_epoch']}: validation MRR@20 {config['best_valid']:.4f}; "
-        f"saved {data_root() / 'models' / args.window / 'model.keras'}")
+        f"saved {out / 'model.keras'}")
 
 
 if __name__ == "__main__":

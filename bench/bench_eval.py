@@ -1,0 +1,63 @@
+"""Benchmark: baselines + full-ranking evaluation on a sessionized window.
+
+Times test_model's whole baseline run (tuning on validation, test evaluation of
+POP, S-POP, SR, Item-kNN, V-SKNN, bootstrap intervals) and, separately, the
+evaluator alone (ranks and top-20 of precomputed scores: events scored per s).
+
+    python bench/bench_eval.py --data data --window 1m
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=Path("data"))
+    ap.add_argument("--window", default="1m")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    os.environ["LASTFM_DATA_DIR"] = str(args.data.resolve())
+    import test_model
+    from metrics import evaluate, make_events, ranker_from_scorer
+
+    splits, vocab, _ = test_model.load_splits(args.window)
+    n = len(vocab)
+    ev = make_events(splits["test"], 50)
+    rng = np.random.default_rng(0)
+    bank = rng.random((512, n + 1), dtype=np.float32)
+
+    def scorer(prefixes, lengths):  # constant-time: isolates the evaluator's own cost
+        return bank[: len(prefixes)]
+
+    rates = []
+    for _ in range(args.repeats):
+        res = evaluate(ranker_from_scorer(scorer), ev, n)
+        rates.append(len(ev) / res.seconds)
+    print(f"window {args.window}: {n:,} tracks, {len(ev):,} test events")
+    print(f"evaluator alone: {statistics.median(rates):,.0f} events/s (median of {args.repeats})")
+    walls = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        out = test_model.run_evaluation(args.window, ["POP", "S-POP", "SR", "Item-kNN", "V-SKNN"],
+                                        False, 50, 1000, 20_000, 0, use_model=False)
+        walls.append(time.perf_counter() - t)
+    print(f"all baselines (tuning + test + 1000 bootstrap resamples): "
+          f"{statistics.median(walls):.0f} s (median of {args.repeats}; runs "
+          f"{', '.join(f'{w:.0f}' for w in walls)})")
+    for name, r in out["methods"].items():
+        print(f"  {name:9s} HR@20 {r['HR@20']:.4f} MRR@20 {r['MRR@20']:.4f} "
+              f"{r['events_per_s']:,.0f} events/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Benchmark: training throughput (examples/s) and peak memory of model.py.
+
+Random sessions over ``--items`` tracks (Zipf popularity), prefixes of 1 to
+``--max-len`` tracks, the sizes as flags so that a comparison with a peer
+(e.g. RecBole's NARM at 30K items, embedding 64, hidden 100, batch 256,
+prefixes up to 20) can be rerun. The first epoch (tracing / compilation) is
+excluded; the median of the remaining epochs is reported.
+
+    python bench/bench_model.py --items 30000 --examples 60000 --epochs 4
+    KERAS_BACKEND=jax python bench/bench_model.py ...     # same code on JAX
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=30_000)
+    ap.add_argument("--examples", type=int, default=60_000)
+    ap.add_argument("--emb-dim", type=int, default=64)
+    ap.add_argument("--hidden", type=int, default=100)
+    ap.add_argument("--fc-dim", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--max-len", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--sampled", type=int, default=0)
+    ap.add_argument("--output", default="tied")
+    ap.add_argument("--tags", type=int, default=0, help="tag vocabulary size (0: no tags)")
+    ap.add_argument("--jit", default="auto", help="jit_compile: auto, true or false")
+    ap.add_argument("--mixed-precision", action="store_true")
+    ap.add_argument("--unroll", action="store_true")
+    args = ap.parse_args()
+
+    import keras
+
+    from model import ModelConfig, build_model
+
+    if args.mixed_precision:
+        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    pop = 1.0 / np.arange(1, args.items + 1) ** 0.9
+    pop /= pop.sum()
+    lengths = rng.integers(1, args.max_len + 1, size=args.examples)
+    x = rng.choice(np.arange(1, args.items + 1), p=pop, size=(args.examples, args.max_len))
+    x[np.arange(args.max_len)[None, :] >= lengths[:, None]] = 0
+    x = x.astype(np.int32)
+    y = rng.choice(np.arange(1, args.items + 1), p=pop, size=args.examples).astype(np.int32)
+    cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
+                      output=args.output, sampled=args.sampled, use_tags=args.tags > 0,
+                      unroll=args.unroll)
+    model = build_model(args.items, cfg, n_tags=args.tags, tags_per_track=5 if args.tags else 0,
+                        max_len=args.max_len)
+    counts = np.zeros(args.items + 1)
+    counts[1:] = pop * 1e6
+    if args.tags:
+        ids = rng.integers(1, args.tags + 1, size=(args.items + 1, 5)).astype(np.int32)
+        model.set_tables(ids, rng.random((args.items + 1, 5)).astype(np.float32), counts)
+    else:
+        model.set_tables(popularity=counts)
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit.lower()]
+    model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=1.0), jit_compile=jit)
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.t)
+
+    model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
+              callbacks=[Timer()], shuffle=True)
+    steady = times[1:] or times
+    eps = args.examples / statistics.median(steady)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    result = {"backend": keras.backend.backend(), "items": args.items,
+              "emb": args.emb_dim, "hidden": args.hidden, "batch": args.batch_size,
+              "max_len": args.max_len, "sampled": args.sampled, "tags": args.tags,
+              "jit": args.jit, "unroll": args.unroll, "examples_per_s": round(eps), "epoch_s": [round(t, 1) for t in times],
+              "peak_rss_gb": round(peak_gb, 2)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
