@@ -75,13 +75,32 @@ def ranks_from_scores(scores: np.ndarray, targets: np.ndarray,
     return 1 + (s > t).sum(axis=1).astype(np.int64)
 
 
-def topk_from_scores(scores: np.ndarray, k: int = TOPK) -> np.ndarray:
-    """Top-k item ids (1-based) per row, best first; column 0 (padding) excluded."""
+def topk_from_scores(scores: np.ndarray, k: int = TOPK, block: int = 128) -> np.ndarray:
+    """Top-k item ids (1-based) per row, best first; column 0 (padding) excluded.
+
+    Two stages, ~40x faster than ``np.argpartition`` over 100K columns: the k
+    blocks (of ``block`` columns) with the largest maxima hold every top-k
+    entry (a top-k entry's block maximum is at least that entry, and k other
+    blocks with larger maxima would give it k larger entries); the exact top k
+    is then taken among those k * block candidates.
+    """
     s = scores[:, 1:]
-    k = min(k, s.shape[1])
-    part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(s, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1) + 1
+    b, v = s.shape
+    k = min(k, v)
+    if v <= 4 * k * block:
+        cand = np.broadcast_to(np.arange(v), (b, v))
+        vals = s
+    else:
+        maxima = np.maximum.reduceat(s, np.arange(0, v, block), axis=1)         # (B, nb)
+        best = np.argpartition(-maxima, k - 1, axis=1)[:, :k]                  # (B, k)
+        cand = (best[:, :, None] * block + np.arange(block)).reshape(b, -1)     # (B, k*block)
+        outside = cand >= v                                                    # last block's tail
+        cand = np.minimum(cand, v - 1)
+        vals = np.take_along_axis(s, cand, axis=1)
+        vals[outside] = -np.inf
+    part = np.argpartition(-vals, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(vals, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(np.take_along_axis(cand, part, axis=1), order, axis=1) + 1
 
 
 # A scorer takes (prefixes (B, L), lengths (B,)) and returns scores (B, V+1).

@@ -87,3 +87,11 @@ def test_evaluate_summary_fields():
     assert res.summary["HR@1"] == 0 and res.summary["MRR@20"] == pytest.approx((1 / 2 + 1 / 3) / 2)
     assert res.summary["coverage@20"] == 1.0 and res.summary["events"] == 2
     assert res.summary["mean_pop@20"] == pytest.approx(3.0)
+
+
+def test_two_stage_topk_matches_full_sort_on_wide_rows():
+    rng = np.random.default_rng(5)
+    scores = rng.normal(size=(64, 30_001)).astype(np.float32)
+    scores[3, 29_000:29_030] = 50.0 + np.arange(30)      # the top 20 packed in one block
+    order = np.argsort(-scores[:, 1:], axis=1, kind="stable")[:, :20] + 1
+    assert (topk_from_scores(scores, 20) == order).all()
