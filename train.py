@@ -162,7 +162,7 @@ def train(window: str, args) -> dict:
     cb = ValidationCallback(model, valid_ev, n_items, args.patience, out / "model.keras",
                             out / "history.csv", len(train_ev))
     callbacks = [cb]
-    if keras.backend.backend() == "tensorflow" and args.tensorboard:
+    if keras.backend.backend() == "tensorflow" and not args.no_tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     write_json(out / "config.json", config)
     model.fit(train_ev.prefixes, train_ev.targets, batch_size=args.batch_size,
@@ -268,7 +268,8 @@ def parse_args(argv=None):
     ap.add_argument("--max-train-examples", type=int, default=0,
                     help="use only the most recent N training examples (0: all)")
     ap.add_argument("--mixed-precision", action="store_true", help="float16 compute (GPU)")
-    ap.add_argument("--tensorboard", action="store_true")
+    ap.add_argument("--no-tensorboard", action="store_true",
+                    help="skip TensorBoard logs (written with the TensorFlow backend)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="model folder (default data/models/<window>)")
     ap.add_argument("--verbose", type=int, default=2)
