@@ -14,6 +14,7 @@ Outputs (under ``data/``):
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
 import sys
@@ -137,17 +138,11 @@ def _http_fetch(url: str, part: Path, timeout: float, chunk: int) -> int | None:
                 while block := resp.read(chunk):
                     fh.write(block)
                     bar.update(len(block))
-            except (OSError, http_incomplete()) as err:
+            except (OSError, http.client.IncompleteRead) as err:
                 raise PipelineError(f"{url}: connection lost after "
                                     f"{part.stat().st_size:,} bytes ({err}); "
                                     "rerun to resume") from None
     return total
-
-
-def http_incomplete():
-    import http.client
-
-    return http.client.IncompleteRead
 
 
 def extract(archive: Path, target: Path) -> Path:

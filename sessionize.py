@@ -88,7 +88,7 @@ def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFram
     if cfg.max_len > 0:
         over = lens[sess] - pos > cfg.max_len
         counts["capped_plays"] = int(over.sum())
-        df, sess, pos = df[~over], sess[~over], pos[~over] - 0
+        df, sess = df[~over], sess[~over]
         lens = np.bincount(sess, minlength=n_sess)
         start_idx = np.concatenate([[0], np.cumsum(lens)[:-1]])
         pos = np.arange(len(sess)) - start_idx[sess]

@@ -24,6 +24,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from common import (PipelineError, data_root, log, markdown_table, read_json, run_main,
@@ -79,9 +80,11 @@ def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None):
     def rank(prefixes, lengths, targets):
         x = recent(prefixes, lengths, L)
         logits = model.logits(model(x, training=False))            # (B, V+1)
-        if exclude_seen:
-            seen = ops.sum(ops.one_hot(ops.convert_to_tensor(x), model.n_items + 1), axis=1) > 0
-            logits = ops.where(seen, -np.inf, logits)
+        if exclude_seen:  # (B, V+1) mask of the prefix's tracks, by scatter (no one-hot)
+            rows = np.repeat(np.arange(len(x)), x.shape[1])
+            idx = np.stack([rows, x.ravel()], axis=1).astype(np.int32)
+            seen = ops.scatter(idx, np.ones(len(idx), np.float32), (len(x), model.n_items + 1))
+            logits = ops.where(seen > 0, -np.inf, logits)
         t = ops.convert_to_tensor(targets.astype(np.int32))
         tgt = ops.take_along_axis(logits, t[:, None], axis=1)        # (B, 1)
         ranks = 1 + ops.sum(ops.cast(logits > tgt, "int32"), axis=1)
@@ -93,8 +96,6 @@ def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None):
 
 def load_trained(path: Path, expected_vocab_md5: str | None = None):
     """Load ``model.keras`` and its ``config.json``; refuse a vocabulary mismatch."""
-    import keras
-
     import model as _model  # noqa: F401  registers SessionRecommender
 
     path = Path(path)
@@ -113,8 +114,6 @@ def load_trained(path: Path, expected_vocab_md5: str | None = None):
 
 
 def train(window: str, args) -> dict:
-    import keras
-
     from model import ModelConfig, build_model
     from test_model import load_splits
 
@@ -181,13 +180,7 @@ def train(window: str, args) -> dict:
     return config
 
 
-def _callback_base():
-    import keras
-
-    return keras.callbacks.Callback
-
-
-class ValidationCallback(_callback_base()):
+class ValidationCallback(keras.callbacks.Callback):
     """Per epoch: validation HR@20/MRR@20, timing; early stopping; best model saved."""
 
     def __init__(self, rec_model, valid: Events, n_items: int, patience: int, path: Path,

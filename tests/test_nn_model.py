@@ -122,3 +122,15 @@ def test_sampled_softmax_trains():
     h = m.fit(x, y, epochs=6, batch_size=64, verbose=0)
     assert np.isfinite(h.history["loss"]).all()
     assert h.history["loss"][-1] < h.history["loss"][0]
+
+
+def test_ranker_ranks_and_excludes_seen_tracks():
+    m = small_model()
+    x = np.array([[3, 4, 0, 0, 0, 0]], np.int32)
+    logits = keras.ops.convert_to_numpy(m.logits(m(x)))[0]
+    target = int(np.argsort(-logits[1:])[4] + 1)            # the 5th best track
+    ranks, top = trainer.make_ranker(m, max_len=6)(x, np.array([2]), np.array([target]))
+    assert ranks.tolist() == [5] and top[0, 4] == target
+    _, top_ex = trainer.make_ranker(m, exclude_seen=True, max_len=6)(x, np.array([2]),
+                                                                     np.array([target]))
+    assert 3 not in top_ex[0] and 4 not in top_ex[0]
