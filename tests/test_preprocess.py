@@ -79,6 +79,15 @@ def test_download_resumes_verifies_and_skips(server, tmp_path):
     assert len(server.requests) == 2
 
 
+def test_archive_placed_by_hand_is_used_without_network(small_synth, tmp_path):
+    dest = tmp_path / "a.tar.gz"
+    dest.write_bytes((small_synth[0] / "lastfm-dataset-1K.tar.gz").read_bytes())
+    assert preprocess.download("http://127.0.0.1:9/unreachable", dest) == dest
+    with pytest.raises(PipelineError, match="does not match"):
+        (tmp_path / "a.tar.gz.verified").unlink()
+        preprocess.download("http://127.0.0.1:9/unreachable", dest, md5="0" * 32)
+
+
 def test_download_md5_mismatch_deletes_and_says_so(server, tmp_path):
     with pytest.raises(PipelineError, match="does not match"):
         preprocess.download(server.url, tmp_path / "a.tar.gz", md5="0" * 32)
