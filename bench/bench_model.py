@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--output", default="tied")
     ap.add_argument("--tags", type=int, default=0, help="tag vocabulary size (0: no tags)")
     ap.add_argument("--jit", default="auto", help="jit_compile: auto, true or false")
-    ap.add_argument("--mixed-precision", action="store_true")
+    ap.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
+    ap.add_argument("--bf16", action="store_true", help="mixed_bfloat16 (CPUs with AVX512_BF16)")
     ap.add_argument("--unroll", action="store_true")
     args = ap.parse_args()
 
@@ -46,8 +47,8 @@ def main() -> None:
 
     from model import ModelConfig, build_model
 
-    if args.mixed_precision:
-        keras.mixed_precision.set_dtype_policy("mixed_float16")
+    if args.mixed_precision or args.bf16:
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if args.bf16 else "mixed_float16")
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     pop = 1.0 / np.arange(1, args.items + 1) ** 0.9
@@ -88,7 +89,7 @@ def main() -> None:
     result = {"backend": keras.backend.backend(), "items": args.items,
               "emb": args.emb_dim, "hidden": args.hidden, "batch": args.batch_size,
               "max_len": args.max_len, "sampled": args.sampled, "tags": args.tags,
-              "jit": args.jit, "unroll": args.unroll, "examples_per_s": round(eps), "epoch_s": [round(t, 1) for t in times],
+              "jit": args.jit, "unroll": args.unroll, "bf16": args.bf16, "examples_per_s": round(eps), "epoch_s": [round(t, 1) for t in times],
               "peak_rss_gb": round(peak_gb, 2)}
     print(json.dumps(result))
 
