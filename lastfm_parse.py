@@ -1,21 +1,25 @@
-"""Exact, block-parallel parser of the Last.fm-1K plays TSV.
+"""Exact parser of the Last.fm-1K plays TSV.
 
 The file has six tab-separated fields per line, no header and no quoting:
 ``userid, timestamp, artist MBID, artist name, track MBID, track name``.
-Every physical line (``\\n``-terminated) becomes a row or a reject:
+Every physical line (``\\n``-terminated) becomes a row or a reject.
 
-- fast path: each ~32 MB block is parsed by ``pyarrow.csv`` with quoting off
-  and strict types; it is accepted only when it yields exactly one valid row
-  per line;
-- slow path (a block with any problem): lines with a wrong field count, a
-  ``\\r`` or a non-UTF-8 byte are located with numpy / ``bytes.decode``, the
-  rest is parsed by pyarrow again, and the located lines are handled one by
-  one: a line with more than six fields is repaired when only one reading
-  makes both MBID columns UUIDs or empty; everything else becomes a reject
-  ``(line, reason, text)``.
+``parse_file`` first tries one multithreaded ``pyarrow.csv`` pass over the
+whole file (quoting off, strict timestamp format, UTF-8 checked, strings
+dictionary-encoded) while a thread computes the MD5 and counts lines and tabs
+per block. The pass is accepted only when rows plus wrong-field-count lines
+equal the line count; those lines are then located in the few blocks whose tab
+count does not balance, and handled one by one (``handle_lines``): a line with
+more than six fields is repaired when only one reading makes both MBID columns
+UUIDs or empty; everything else becomes a reject ``(line, reason, raw bytes)``.
 
-The result has string columns plus ``ts_s`` (int64 UTC seconds) and ``line``
-(1-based physical line number of the row in the input file).
+Anything else (a malformed timestamp, a non-UTF-8 byte, a carriage return, an
+empty user id, a missing final newline) falls back to ``parse_blocks``: ~32 MB
+blocks, each parsed by pyarrow when clean, else split in ~1 MB pieces whose
+suspect lines are located with numpy and handled by ``handle_lines``.
+
+The result has dictionary-encoded string columns, ``ts_s`` (int64 UTC
+seconds) and ``line`` (int32, the 1-based physical line number).
 """
 from __future__ import annotations
 
