@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from common import (data_root, PipelineError, file_md5, fingerprint, log, markdown_table,
                     params_match, read_json, run_main, stage_dir, write_json)
-from lastfm_parse import FIELDS, parse_file, write_rejects
+from lastfm_parse import parse_file, write_rejects
 
 URL = "http://mtg.upf.edu/static/datasets/last.fm/lastfm-dataset-1K.tar.gz"
 MIRROR = "https://zenodo.org/records/6090214/files/lastfm-dataset-1K.tar.gz"
@@ -42,7 +42,6 @@ ARCHIVE = "lastfm-dataset-1K.tar.gz"
 TSV = "lastfm-dataset-1K/userid-timestamp-artid-artname-traid-traname.tsv"
 KNOWN_MD5 = {"userid-timestamp-artid-artname-traid-traname.tsv": "64747b21563e3d2aa95751e0ddc46b68",
              "userid-profile.tsv": "c53608b6b445db201098c1489ea497df"}
-REAL_LINES = 19_150_868
 # Plausible play times: Last.fm's scrobbles start in 2005; the crawl ended on 2009-05-05.
 VALID_FROM, VALID_TO = "2005-02-01", "2009-05-06"
 
