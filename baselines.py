@@ -34,9 +34,8 @@ def _session_matrix(train: pd.DataFrame, n_items: int) -> sp.csr_matrix:
     codes, uniq = pd.factorize(train["session_id"], sort=True)
     m = sp.csr_matrix((np.ones(len(codes), np.float32), (codes, train["item_idx"].to_numpy())),
                       shape=(len(uniq), n_items + 1))
-    m.data[:] = 1.0  # duplicates within a session count once
     m.sum_duplicates()
-    m.data[:] = 1.0
+    m.data[:] = 1.0  # a track repeated within a session counts once
     return m
 
 
@@ -72,6 +71,14 @@ class Baseline:
         return f"{self.name}({args})"
 
 
+class LastItemBaseline(Baseline):
+    """Scores candidates by the row of ``self.table`` (V+1, V+1) of the prefix's last item."""
+    table: sp.csr_matrix
+
+    def score(self, prefixes, lengths):
+        return self._with_prior(self.table[_last_items(prefixes, lengths)])
+
+
 class Pop(Baseline):
     name = "POP"
 
@@ -90,7 +97,7 @@ class SessionPop(Baseline):
         return out + self.pop[None, :] / (self.pop.max() + 1)
 
 
-class SequentialRules(Baseline):
+class SequentialRules(LastItemBaseline):
     name = "SR"
 
     def __init__(self, steps: int = 10):
@@ -107,15 +114,12 @@ class SequentialRules(Baseline):
             dst.append(items[d:][same])
             w.append(np.full(same.sum(), 1.0 / d, np.float32))
         n = self.n_items + 1
-        self.rules = sp.csr_matrix((np.concatenate(w), (np.concatenate(src), np.concatenate(dst))),
+        self.table = sp.csr_matrix((np.concatenate(w), (np.concatenate(src), np.concatenate(dst))),
                                    shape=(n, n))
-        self.rules.sum_duplicates()
-
-    def score(self, prefixes, lengths):
-        return self._with_prior(self.rules[_last_items(prefixes, lengths)])
+        self.table.sum_duplicates()
 
 
-class ItemKNN(Baseline):
+class ItemKNN(LastItemBaseline):
     name = "Item-kNN"
 
     def __init__(self, k: int = 100, alpha: float = 0.5):
@@ -130,10 +134,7 @@ class ItemKNN(Baseline):
         n = np.asarray(x.sum(axis=0)).ravel() + 1e-9
         # cosine with an asymmetric normalisation: sim(i,j) = co / (n_i^a * n_j^(1-a))
         co = sp.diags(1.0 / n ** self.alpha) @ co @ sp.diags(1.0 / n ** (1 - self.alpha))
-        self.sim = _keep_top_k(co.tocsr().astype(np.float32), self.k)
-
-    def score(self, prefixes, lengths):
-        return self._with_prior(self.sim[_last_items(prefixes, lengths)])
+        self.table = _keep_top_k(co.tocsr().astype(np.float32), self.k)
 
 
 class VSKNN(Baseline):

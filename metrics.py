@@ -175,11 +175,6 @@ def summarise(res: EvalResult, n_items: int, popularity: np.ndarray | None) -> d
     return out
 
 
-def _session_sums(values: np.ndarray, sessions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    _, inv = np.unique(sessions, return_inverse=True)
-    return np.bincount(inv, weights=values), np.bincount(inv).astype(np.float64)
-
-
 def bootstrap_ci(ranks: np.ndarray, sessions: np.ndarray, metrics=("HR@20", "MRR@20"),
                  n_boot: int = 1000, seed: int = 0, other_ranks: np.ndarray | None = None,
                  alpha: float = 0.05) -> dict[str, tuple[float, float]]:
@@ -191,10 +186,10 @@ def bootstrap_ci(ranks: np.ndarray, sessions: np.ndarray, metrics=("HR@20", "MRR
     rng = np.random.default_rng(seed)
     vals = metric_values(ranks)
     other = metric_values(other_ranks) if other_ranks is not None else None
-    sums, counts, n_sess = {}, None, 0
-    for m in metrics:
-        v = vals[m] - (other[m] if other is not None else 0.0)
-        sums[m], counts = _session_sums(v, sessions)
+    _, inv = np.unique(sessions, return_inverse=True)
+    counts = np.bincount(inv).astype(np.float64)            # events per session
+    sums = {m: np.bincount(inv, weights=vals[m] - (other[m] if other is not None else 0.0))
+            for m in metrics}
     n_sess = len(counts)
     draws = {m: np.empty(n_boot) for m in metrics}
     chunk = max(1, 20_000_000 // max(1, n_sess))

@@ -31,9 +31,9 @@ def test_pop_and_spop():
 def test_sequential_rules_follow_transitions():
     sr = bl.SequentialRules(steps=1).fit(TRAIN, N)
     assert top(sr, [3, 1]) == 2
-    assert sr.rules[1, 2] == 2 and sr.rules[2, 1] == 0
+    assert sr.table[1, 2] == 2 and sr.table[2, 1] == 0
     sr2 = bl.SequentialRules(steps=2).fit(TRAIN, N)
-    assert sr2.rules[1, 5] == pytest.approx(0.5)          # two steps apart: weight 1/2
+    assert sr2.table[1, 5] == pytest.approx(0.5)          # two steps apart: weight 1/2
 
 
 def test_item_knn_cooccurrence():
