@@ -7,6 +7,10 @@ References:
   (NARM): the last hidden state (global encoder) concatenated with an
   additive attention over all states scored against it (local encoder),
   and item scores as a bilinear product with the item embeddings.
+- Liu et al., "STAMP: Short-Term Attention/Memory Priority Model for
+  Session-based Recommendation", KDD 2018: the last item's own embedding as a
+  direct input to the output layer (the ``last_item`` option), since the
+  next play depends most on the last one.
 - Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
   Recommendations", RecSys 2019: in-batch + sampled negatives with the
   log-Q correction (the ``sampled`` option).
@@ -47,6 +51,7 @@ class ModelConfig:
     sampled: int = 0           # >0: sampled softmax with this many popularity negatives
     use_tags: bool = True      # use tags when a tag table is given
     unroll: bool = False       # unroll the GRU loop (faster on CPU for short prefixes)
+    last_item: bool = True     # feed the last track's embedding to the FC layer (STAMP)
 
 
 @keras.saving.register_keras_serializable(package="lastfm")
@@ -56,14 +61,15 @@ class SessionRecommender(keras.Model):
     def __init__(self, n_items: int, emb_dim: int = 64, hidden: int = 100, fc_dim: int = 128,
                  dropout: float = 0.25, output: str = "tied", sampled: int = 0,
                  n_tags: int = 0, tags_per_track: int = 0, seed: int = 0, unroll: bool = False,
-                 **kwargs):
+                 last_item: bool = False, **kwargs):
         super().__init__(**kwargs)
         if output not in ("tied", "dense"):
             raise ValueError(f"output={output!r}: expected 'tied' or 'dense'")
         self.n_items, self.emb_dim, self.hidden, self.fc_dim = n_items, emb_dim, hidden, fc_dim
         self.dropout_rate, self.output_kind, self.sampled = dropout, output, sampled
         self.n_tags, self.tags_per_track, self.seed = n_tags, tags_per_track, seed
-        self.unroll = unroll
+        self.unroll, self.last_item = unroll, last_item
+        self._pad = np.where(np.arange(n_items + 1) == 0, NEG, 0.0).astype(np.float32)
         self.item_emb = layers.Embedding(n_items + 1, emb_dim, name="item_emb")
         self.tag_emb = layers.Embedding(n_tags + 1, emb_dim, name="tag_emb") if n_tags else None
         self.in_drop = layers.Dropout(dropout, seed=seed)
@@ -147,7 +153,11 @@ class SessionRecommender(keras.Model):
         e = ops.where(mask, e, ops.cast(NEG, e.dtype))
         alpha = ops.softmax(e, axis=-1)                             # (B, L)
         local = ops.sum(alpha[..., None] * seq, axis=1)             # (B, 2H) local encoder
-        h = ops.concatenate([last, local], axis=-1)                 # (B, 4H)
+        parts = [last, local]
+        if self.last_item:  # the last real play's (dropped-out) embedding, STAMP's m_t
+            n = ops.sum(ops.cast(mask, "int32"), axis=1) - 1        # (B,) its position
+            parts.append(ops.take_along_axis(x, ops.maximum(n, 0)[:, None, None], axis=1)[:, 0])
+        h = ops.concatenate(parts, axis=-1)                         # (B, 4H [+ E])
         h = self.fc(self.fc_drop(h, training=training))             # (B, D)
         return self.to_item_space(h)                                # (B, E)
 
@@ -155,12 +165,15 @@ class SessionRecommender(keras.Model):
         return self.item_emb.embeddings if self.out_emb is None else self.out_emb.embeddings
 
     def logits(self, rep):
-        """Scores (B, V+1) of every track; column 0 (padding) set to NEG."""
+        """Scores (B, V+1) of every track; column 0 (padding) pushed to NEG.
+
+        The padding column is excluded by a constant added to the bias (one
+        broadcast add, in float32) rather than a separate (B, V+1) select.
+        """
         w = ops.cast(self._out_matrix(), rep.dtype)
-        s = ops.matmul(rep, ops.transpose(w)) + ops.cast(self.out_bias, rep.dtype)
-        s = ops.cast(s, "float32")
-        col = ops.arange(self.n_items + 1)
-        return ops.where(ops.equal(col, 0)[None, :], NEG, s)
+        s = ops.cast(ops.matmul(rep, ops.transpose(w)), "float32")
+        pad = ops.convert_to_tensor(self._pad)                     # (V+1,) NEG at 0
+        return s + (ops.cast(self.out_bias, "float32") + pad)[None, :]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         y = ops.cast(ops.reshape(y, (-1,)), "int32")
@@ -193,7 +206,8 @@ class SessionRecommender(keras.Model):
         return {**super().get_config(), "n_items": self.n_items, "emb_dim": self.emb_dim,
                 "hidden": self.hidden, "fc_dim": self.fc_dim, "dropout": self.dropout_rate,
                 "output": self.output_kind, "sampled": self.sampled, "n_tags": self.n_tags,
-                "tags_per_track": self.tags_per_track, "seed": self.seed, "unroll": self.unroll}
+                "tags_per_track": self.tags_per_track, "seed": self.seed, "unroll": self.unroll,
+                "last_item": self.last_item}
 
 
 def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track: int = 0,
@@ -202,7 +216,8 @@ def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track:
     model = SessionRecommender(
         n_items, emb_dim=cfg.emb_dim, hidden=cfg.hidden, fc_dim=cfg.fc_dim, dropout=cfg.dropout,
         output=cfg.output, sampled=cfg.sampled, n_tags=n_tags if cfg.use_tags else 0,
-        tags_per_track=tags_per_track if cfg.use_tags else 0, seed=seed, unroll=cfg.unroll)
+        tags_per_track=tags_per_track if cfg.use_tags else 0, seed=seed, unroll=cfg.unroll,
+        last_item=cfg.last_item)
     model.build((None, max_len))
     model(np.zeros((1, max_len), np.int32))
     return model

@@ -67,6 +67,67 @@ def recent(prefixes: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarra
     return out
 
 
+class LengthBuckets(keras.utils.PyDataset):
+    """Training batches of prefixes of similar length, each cut to its own width.
+
+    Prefixes are right-padded to ``max_len`` but average ~9 plays (sessions are
+    short), so a recurrent layer run over all ``max_len`` steps mostly reads
+    padding. Each epoch the examples are shuffled, stably sorted by length and
+    cut into batches, and the batch order is shuffled; a batch is trimmed to
+    its longest prefix, rounded up to a multiple of ``step`` (1 with
+    TensorFlow, which traces one graph for any width; 4 with JAX, which
+    compiles once per width). Padding never changes the model's output (a
+    tested property), so the examples and the loss are those of plain
+    fixed-width batches; only the GRU steps over padding are skipped.
+    ``step=0`` keeps the full width (plain shuffled batches).
+    """
+
+    def __init__(self, prefixes: np.ndarray, lengths: np.ndarray, targets: np.ndarray,
+                 batch_size: int, seed: int = 0, step: int = 1):
+        super().__init__()
+        self.x, self.lengths, self.y = prefixes, np.asarray(lengths), targets
+        self.batch_size, self.step = batch_size, step
+        self.rng = np.random.default_rng(seed)
+        self.plan()
+
+    def plan(self) -> None:
+        """Draw this epoch's batches (lists of example indices) and their widths."""
+        order = self.rng.permutation(len(self.y))
+        if self.step:
+            order = order[np.argsort(self.lengths[order], kind="stable")]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [batches[i] for i in self.rng.permutation(len(batches))]
+        full = self.x.shape[1]
+        if self.step:
+            longest = np.array([self.lengths[b].max() for b in batches])
+            widths = np.minimum(-(-longest // self.step) * self.step, full)
+        else:
+            widths = np.full(len(batches), full)
+        # Keras (TensorFlow) fixes the input signature from the first two batches:
+        # give them different widths so that the width stays free.
+        other = np.flatnonzero(widths != widths[0])
+        if len(other) and widths[1] == widths[0]:
+            j = int(other[0])
+            batches[1], batches[j] = batches[j], batches[1]
+            widths[[1, j]] = widths[[j, 1]]
+        self.batches, self.widths = batches, widths
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        idx = self.batches[i]
+        return self.x[idx, :self.widths[i]], self.y[idx]
+
+    def on_epoch_end(self) -> None:
+        self.plan()
+
+
+def default_bucket_step() -> int:
+    """Width rounding of LengthBuckets for the current backend (see there)."""
+    return 4 if keras.backend.backend() == "jax" else 1
+
+
 def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None):
     """(prefixes, lengths, targets) -> (ranks, top-20), computed with keras.ops.
 
@@ -134,7 +195,7 @@ def train(window: str, args) -> dict:
         raise PipelineError(f"window {window}: no training or validation event")
     cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
                       dropout=args.dropout, output=args.output, sampled=args.sampled,
-                      use_tags=not args.no_tags)
+                      use_tags=not args.no_tags, last_item=not args.no_last_item)
     available = load_tag_tables(window, n_items, args.tags_per_track)
     tags = available if cfg.use_tags else None
     if cfg.use_tags and tags is None:
@@ -164,8 +225,10 @@ def train(window: str, args) -> dict:
     if keras.backend.backend() == "tensorflow" and not args.no_tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     write_json(out / "config.json", config)
-    model.fit(train_ev.prefixes, train_ev.targets, batch_size=args.batch_size,
-              epochs=args.epochs, shuffle=True, callbacks=callbacks, verbose=args.verbose)
+    step = default_bucket_step() if args.bucket_step < 0 else args.bucket_step
+    batches = LengthBuckets(train_ev.prefixes, train_ev.lengths, train_ev.targets,
+                            args.batch_size, seed=args.seed, step=step)
+    model.fit(batches, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose)
     config["best_epoch"], config["best_valid"] = cb.best_epoch, cb.best
     config["history"] = cb.rows
     write_json(out / "config.json", config)
@@ -244,6 +307,9 @@ def parse_args(argv=None):
     ap.add_argument("--max-len", type=int, default=20, help="prefix length L (most recent)")
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--bucket-step", type=int, default=-1,
+                    help="batches of similar prefix length, cut to a multiple of this width "
+                         "(-1: 1 on TensorFlow, 4 on JAX; 0: full-width shuffled batches)")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--cosine", action="store_true", help="cosine learning-rate decay")
     ap.add_argument("--clip-norm", type=float, default=1.0, help="global-norm clip (0: off)")
@@ -255,6 +321,8 @@ def parse_args(argv=None):
     ap.add_argument("--sampled", type=int, default=0,
                     help="sampled softmax: popularity negatives per batch (0: full softmax)")
     ap.add_argument("--no-tags", action="store_true", help="train without tags")
+    ap.add_argument("--no-last-item", action="store_true",
+                    help="do not feed the last track's embedding to the FC layer")
     ap.add_argument("--tags-per-track", type=int, default=5)
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--valid-events", type=int, default=20_000)

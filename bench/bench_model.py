@@ -1,10 +1,15 @@
 """Benchmark: training throughput (examples/s) and peak memory of model.py.
 
-Random sessions over ``--items`` tracks (Zipf popularity), prefixes of 1 to
-``--max-len`` tracks, the sizes as flags so that a comparison with a peer
-(e.g. RecBole's NARM at 30K items, embedding 64, hidden 100, batch 256,
-prefixes up to 20) can be rerun. The first epoch (tracing / compilation) is
-excluded; the median of the remaining epochs is reported.
+Random sessions over ``--items`` tracks (Zipf popularity), prefix lengths
+uniform in 1..``--max-len`` (mean 10.5 at 20; the generated 1-month window's
+training prefixes average 9.1), the sizes as flags so that a comparison with
+a peer (e.g. RecBole's NARM at 30K items, embedding 64, hidden 100, batch 256,
+prefixes up to 20) can be rerun. Batches come from ``train.LengthBuckets``
+as in training (``--bucket-step 0``: full-width batches). The first epoch
+(tracing / compilation) is excluded. Two figures: examples / median epoch
+time, and a noise-robust one (this machine is shared: identical epochs vary
+up to 2x) from per-batch times, per batch width the median batch time times
+the number of batches of that width, median over epochs.
 
     python bench/bench_model.py --items 30000 --examples 60000 --epochs 4
     KERAS_BACKEND=jax python bench/bench_model.py ...     # same code on JAX
@@ -41,11 +46,15 @@ def main() -> None:
     ap.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
     ap.add_argument("--bf16", action="store_true", help="mixed_bfloat16 (CPUs with AVX512_BF16)")
     ap.add_argument("--unroll", action="store_true")
+    ap.add_argument("--bucket-step", type=int, default=-1,
+                    help="train.py's length-bucketed batches (-1: backend default, 0: off)")
+    ap.add_argument("--no-last-item", action="store_true")
     args = ap.parse_args()
 
     import keras
 
     from model import ModelConfig, build_model
+    from train import LengthBuckets, default_bucket_step
 
     if args.mixed_precision or args.bf16:
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if args.bf16 else "mixed_float16")
@@ -60,7 +69,7 @@ def main() -> None:
     y = rng.choice(np.arange(1, args.items + 1), p=pop, size=args.examples).astype(np.int32)
     cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
                       output=args.output, sampled=args.sampled, use_tags=args.tags > 0,
-                      unroll=args.unroll)
+                      unroll=args.unroll, last_item=not args.no_last_item)
     model = build_model(args.items, cfg, n_tags=args.tags, tags_per_track=5 if args.tags else 0,
                         max_len=args.max_len)
     counts = np.zeros(args.items + 1)
@@ -72,24 +81,40 @@ def main() -> None:
         model.set_tables(popularity=counts)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit.lower()]
     model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=1.0), jit_compile=jit)
-    times = []
+    step = default_bucket_step() if args.bucket_step < 0 else args.bucket_step
+    batches = LengthBuckets(x, lengths, y, args.batch_size, seed=0, step=step)
+    times, robust = [], []
 
     class Timer(keras.callbacks.Callback):
+        """Epoch wall time, and a noise-robust estimate: per batch width, the
+        median batch time times the number of batches of that width."""
+
         def on_epoch_begin(self, epoch, logs=None):
+            self.widths, self.batch_s = batches.widths.copy(), []
             self.t = time.perf_counter()
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.tb = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batch_s.append(time.perf_counter() - self.tb)
 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
+            w, b = self.widths[:len(self.batch_s)], np.array(self.batch_s)
+            robust.append(sum((w == u).sum() * np.median(b[w == u]) for u in np.unique(w)))
 
-    model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0,
-              callbacks=[Timer()], shuffle=True)
+    model.fit(batches, epochs=args.epochs, verbose=0, callbacks=[Timer()])
     steady = times[1:] or times
     eps = args.examples / statistics.median(steady)
+    eps_robust = args.examples / statistics.median(robust[1:] or robust)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     result = {"backend": keras.backend.backend(), "items": args.items,
               "emb": args.emb_dim, "hidden": args.hidden, "batch": args.batch_size,
               "max_len": args.max_len, "sampled": args.sampled, "tags": args.tags,
-              "jit": args.jit, "unroll": args.unroll, "bf16": args.bf16, "examples_per_s": round(eps), "epoch_s": [round(t, 1) for t in times],
+              "jit": args.jit, "unroll": args.unroll, "bucket_step": step,
+              "last_item": not args.no_last_item, "output": args.output, "bf16": args.bf16, "examples_per_s": round(eps),
+              "examples_per_s_batch_medians": round(eps_robust), "epoch_s": [round(t, 1) for t in times],
               "peak_rss_gb": round(peak_gb, 2)}
     print(json.dumps(result))
 

@@ -134,3 +134,38 @@ def test_ranker_ranks_and_excludes_seen_tracks():
     _, top_ex = trainer.make_ranker(m, exclude_seen=True, max_len=6)(x, np.array([2]),
                                                                      np.array([target]))
     assert 3 not in top_ex[0] and 4 not in top_ex[0]
+
+
+def test_length_buckets_cover_every_example_once_with_tight_widths():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 21, size=1000)
+    x = np.zeros((1000, 20), np.int32)
+    for i, n in enumerate(lengths):
+        x[i, :n] = rng.integers(1, V + 1, size=n)
+    y = np.arange(1000, dtype=np.int32)
+    for step in (1, 4):
+        ds = trainer.LengthBuckets(x, lengths, y, batch_size=64, seed=0, step=step)
+        for _epoch in range(2):
+            seen = []
+            for i in range(len(ds)):
+                xb, yb = ds[i]
+                seen.extend(yb.tolist())
+                w = xb.shape[1]
+                assert w >= lengths[yb].max() and (w % step == 0 or w == 20)
+                assert w - lengths[yb].max() < step
+                np.testing.assert_array_equal(xb, x[yb, :w])      # only padding is cut
+            assert sorted(seen) == y.tolist()
+            assert ds[0][0].shape[1] != ds[1][0].shape[1]         # width left free
+            ds.on_epoch_end()
+    full = trainer.LengthBuckets(x, lengths, y, batch_size=64, seed=0, step=0)
+    assert all(full[i][0].shape[1] == 20 for i in range(len(full)))
+    a = trainer.LengthBuckets(x, lengths, y, batch_size=64, seed=5)
+    b = trainer.LengthBuckets(x, lengths, y, batch_size=64, seed=5)
+    assert all((a[i][1] == b[i][1]).all() for i in range(len(a)))   # seeded, reproducible
+
+
+def test_last_item_embedding_feeds_the_output():
+    with_last = small_model()
+    without = small_model(last_item=False)
+    assert with_last.last_item and not without.last_item
+    assert with_last.fc.kernel.shape[0] == without.fc.kernel.shape[0] + 8
