@@ -10,7 +10,11 @@ References:
 - Liu et al., "STAMP: Short-Term Attention/Memory Priority Model for
   Session-based Recommendation", KDD 2018: the last item's own embedding as a
   direct input to the output layer (the ``last_item`` option), since the
-  next play depends most on the last one.
+  next play depends most on the last one; with it, a linear map of that
+  embedding is also added to the session representation, a factorised
+  track-to-track transition term as in Rendle et al., "Factorizing
+  Personalized Markov Chains for Next-Basket Recommendation", WWW 2010, which
+  can memorise "track A is followed by track B" without the tanh bottleneck.
 - Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
   Recommendations", RecSys 2019: in-batch + sampled negatives with the
   log-Q correction (the ``sampled`` option).
@@ -46,8 +50,8 @@ class ModelConfig:
     emb_dim: int = 64          # track (and tag) embedding size E
     hidden: int = 100          # GRU units per direction H
     fc_dim: int = 128          # fully connected layer D
-    dropout: float = 0.25
-    output: str = "tied"       # "tied": scores vs. the track embeddings; "dense": own matrix
+    dropout: float = 0.1
+    output: str = "dense"      # "dense": own output matrix; "tied": vs. the track embeddings
     sampled: int = 0           # >0: sampled softmax with this many popularity negatives
     use_tags: bool = True      # use tags when a tag table is given
     unroll: bool = False       # unroll the GRU loop (faster on CPU for short prefixes)
@@ -82,6 +86,8 @@ class SessionRecommender(keras.Model):
         self.fc_drop = layers.Dropout(dropout, seed=seed + 1)
         self.fc = layers.Dense(fc_dim, activation="tanh", name="fc")
         self.to_item_space = layers.Dense(emb_dim, use_bias=False, name="to_item_space")
+        self.transition = (layers.Dense(emb_dim, use_bias=False, name="transition")
+                           if last_item else None)
         self.out_emb = (layers.Embedding(n_items + 1, emb_dim, name="out_emb")
                         if output == "dense" else None)
         self.seed_gen = keras.random.SeedGenerator(seed + 2)
@@ -156,10 +162,14 @@ class SessionRecommender(keras.Model):
         parts = [last, local]
         if self.last_item:  # the last real play's (dropped-out) embedding, STAMP's m_t
             n = ops.sum(ops.cast(mask, "int32"), axis=1) - 1        # (B,) its position
-            parts.append(ops.take_along_axis(x, ops.maximum(n, 0)[:, None, None], axis=1)[:, 0])
+            m_t = ops.take_along_axis(x, ops.maximum(n, 0)[:, None, None], axis=1)[:, 0]
+            parts.append(m_t)                                       # (B, E)
         h = ops.concatenate(parts, axis=-1)                         # (B, 4H [+ E])
         h = self.fc(self.fc_drop(h, training=training))             # (B, D)
-        return self.to_item_space(h)                                # (B, E)
+        rep = self.to_item_space(h)                                 # (B, E)
+        if self.last_item:  # linear path: a factorised track-to-track transition (FPMC)
+            rep = rep + self.transition(m_t)                        # (B, E)
+        return rep
 
     def _out_matrix(self):
         return self.item_emb.embeddings if self.out_emb is None else self.out_emb.embeddings

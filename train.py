@@ -316,8 +316,9 @@ def parse_args(argv=None):
     ap.add_argument("--emb-dim", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=100)
     ap.add_argument("--fc-dim", type=int, default=128)
-    ap.add_argument("--dropout", type=float, default=0.25)
-    ap.add_argument("--output", choices=["tied", "dense"], default="tied")
+    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--output", choices=["tied", "dense"], default="dense",
+                    help="scores against the input track embeddings (tied) or an own matrix")
     ap.add_argument("--sampled", type=int, default=0,
                     help="sampled softmax: popularity negatives per batch (0: full softmax)")
     ap.add_argument("--no-tags", action="store_true", help="train without tags")
