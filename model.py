@@ -55,12 +55,17 @@ class ModelConfig:
     sampled: int = 0           # >0: sampled softmax with this many popularity negatives
     use_tags: bool = True      # use tags when a tag table is given
     unroll: bool = False       # unroll the GRU loop (faster on CPU for short prefixes)
-    last_item: bool = True     # feed the last track's embedding to the FC layer (STAMP)
+    last_item: bool = True     # last track's embedding to the FC (STAMP) + transition term
 
 
 @keras.saving.register_keras_serializable(package="lastfm")
 class SessionRecommender(keras.Model):
-    """Embedding -> Bi-GRU -> attention -> FC -> scores over all tracks."""
+    """Embedding -> Bi-GRU -> attention -> FC -> scores over all tracks.
+
+    The constructor's defaults are those of the first saved models (tied
+    output, no last-track paths), so that those still load as trained;
+    ``ModelConfig`` holds the current defaults.
+    """
 
     def __init__(self, n_items: int, emb_dim: int = 64, hidden: int = 100, fc_dim: int = 128,
                  dropout: float = 0.25, output: str = "tied", sampled: int = 0,

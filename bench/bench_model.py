@@ -113,9 +113,9 @@ def main() -> None:
               "emb": args.emb_dim, "hidden": args.hidden, "batch": args.batch_size,
               "max_len": args.max_len, "sampled": args.sampled, "tags": args.tags,
               "jit": args.jit, "unroll": args.unroll, "bucket_step": step,
-              "last_item": not args.no_last_item, "output": args.output, "bf16": args.bf16, "examples_per_s": round(eps),
-              "examples_per_s_batch_medians": round(eps_robust), "epoch_s": [round(t, 1) for t in times],
-              "peak_rss_gb": round(peak_gb, 2)}
+              "last_item": not args.no_last_item, "output": args.output, "bf16": args.bf16,
+              "examples_per_s": round(eps), "examples_per_s_batch_medians": round(eps_robust),
+              "epoch_s": [round(t, 1) for t in times], "peak_rss_gb": round(peak_gb, 2)}
     print(json.dumps(result))
 
 
