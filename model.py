@@ -51,7 +51,7 @@ class ModelConfig:
     hidden: int = 100          # GRU units per direction H
     fc_dim: int = 128          # fully connected layer D
     dropout: float = 0.1
-    output: str = "dense"      # "dense": own output matrix; "tied": vs. the track embeddings
+    output: str = "tied"       # "tied": vs. the track embeddings; "dense": own output matrix
     sampled: int = 0           # >0: sampled softmax with this many popularity negatives
     use_tags: bool = True      # use tags when a tag table is given
     unroll: bool = False       # unroll the GRU loop (faster on CPU for short prefixes)

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--sampled", type=int, default=0)
-    ap.add_argument("--output", default="dense")
+    ap.add_argument("--output", default="tied")
     ap.add_argument("--tags", type=int, default=0, help="tag vocabulary size (0: no tags)")
     ap.add_argument("--jit", default="auto", help="jit_compile: auto, true or false")
     ap.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
