@@ -123,8 +123,11 @@ class LengthBuckets(keras.utils.PyDataset):
         self.plan()
 
 
-def default_bucket_step() -> int:
-    """Width rounding of LengthBuckets for the current backend (see there)."""
+def bucket_step(requested: int = -1) -> int:
+    """Width rounding of LengthBuckets: ``requested`` if >= 0, else the
+    backend's default (4 with JAX, 1 otherwise; see LengthBuckets)."""
+    if requested >= 0:
+        return requested
     return 4 if keras.backend.backend() == "jax" else 1
 
 
@@ -225,9 +228,8 @@ def train(window: str, args) -> dict:
     if keras.backend.backend() == "tensorflow" and not args.no_tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     write_json(out / "config.json", config)
-    step = default_bucket_step() if args.bucket_step < 0 else args.bucket_step
     batches = LengthBuckets(train_ev.prefixes, train_ev.lengths, train_ev.targets,
-                            args.batch_size, seed=args.seed, step=step)
+                            args.batch_size, seed=args.seed, step=bucket_step(args.bucket_step))
     model.fit(batches, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose)
     config["best_epoch"], config["best_valid"] = cb.best_epoch, cb.best
     config["history"] = cb.rows

@@ -54,7 +54,7 @@ def main() -> None:
     import keras
 
     from model import ModelConfig, build_model
-    from train import LengthBuckets, default_bucket_step
+    from train import LengthBuckets, bucket_step
 
     if args.mixed_precision or args.bf16:
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if args.bf16 else "mixed_float16")
@@ -81,7 +81,7 @@ def main() -> None:
         model.set_tables(popularity=counts)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit.lower()]
     model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=1.0), jit_compile=jit)
-    step = default_bucket_step() if args.bucket_step < 0 else args.bucket_step
+    step = bucket_step(args.bucket_step)
     batches = LengthBuckets(x, lengths, y, args.batch_size, seed=0, step=step)
     times, robust = [], []
 
