@@ -56,6 +56,7 @@ class ModelConfig:
     use_tags: bool = True      # use tags when a tag table is given
     unroll: bool = False       # unroll the GRU loop (faster on CPU for short prefixes)
     last_item: bool = True     # last track's embedding to the FC (STAMP) + transition term
+    successor: bool = True     # per-track successor vectors (FPMC's own factor), see the class
 
 
 @keras.saving.register_keras_serializable(package="lastfm")
@@ -70,14 +71,14 @@ class SessionRecommender(keras.Model):
     def __init__(self, n_items: int, emb_dim: int = 64, hidden: int = 100, fc_dim: int = 128,
                  dropout: float = 0.25, output: str = "tied", sampled: int = 0,
                  n_tags: int = 0, tags_per_track: int = 0, seed: int = 0, unroll: bool = False,
-                 last_item: bool = False, **kwargs):
+                 last_item: bool = False, successor: bool = False, **kwargs):
         super().__init__(**kwargs)
         if output not in ("tied", "dense"):
             raise ValueError(f"output={output!r}: expected 'tied' or 'dense'")
         self.n_items, self.emb_dim, self.hidden, self.fc_dim = n_items, emb_dim, hidden, fc_dim
         self.dropout_rate, self.output_kind, self.sampled = dropout, output, sampled
         self.n_tags, self.tags_per_track, self.seed = n_tags, tags_per_track, seed
-        self.unroll, self.last_item = unroll, last_item
+        self.unroll, self.last_item, self.successor = unroll, last_item, successor
         self._pad = np.where(np.arange(n_items + 1) == 0, NEG, 0.0).astype(np.float32)
         self.item_emb = layers.Embedding(n_items + 1, emb_dim, name="item_emb")
         self.tag_emb = layers.Embedding(n_tags + 1, emb_dim, name="tag_emb") if n_tags else None
@@ -93,6 +94,11 @@ class SessionRecommender(keras.Model):
         self.to_item_space = layers.Dense(emb_dim, use_bias=False, name="to_item_space")
         self.transition = (layers.Dense(emb_dim, use_bias=False, name="transition")
                            if last_item else None)
+        # FPMC's item-to-item factor: each track owns a vector pointing at the tracks
+        # that follow it (score(j | last i) = <succ_i, out_j>); unlike the shared
+        # linear map above, it can memorise one track's own successors.
+        self.succ_emb = (layers.Embedding(n_items + 1, emb_dim, embeddings_initializer="zeros",
+                                          name="succ_emb") if successor else None)
         self.out_emb = (layers.Embedding(n_items + 1, emb_dim, name="out_emb")
                         if output == "dense" else None)
         self.seed_gen = keras.random.SeedGenerator(seed + 2)
@@ -118,6 +124,8 @@ class SessionRecommender(keras.Model):
             self.tag_emb.build((None,))
         if self.out_emb is not None:
             self.out_emb.build((None,))
+        if self.succ_emb is not None:
+            self.succ_emb.build((None,))
         super().build(input_shape)
         # Build every sub-layer now (a loaded model must own all its weights before
         # they are restored): one forward pass on a dummy prefix.
@@ -174,6 +182,10 @@ class SessionRecommender(keras.Model):
         rep = self.to_item_space(h)                                 # (B, E)
         if self.last_item:  # linear path: a factorised track-to-track transition (FPMC)
             rep = rep + self.transition(m_t)                        # (B, E)
+        if self.successor:  # the last real play's own successor vector
+            n = ops.sum(ops.cast(mask, "int32"), axis=1) - 1
+            last_id = ops.take_along_axis(items, ops.maximum(n, 0)[:, None], axis=1)[:, 0]
+            rep = rep + ops.cast(self.succ_emb(last_id), rep.dtype)   # (B, E)
         return rep
 
     def _out_matrix(self):
@@ -222,7 +234,7 @@ class SessionRecommender(keras.Model):
                 "hidden": self.hidden, "fc_dim": self.fc_dim, "dropout": self.dropout_rate,
                 "output": self.output_kind, "sampled": self.sampled, "n_tags": self.n_tags,
                 "tags_per_track": self.tags_per_track, "seed": self.seed, "unroll": self.unroll,
-                "last_item": self.last_item}
+                "last_item": self.last_item, "successor": self.successor}
 
 
 def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track: int = 0,
@@ -232,7 +244,7 @@ def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track:
         n_items, emb_dim=cfg.emb_dim, hidden=cfg.hidden, fc_dim=cfg.fc_dim, dropout=cfg.dropout,
         output=cfg.output, sampled=cfg.sampled, n_tags=n_tags if cfg.use_tags else 0,
         tags_per_track=tags_per_track if cfg.use_tags else 0, seed=seed, unroll=cfg.unroll,
-        last_item=cfg.last_item)
+        last_item=cfg.last_item, successor=cfg.successor)
     model.build((None, max_len))
     model(np.zeros((1, max_len), np.int32))
     return model

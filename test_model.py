@@ -18,6 +18,7 @@ to what was played next.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -28,8 +29,8 @@ import pandas as pd
 import baselines as bl
 from common import (PipelineError, data_root, log, markdown_table, read_json, read_table,
                     run_main, stage_dir, write_json)
-from metrics import (CUTOFFS, Events, bootstrap_ci, by_prefix_length, evaluate, make_events,
-                     ranker_from_scorer)
+from metrics import (CUTOFFS, EvalResult, Events, bootstrap_ci, by_prefix_length, evaluate,
+                     make_events, ranker_from_scorer, summarise)
 
 REPORT_METRICS = [f"{m}@{n}" for n in CUTOFFS for m in ("HR", "MRR", "NDCG")]
 
@@ -77,9 +78,54 @@ def model_ranker(window: str, vocab_md5: str, exclude_seen: bool, model_dir: Pat
     return trainer.make_ranker(model, exclude_seen=exclude_seen), config
 
 
+def events_md5(events: Events, vocab_md5: str, exclude_seen: bool, max_len: int) -> str:
+    """Fingerprint of an evaluation: the events, the vocabulary and the protocol."""
+    h = hashlib.md5(f"{vocab_md5}|{exclude_seen}|{max_len}".encode())
+    for a in (events.sessions, events.positions, events.targets, events.prefixes):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def save_ranks(path: Path, raw: dict, results: dict, fingerprint: str) -> None:
+    """Per-event ranks and top-20 of every method evaluated, to merge elsewhere."""
+    names = list(raw)
+    meta = {"events_md5": fingerprint, "methods": names,
+            "params": {n: results[n]["params"] for n in names},
+            "seconds": {n: raw[n].seconds for n in names}}
+    arrays = {}
+    for i, n in enumerate(names):
+        arrays[f"ranks_{i}"] = raw[n].ranks.astype(np.int32)
+        arrays[f"topk_{i}"] = raw[n].topk.astype(np.int32)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def load_ranks(path: Path, fingerprint: str, events: Events) -> dict[str, tuple[EvalResult, dict]]:
+    """Methods saved by ``--save-ranks``; refuses ranks of other events or protocol."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"--ranks-from {path}: file not found")
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        if meta["events_md5"] != fingerprint:
+            raise PipelineError(
+                f"--ranks-from {path}: saved for other test events, vocabulary, --max-len or "
+                "--exclude-seen than this evaluation; evaluate on the same splits and options")
+        out = {}
+        for i, n in enumerate(meta["methods"]):
+            res = EvalResult(z[f"ranks_{i}"].astype(np.int64), events.sessions, events.positions,
+                             z[f"topk_{i}"].astype(np.int64), float(meta["seconds"][n]))
+            if len(res.ranks) != len(events):
+                raise PipelineError(f"--ranks-from {path}: {n} has {len(res.ranks)} events, "
+                                    f"expected {len(events)}")
+            out[n] = (res, meta["params"][n])
+    return out
+
+
 def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len: int,
                    n_boot: int, tune_events: int, seed: int, use_model: bool,
-                   model_dirs: list[Path] | None = None) -> dict:
+                   model_dirs: list[Path] | None = None, ranks_from: list[Path] | None = None,
+                   save_ranks_to: Path | None = None) -> dict:
     splits, vocab, meta = load_splits(window)
     n_items = len(vocab)
     pop = np.zeros(n_items + 1)
@@ -109,11 +155,30 @@ def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len:
             log(f"no trained model in data/models/{window}/ (run train.py); baselines only")
             continue
         name = "BiGRU-Att" + ("+tags" if config.get("use_tags") else "")
+        if model_dirs and len(model_dirs) > 1:  # several models: name each by its folder
+            name += f" ({Path(model_dir).name})"
         res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
         params = {k: config[k] for k in ("model", "max_len", "best_epoch", "seed") if k in config}
         results[name] = {"params": params, **res.summary}
         raw[name] = res
         log(f"{name}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}")
+    fingerprint = events_md5(test_events, meta["vocab_md5"], exclude_seen, max_len)
+    if save_ranks_to:
+        save_ranks(save_ranks_to, raw, results, fingerprint)
+        log(f"saved per-event ranks of {', '.join(raw)} to {save_ranks_to}")
+    for path in ranks_from or []:
+        for name, (res, params) in load_ranks(path, fingerprint, test_events).items():
+            if name in raw:
+                if np.array_equal(raw[name].ranks, res.ranks):
+                    log(f"{name} (from {path}): same ranks as evaluated here; kept once")
+                    continue
+                raise PipelineError(f"--ranks-from {path}: {name} was also evaluated here, "
+                                    "with other ranks; rename or drop one")
+            res.summary = summarise(res, n_items, pop)
+            results[name] = {"params": params, **res.summary, "ranks_from": str(path)}
+            raw[name] = res
+            log(f"{name} (from {path}): test HR@20 {res.summary['HR@20']:.4f} "
+                f"MRR@20 {res.summary['MRR@20']:.4f}")
     # Intervals, and differences to the best baseline (paired: same resamples).
     base_names = [m.name for m, _ in chosen]
     best_base = max(base_names, key=lambda n: results[n]["MRR@20"]) if base_names else None
@@ -276,6 +341,12 @@ def parse_args(argv=None):
                     help="baselines to run (comma-separated)")
     ap.add_argument("--no-model", action="store_true", help="baselines only")
     ap.add_argument("--models", help="comma-separated model folders (default data/models/<window>)")
+    ap.add_argument("--save-ranks", metavar="NPZ",
+                    help="also save every method's per-event ranks and top-20 (to merge with "
+                         "--ranks-from, e.g. a model evaluated on a GPU machine)")
+    ap.add_argument("--ranks-from", metavar="NPZ",
+                    help="comma-separated --save-ranks files of the same test events: their "
+                         "methods join the table, intervals and paired differences")
     ap.add_argument("--exclude-seen", action="store_true",
                     help="never recommend a track already in the session")
     ap.add_argument("--max-len", type=int, default=50, help="prefix length seen by methods")
@@ -302,7 +373,9 @@ def main(argv=None) -> None:
             raise PipelineError(f"--methods: unknown baseline {m!r}; known: {known}")
     model_dirs = [Path(p) for p in args.models.split(",")] if args.models else None
     res = run_evaluation(args.window, methods, args.exclude_seen, args.max_len, args.n_boot,
-                         args.tune_events, args.seed, not args.no_model, model_dirs)
+                         args.tune_events, args.seed, not args.no_model, model_dirs,
+                         [Path(p) for p in args.ranks_from.split(",")] if args.ranks_from else None,
+                         Path(args.save_ranks) if args.save_ranks else None)
     reports = stage_dir("reports")
     md = results_markdown(res)
     (reports / "results.md").write_text(md)

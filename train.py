@@ -143,7 +143,10 @@ def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None):
 
     def rank(prefixes, lengths, targets):
         x = recent(prefixes, lengths, L)
-        logits = model.logits(model(x, training=False))            # (B, V+1)
+        # predict_on_batch runs the backend's compiled inference step (jit on JAX,
+        # tf.function on TensorFlow) instead of op-by-op eager calls.
+        rep = model.predict_on_batch(x)                             # (B, E)
+        logits = model.logits(ops.convert_to_tensor(rep))           # (B, V+1)
         if exclude_seen:  # (B, V+1) mask of the prefix's tracks, by scatter (no one-hot)
             rows = np.repeat(np.arange(len(x)), x.shape[1])
             idx = np.stack([rows, x.ravel()], axis=1).astype(np.int32)
@@ -198,7 +201,8 @@ def train(window: str, args) -> dict:
         raise PipelineError(f"window {window}: no training or validation event")
     cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
                       dropout=args.dropout, output=args.output, sampled=args.sampled,
-                      use_tags=not args.no_tags, last_item=not args.no_last_item)
+                      use_tags=not args.no_tags, last_item=not args.no_last_item,
+                      successor=not args.no_successor)
     available = load_tag_tables(window, n_items, args.tags_per_track)
     tags = available if cfg.use_tags else None
     if cfg.use_tags and tags is None:
@@ -326,6 +330,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-tags", action="store_true", help="train without tags")
     ap.add_argument("--no-last-item", action="store_true",
                     help="do not feed the last track's embedding to the FC layer")
+    ap.add_argument("--no-successor", action="store_true",
+                    help="no per-track successor vectors (FPMC's item-to-item factor)")
     ap.add_argument("--tags-per-track", type=int, default=5)
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--valid-events", type=int, default=20_000)

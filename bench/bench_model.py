@@ -1,5 +1,7 @@
 """Benchmark: training throughput (examples/s) and peak memory of model.py.
 
+On a GPU (JAX): device name and peak device memory too; see bench/gpu_run.sh.
+
 Random sessions over ``--items`` tracks (Zipf popularity), prefix lengths
 uniform in 1..``--max-len`` (mean 10.5 at 20; the generated 1-month window's
 training prefixes average 9.1), the sizes as flags so that a comparison with
@@ -29,6 +31,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def device_name(keras) -> str:
+    """The accelerator the backend trains on, or 'cpu'."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        return "cpu" if d.platform == "cpu" else f"{d.platform}: {d.device_kind}"
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return f"gpu: {gpus[0].name}" if gpus else "cpu"
+    return keras.backend.backend()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=30_000)
@@ -49,6 +66,7 @@ def main() -> None:
     ap.add_argument("--bucket-step", type=int, default=-1,
                     help="train.py's length-bucketed batches (-1: backend default, 0: off)")
     ap.add_argument("--no-last-item", action="store_true")
+    ap.add_argument("--no-successor", action="store_true")
     args = ap.parse_args()
 
     import keras
@@ -69,7 +87,8 @@ def main() -> None:
     y = rng.choice(np.arange(1, args.items + 1), p=pop, size=args.examples).astype(np.int32)
     cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
                       output=args.output, sampled=args.sampled, use_tags=args.tags > 0,
-                      unroll=args.unroll, last_item=not args.no_last_item)
+                      unroll=args.unroll, last_item=not args.no_last_item,
+                      successor=not args.no_successor)
     model = build_model(args.items, cfg, n_tags=args.tags, tags_per_track=5 if args.tags else 0,
                         max_len=args.max_len)
     counts = np.zeros(args.items + 1)
@@ -109,13 +128,22 @@ def main() -> None:
     eps = args.examples / statistics.median(steady)
     eps_robust = args.examples / statistics.median(robust[1:] or robust)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    device_peak_gb = None
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        if "peak_bytes_in_use" in stats:
+            device_peak_gb = round(stats["peak_bytes_in_use"] / 1e9, 2)
     result = {"backend": keras.backend.backend(), "items": args.items,
               "emb": args.emb_dim, "hidden": args.hidden, "batch": args.batch_size,
               "max_len": args.max_len, "sampled": args.sampled, "tags": args.tags,
               "jit": args.jit, "unroll": args.unroll, "bucket_step": step,
-              "last_item": not args.no_last_item, "output": args.output, "bf16": args.bf16,
+              "last_item": not args.no_last_item, "successor": not args.no_successor,
+              "output": args.output, "bf16": args.bf16,
               "examples_per_s": round(eps), "examples_per_s_batch_medians": round(eps_robust),
-              "epoch_s": [round(t, 1) for t in times], "peak_rss_gb": round(peak_gb, 2)}
+              "epoch_s": [round(t, 1) for t in times], "peak_rss_gb": round(peak_gb, 2),
+              "device": device_name(keras), "device_peak_gb": device_peak_gb}
     print(json.dumps(result))
 
 

@@ -43,3 +43,28 @@ def test_missing_splits_and_unknown_method(data_dir):
         evaluation.main(["--window", "1m", "--no-model"])
     with pytest.raises(PipelineError, match="unknown baseline"):
         evaluation.main(["--methods", "FOO"])
+
+
+def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_path):
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
+    rep = pipeline_data / "reports"
+    saved = tmp_path / "sr.npz"
+    evaluation.main(["--methods", "SR", "--no-model", "--n-boot", "50", "--save-ranks", str(saved)])
+    sr = json.loads((rep / "results.json").read_text())["methods"]["SR"]
+    evaluation.main(["--methods", "POP", "--no-model", "--n-boot", "50",
+                     "--ranks-from", str(saved)])
+    res = json.loads((rep / "results.json").read_text())
+    assert set(res["methods"]) == {"POP", "SR"}
+    merged = res["methods"]["SR"]
+    for m in ("HR@1", "HR@20", "MRR@20", "NDCG@20", "coverage@20", "events"):
+        assert merged[m] == pytest.approx(sr[m])
+    assert merged["ranks_from"] == str(saved)
+    assert merged["diff_vs_best_baseline"]["baseline"] == "POP"
+    # Same method with the same ranks is kept once; other events or protocol are refused.
+    evaluation.main(["--methods", "SR", "--no-model", "--n-boot", "50", "--ranks-from", str(saved)])
+    assert set(json.loads((rep / "results.json").read_text())["methods"]) == {"SR"}
+    with pytest.raises(PipelineError, match="saved for other test events"):
+        evaluation.main(["--methods", "POP", "--no-model", "--max-len", "10",
+                         "--ranks-from", str(saved)])
+    with pytest.raises(PipelineError, match="file not found"):
+        evaluation.main(["--methods", "POP", "--no-model", "--ranks-from", str(tmp_path / "x")])

@@ -169,3 +169,20 @@ def test_last_item_embedding_feeds_the_output():
     without = small_model(last_item=False)
     assert with_last.last_item and not without.last_item
     assert with_last.fc.kernel.shape[0] == without.fc.kernel.shape[0] + 8
+
+
+def test_successor_vector_of_the_last_track_only():
+    m = small_model()
+    off = small_model(successor=False)
+    assert m.successor and off.succ_emb is None
+    w = keras.ops.convert_to_numpy(m.succ_emb.embeddings)
+    assert not w.any()  # starts at zero: the path is learnt, not random noise
+    x = np.array([[3, 5, 7, 0, 0, 0]], np.int32)
+    before = keras.ops.convert_to_numpy(m(x))
+    w2 = w.copy()
+    w2[3] = 1.0                      # an earlier track's successor vector: no effect
+    m.succ_emb.embeddings.assign(w2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(m(x)), before, atol=1e-6)
+    w2[7] = 1.0                      # the last track's: added to the session vector
+    m.succ_emb.embeddings.assign(w2)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(m(x)), before + 1.0, atol=1e-5)
