@@ -22,9 +22,10 @@ References:
 Contract: input ``items`` (B, L) int32, the most recent L tracks of a session
 prefix in play order, right-padded with 0 (padding; ``mask`` True = a real
 play). Only the prefix is ever input, so the backward GRU reads the past
-only. ``call`` returns the session representation (B, D); ``logits`` turns
-it into scores over all tracks (B, V+1), column 0 (padding) set to a large
-negative value.
+only. ``call`` returns the session representation (B, E), or (B, 2E) with
+successor vectors scored against their own output vectors (the session vector
+then the last track's successor vector); ``logits`` turns it into scores over
+all tracks (B, V+1), column 0 (padding) set to a large negative value.
 
 Tags (optional): each track's top-K tag ids and weights are constant tables
 stored in the model (non-trainable weights), so the only input stays track
@@ -57,6 +58,8 @@ class ModelConfig:
     unroll: bool = False       # unroll the GRU loop (faster on CPU for short prefixes)
     last_item: bool = True     # last track's embedding to the FC (STAMP) + transition term
     successor: bool = True     # per-track successor vectors (FPMC's own factor), see the class
+    successor_output: str = "own"  # "own": scored against own output vectors; "tied": added
+                                   # to the session vector (scored against track embeddings)
 
 
 @keras.saving.register_keras_serializable(package="lastfm")
@@ -71,7 +74,8 @@ class SessionRecommender(keras.Model):
     def __init__(self, n_items: int, emb_dim: int = 64, hidden: int = 100, fc_dim: int = 128,
                  dropout: float = 0.25, output: str = "tied", sampled: int = 0,
                  n_tags: int = 0, tags_per_track: int = 0, seed: int = 0, unroll: bool = False,
-                 last_item: bool = False, successor: bool = False, **kwargs):
+                 last_item: bool = False, successor: bool = False,
+                 successor_output: str = "tied", **kwargs):
         super().__init__(**kwargs)
         if output not in ("tied", "dense"):
             raise ValueError(f"output={output!r}: expected 'tied' or 'dense'")
@@ -79,6 +83,10 @@ class SessionRecommender(keras.Model):
         self.dropout_rate, self.output_kind, self.sampled = dropout, output, sampled
         self.n_tags, self.tags_per_track, self.seed = n_tags, tags_per_track, seed
         self.unroll, self.last_item, self.successor = unroll, last_item, successor
+        if successor_output not in ("tied", "own"):
+            raise ValueError(f"successor_output={successor_output!r}: expected 'tied' or 'own'")
+        self.successor_output = successor_output
+        self.succ_own = successor and successor_output == "own"
         self._pad = np.where(np.arange(n_items + 1) == 0, NEG, 0.0).astype(np.float32)
         self.item_emb = layers.Embedding(n_items + 1, emb_dim, name="item_emb")
         self.tag_emb = layers.Embedding(n_tags + 1, emb_dim, name="tag_emb") if n_tags else None
@@ -99,6 +107,11 @@ class SessionRecommender(keras.Model):
         # linear map above, it can memorise one track's own successors.
         self.succ_emb = (layers.Embedding(n_items + 1, emb_dim, embeddings_initializer="zeros",
                                           name="succ_emb") if successor else None)
+        # "own": successor vectors are scored against their own output vectors, so the
+        # track-to-track codes need not share the track embeddings' similarity
+        # structure (where a track's album siblings sit close to its successor).
+        self.succ_out = (layers.Embedding(n_items + 1, emb_dim, name="succ_out")
+                         if self.succ_own else None)
         self.out_emb = (layers.Embedding(n_items + 1, emb_dim, name="out_emb")
                         if output == "dense" else None)
         self.seed_gen = keras.random.SeedGenerator(seed + 2)
@@ -126,6 +139,8 @@ class SessionRecommender(keras.Model):
             self.out_emb.build((None,))
         if self.succ_emb is not None:
             self.succ_emb.build((None,))
+        if self.succ_out is not None:
+            self.succ_out.build((None,))
         super().build(input_shape)
         # Build every sub-layer now (a loaded model must own all its weights before
         # they are restored): one forward pass on a dummy prefix.
@@ -185,7 +200,10 @@ class SessionRecommender(keras.Model):
         if self.successor:  # the last real play's own successor vector
             n = ops.sum(ops.cast(mask, "int32"), axis=1) - 1
             last_id = ops.take_along_axis(items, ops.maximum(n, 0)[:, None], axis=1)[:, 0]
-            rep = rep + ops.cast(self.succ_emb(last_id), rep.dtype)   # (B, E)
+            succ = ops.cast(self.succ_emb(last_id), rep.dtype)      # (B, E)
+            if self.succ_own:  # scored separately by logits(): carry it alongside
+                return ops.concatenate([rep, succ], axis=-1)        # (B, 2E)
+            rep = rep + succ                                        # (B, E)
         return rep
 
     def _out_matrix(self):
@@ -198,7 +216,13 @@ class SessionRecommender(keras.Model):
         broadcast add, in float32) rather than a separate (B, V+1) select.
         """
         w = ops.cast(self._out_matrix(), rep.dtype)
-        s = ops.cast(ops.matmul(rep, ops.transpose(w)), "float32")
+        if self.succ_own:  # session vector vs. track embeddings + successor vs. own vectors
+            e = self.emb_dim
+            o = ops.cast(self.succ_out.embeddings, rep.dtype)
+            s = ops.matmul(rep[:, :e], ops.transpose(w)) + ops.matmul(rep[:, e:], ops.transpose(o))
+        else:
+            s = ops.matmul(rep, ops.transpose(w))
+        s = ops.cast(s, "float32")
         pad = ops.convert_to_tensor(self._pad)                     # (V+1,) NEG at 0
         return s + (ops.cast(self.out_bias, "float32") + pad)[None, :]
 
@@ -217,7 +241,13 @@ class SessionRecommender(keras.Model):
         cand = ops.concatenate([y, neg])                             # (B + N,)
         b = ops.shape(y)[0]
         w = ops.cast(ops.take(self._out_matrix(), cand, axis=0), rep.dtype)  # (B+N, E)
-        s = ops.matmul(rep, ops.transpose(w)) + ops.cast(ops.take(self.out_bias, cand), rep.dtype)
+        if self.succ_own:
+            e = self.emb_dim
+            o = ops.cast(ops.take(self.succ_out.embeddings, cand, axis=0), rep.dtype)
+            s = ops.matmul(rep[:, :e], ops.transpose(w)) + ops.matmul(rep[:, e:], ops.transpose(o))
+        else:
+            s = ops.matmul(rep, ops.transpose(w))
+        s = s + ops.cast(ops.take(self.out_bias, cand), rep.dtype)
         s = ops.cast(s, "float32")                                   # (B, B+N)
         log_q = ops.concatenate([
             ops.take(self.log_pop, y) + ops.log(ops.cast(b, "float32")),
@@ -234,7 +264,8 @@ class SessionRecommender(keras.Model):
                 "hidden": self.hidden, "fc_dim": self.fc_dim, "dropout": self.dropout_rate,
                 "output": self.output_kind, "sampled": self.sampled, "n_tags": self.n_tags,
                 "tags_per_track": self.tags_per_track, "seed": self.seed, "unroll": self.unroll,
-                "last_item": self.last_item, "successor": self.successor}
+                "last_item": self.last_item, "successor": self.successor,
+                "successor_output": self.successor_output}
 
 
 def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track: int = 0,
@@ -244,7 +275,8 @@ def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track:
         n_items, emb_dim=cfg.emb_dim, hidden=cfg.hidden, fc_dim=cfg.fc_dim, dropout=cfg.dropout,
         output=cfg.output, sampled=cfg.sampled, n_tags=n_tags if cfg.use_tags else 0,
         tags_per_track=tags_per_track if cfg.use_tags else 0, seed=seed, unroll=cfg.unroll,
-        last_item=cfg.last_item, successor=cfg.successor)
+        last_item=cfg.last_item, successor=cfg.successor,
+        successor_output=cfg.successor_output)
     model.build((None, max_len))
     model(np.zeros((1, max_len), np.int32))
     return model

@@ -202,7 +202,8 @@ def train(window: str, args) -> dict:
     cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
                       dropout=args.dropout, output=args.output, sampled=args.sampled,
                       use_tags=not args.no_tags, last_item=not args.no_last_item,
-                      successor=not args.no_successor)
+                      successor=not args.no_successor,
+                      successor_output=args.successor_output)
     available = load_tag_tables(window, n_items, args.tags_per_track)
     tags = available if cfg.use_tags else None
     if cfg.use_tags and tags is None:
@@ -332,6 +333,9 @@ def parse_args(argv=None):
                     help="do not feed the last track's embedding to the FC layer")
     ap.add_argument("--no-successor", action="store_true",
                     help="no per-track successor vectors (FPMC's item-to-item factor)")
+    ap.add_argument("--successor-output", choices=["own", "tied"], default="own",
+                    help="successor vectors scored against their own output vectors (own) "
+                         "or added to the session vector (tied)")
     ap.add_argument("--tags-per-track", type=int, default=5)
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--valid-events", type=int, default=20_000)

@@ -25,7 +25,7 @@ def test_shapes_and_padding_column():
     x = np.array([[1, 2, 3, 0, 0, 0], [4, 0, 0, 0, 0, 0]], np.int32)
     rep = m(x)
     logits = keras.ops.convert_to_numpy(m.logits(rep))
-    assert tuple(rep.shape) == (2, 8) and logits.shape == (2, V + 1)
+    assert tuple(rep.shape) == (2, 2 * 8) and logits.shape == (2, V + 1)  # session + successor
     assert (logits[:, 0] <= -1e8).all()
 
 
@@ -172,7 +172,7 @@ def test_last_item_embedding_feeds_the_output():
 
 
 def test_successor_vector_of_the_last_track_only():
-    m = small_model()
+    m = small_model(successor_output="tied")
     off = small_model(successor=False)
     assert m.successor and off.succ_emb is None
     w = keras.ops.convert_to_numpy(m.succ_emb.embeddings)
@@ -186,3 +186,21 @@ def test_successor_vector_of_the_last_track_only():
     w2[7] = 1.0                      # the last track's: added to the session vector
     m.succ_emb.embeddings.assign(w2)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(m(x)), before + 1.0, atol=1e-5)
+
+
+def test_successor_scored_against_its_own_output_vectors():
+    m = small_model()                # default: successor_output="own"
+    assert m.succ_own and m.succ_out is not None
+    x = np.array([[3, 5, 7, 0, 0, 0], [2, 0, 0, 0, 0, 0]], np.int32)
+    rep = keras.ops.convert_to_numpy(m(x))
+    assert rep.shape == (2, 16) and not rep[:, 8:].any()   # (B, 2E); successor part zero
+    before = keras.ops.convert_to_numpy(m.logits(m(x)))
+    w = keras.ops.convert_to_numpy(m.succ_emb.embeddings).copy()
+    w[7] = 1.0                       # the first session's last track points somewhere
+    m.succ_emb.embeddings.assign(w)
+    o = keras.ops.convert_to_numpy(m.succ_out.embeddings)
+    after = keras.ops.convert_to_numpy(m.logits(m(x)))
+    # Only the first session moves, by <succ_7, out_j> for every track j; the
+    # session vector (and so the track-embedding scores) is unchanged.
+    np.testing.assert_allclose(after[1], before[1], atol=1e-5)
+    np.testing.assert_allclose(after[0, 1:] - before[0, 1:], o[1:].sum(axis=1), atol=1e-4)
