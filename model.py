@@ -58,8 +58,8 @@ class ModelConfig:
     unroll: bool = False       # unroll the GRU loop (faster on CPU for short prefixes)
     last_item: bool = True     # last track's embedding to the FC (STAMP) + transition term
     successor: bool = True     # per-track successor vectors (FPMC's own factor), see the class
-    successor_output: str = "own"  # "own": scored against own output vectors; "tied": added
-                                   # to the session vector (scored against track embeddings)
+    successor_output: str = "tied"  # "tied": added to the session vector (scored against
+                                    # the track embeddings); "own": own output vectors
 
 
 @keras.saving.register_keras_serializable(package="lastfm")

@@ -155,7 +155,7 @@ def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len:
             log(f"no trained model in data/models/{window}/ (run train.py); baselines only")
             continue
         name = "BiGRU-Att" + ("+tags" if config.get("use_tags") else "")
-        if model_dirs and len(model_dirs) > 1:  # several models: name each by its folder
+        if model_dirs:  # models given by --models: name each by its folder
             name += f" ({Path(model_dir).name})"
         res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
         params = {k: config[k] for k in ("model", "max_len", "best_epoch", "seed") if k in config}
@@ -180,7 +180,8 @@ def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len:
             log(f"{name} (from {path}): test HR@20 {res.summary['HR@20']:.4f} "
                 f"MRR@20 {res.summary['MRR@20']:.4f}")
     # Intervals, and differences to the best baseline (paired: same resamples).
-    base_names = [m.name for m, _ in chosen]
+    # Baselines evaluated here or merged from --ranks-from files.
+    base_names = [n for n in results if n in {g.cls.name for g in bl.GRIDS}]
     best_base = max(base_names, key=lambda n: results[n]["MRR@20"]) if base_names else None
     for name, res in raw.items():
         results[name]["ci"] = bootstrap_ci(res.ranks, res.sessions, REPORT_METRICS,

@@ -333,7 +333,7 @@ def parse_args(argv=None):
                     help="do not feed the last track's embedding to the FC layer")
     ap.add_argument("--no-successor", action="store_true",
                     help="no per-track successor vectors (FPMC's item-to-item factor)")
-    ap.add_argument("--successor-output", choices=["own", "tied"], default="own",
+    ap.add_argument("--successor-output", choices=["tied", "own"], default="tied",
                     help="successor vectors scored against their own output vectors (own) "
                          "or added to the session vector (tied)")
     ap.add_argument("--tags-per-track", type=int, default=5)

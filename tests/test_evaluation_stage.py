@@ -59,7 +59,9 @@ def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_pat
     for m in ("HR@1", "HR@20", "MRR@20", "NDCG@20", "coverage@20", "events"):
         assert merged[m] == pytest.approx(sr[m])
     assert merged["ranks_from"] == str(saved)
-    assert merged["diff_vs_best_baseline"]["baseline"] == "POP"
+    # A merged baseline counts as a baseline: the best one here is SR.
+    assert res["best_baseline"] == "SR"
+    assert res["methods"]["POP"]["diff_vs_best_baseline"]["baseline"] == "SR"
     # Same method with the same ranks is kept once; other events or protocol are refused.
     evaluation.main(["--methods", "SR", "--no-model", "--n-boot", "50", "--ranks-from", str(saved)])
     assert set(json.loads((rep / "results.json").read_text())["methods"]) == {"SR"}

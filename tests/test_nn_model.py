@@ -25,7 +25,7 @@ def test_shapes_and_padding_column():
     x = np.array([[1, 2, 3, 0, 0, 0], [4, 0, 0, 0, 0, 0]], np.int32)
     rep = m(x)
     logits = keras.ops.convert_to_numpy(m.logits(rep))
-    assert tuple(rep.shape) == (2, 2 * 8) and logits.shape == (2, V + 1)  # session + successor
+    assert tuple(rep.shape) == (2, 8) and logits.shape == (2, V + 1)
     assert (logits[:, 0] <= -1e8).all()
 
 
@@ -172,7 +172,7 @@ def test_last_item_embedding_feeds_the_output():
 
 
 def test_successor_vector_of_the_last_track_only():
-    m = small_model(successor_output="tied")
+    m = small_model()                # default: successor_output="tied"
     off = small_model(successor=False)
     assert m.successor and off.succ_emb is None
     w = keras.ops.convert_to_numpy(m.succ_emb.embeddings)
@@ -189,7 +189,7 @@ def test_successor_vector_of_the_last_track_only():
 
 
 def test_successor_scored_against_its_own_output_vectors():
-    m = small_model()                # default: successor_output="own"
+    m = small_model(successor_output="own")
     assert m.succ_own and m.succ_out is not None
     x = np.array([[3, 5, 7, 0, 0, 0], [2, 0, 0, 0, 0, 0]], np.int32)
     rep = keras.ops.convert_to_numpy(m(x))
