@@ -10,7 +10,7 @@ early stopping on validation MRR@20 keeps the best weights.
 Outputs in ``data/models/<window>/``: ``model.keras``, ``config.json``
 (resolved configuration, vocabulary checksum, seed, backend), ``history.csv``
 (and TensorBoard logs with the TensorFlow backend); in ``data/reports/``:
-``training_curves.png`` and ``training.md``.
+``training_curves.png`` and ``training.md`` (with ``--out DIR``: in DIR).
 
 Backend: Keras 3 with TensorFlow by default; ``KERAS_BACKEND=jax`` or
 ``torch`` runs the same code. It uses a GPU whenever the backend sees one.
@@ -240,13 +240,16 @@ def train(window: str, args) -> dict:
     config["history"] = cb.rows
     write_json(out / "config.json", config)
     suffix = "" if cfg.use_tags or available is None else "_notags"
-    plot_history(cb.rows, stage_dir("reports") / f"training_curves{suffix}.png")
+    # A run with --out (an experiment) keeps its report beside its model, so that it
+    # never overwrites the report of record in data/reports/.
+    reports = out if args.out else stage_dir("reports")
+    plot_history(cb.rows, reports / f"training_curves{suffix}.png")
     md = (f"## Training{' (without tags)' if suffix else ''}\n\n"
           + f"Window {window}; {len(train_ev):,} training examples; "
           f"backend {config['backend']}; tags {'on' if cfg.use_tags else 'off'}; "
           f"best epoch {cb.best_epoch} (validation MRR@20 {cb.best:.4f}).\n\n"
           + markdown_table(list(cb.rows[0].keys()), [list(r.values()) for r in cb.rows]) + "\n")
-    (stage_dir("reports") / f"training{suffix}.md").write_text(md)
+    (reports / f"training{suffix}.md").write_text(md)
     return config
 
 

@@ -8,7 +8,8 @@
 #   keras, namex, optree wheels in .whl/; the 1m window's splits and tags in
 #   .gpudata/{sessions,tags}/1m/ (both folders listed in .git/info/exclude)
 # Calls: carry [".whl", ".gpudata"], command "bash bench/gpu_run.sh bench", then
-# (while the machine is warm) "EPOCHS=5 BUDGET_S=480 bash bench/gpu_run.sh train".
+# (while the machine is warm) "EPOCHS=8 CAP=140 BUDGET_S=530 bash bench/gpu_run.sh train"
+# (the calls that gave the README's GPU figures: 199 s and 354 s on an H200).
 # Results land in $OUT (data/gpu_out without one). Each step has a time cap
 # (BUDGET_S, seconds for the whole call) so that a slow step cannot eat the lease.
 set -u

@@ -109,6 +109,14 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     res = json.loads((pipeline_data / "reports" / "results.json").read_text())
     assert "BiGRU-Att" in res["methods"] and res["methods"]["BiGRU-Att"]["HR@20"] > \
         res["methods"]["POP"]["HR@20"]
+    # An experiment with --out keeps its report beside its model.
+    record = (pipeline_data / "reports" / "training.md").read_text()
+    exp = pipeline_data / "experiment"
+    trainer.train("3m", trainer.parse_args(
+        ["--window", "3m", "--epochs", "1", "--emb-dim", "8", "--hidden", "8", "--fc-dim", "8",
+         "--verbose", "0", "--out", str(exp)]))
+    assert (exp / "training.md").exists() and (exp / "training_curves.png").exists()
+    assert (pipeline_data / "reports" / "training.md").read_text() == record
 
 
 def test_sampled_softmax_trains():
