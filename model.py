@@ -188,9 +188,9 @@ class SessionRecommender(keras.Model):
         alpha = ops.softmax(e, axis=-1)                             # (B, L)
         local = ops.sum(alpha[..., None] * seq, axis=1)             # (B, 2H) local encoder
         parts = [last, local]
+        n = ops.maximum(ops.sum(ops.cast(mask, "int32"), axis=1) - 1, 0)  # (B,) last position
         if self.last_item:  # the last real play's (dropped-out) embedding, STAMP's m_t
-            n = ops.sum(ops.cast(mask, "int32"), axis=1) - 1        # (B,) its position
-            m_t = ops.take_along_axis(x, ops.maximum(n, 0)[:, None, None], axis=1)[:, 0]
+            m_t = ops.take_along_axis(x, n[:, None, None], axis=1)[:, 0]
             parts.append(m_t)                                       # (B, E)
         h = ops.concatenate(parts, axis=-1)                         # (B, 4H [+ E])
         h = self.fc(self.fc_drop(h, training=training))             # (B, D)
@@ -198,13 +198,23 @@ class SessionRecommender(keras.Model):
         if self.last_item:  # linear path: a factorised track-to-track transition (FPMC)
             rep = rep + self.transition(m_t)                        # (B, E)
         if self.successor:  # the last real play's own successor vector
-            n = ops.sum(ops.cast(mask, "int32"), axis=1) - 1
-            last_id = ops.take_along_axis(items, ops.maximum(n, 0)[:, None], axis=1)[:, 0]
+            last_id = ops.take_along_axis(items, n[:, None], axis=1)[:, 0]  # (B,)
             succ = ops.cast(self.succ_emb(last_id), rep.dtype)      # (B, E)
             if self.succ_own:  # scored separately by logits(): carry it alongside
                 return ops.concatenate([rep, succ], axis=-1)        # (B, 2E)
             rep = rep + succ                                        # (B, E)
         return rep
+
+    def _score(self, rep, w, own=None):
+        """Dot scores (B, C) of ``rep`` against track rows ``w`` (C, E); with own
+        successor output rows ``own`` (C, E), rep is (B, 2E) and its second half is
+        scored against them."""
+        w = ops.cast(w, rep.dtype)
+        if own is None:
+            return ops.matmul(rep, ops.transpose(w))
+        e = self.emb_dim
+        return (ops.matmul(rep[:, :e], ops.transpose(w))
+                + ops.matmul(rep[:, e:], ops.transpose(ops.cast(own, rep.dtype))))
 
     def _out_matrix(self):
         return self.item_emb.embeddings if self.out_emb is None else self.out_emb.embeddings
@@ -215,14 +225,8 @@ class SessionRecommender(keras.Model):
         The padding column is excluded by a constant added to the bias (one
         broadcast add, in float32) rather than a separate (B, V+1) select.
         """
-        w = ops.cast(self._out_matrix(), rep.dtype)
-        if self.succ_own:  # session vector vs. track embeddings + successor vs. own vectors
-            e = self.emb_dim
-            o = ops.cast(self.succ_out.embeddings, rep.dtype)
-            s = ops.matmul(rep[:, :e], ops.transpose(w)) + ops.matmul(rep[:, e:], ops.transpose(o))
-        else:
-            s = ops.matmul(rep, ops.transpose(w))
-        s = ops.cast(s, "float32")
+        own = self.succ_out.embeddings if self.succ_own else None
+        s = ops.cast(self._score(rep, self._out_matrix(), own), "float32")
         pad = ops.convert_to_tensor(self._pad)                     # (V+1,) NEG at 0
         return s + (ops.cast(self.out_bias, "float32") + pad)[None, :]
 
@@ -240,14 +244,9 @@ class SessionRecommender(keras.Model):
         neg = ops.take(self.neg_table, pick)                         # (N,)
         cand = ops.concatenate([y, neg])                             # (B + N,)
         b = ops.shape(y)[0]
-        w = ops.cast(ops.take(self._out_matrix(), cand, axis=0), rep.dtype)  # (B+N, E)
-        if self.succ_own:
-            e = self.emb_dim
-            o = ops.cast(ops.take(self.succ_out.embeddings, cand, axis=0), rep.dtype)
-            s = ops.matmul(rep[:, :e], ops.transpose(w)) + ops.matmul(rep[:, e:], ops.transpose(o))
-        else:
-            s = ops.matmul(rep, ops.transpose(w))
-        s = s + ops.cast(ops.take(self.out_bias, cand), rep.dtype)
+        w = ops.take(self._out_matrix(), cand, axis=0)              # (B+N, E)
+        own = ops.take(self.succ_out.embeddings, cand, axis=0) if self.succ_own else None
+        s = self._score(rep, w, own) + ops.cast(ops.take(self.out_bias, cand), rep.dtype)
         s = ops.cast(s, "float32")                                   # (B, B+N)
         log_q = ops.concatenate([
             ops.take(self.log_pop, y) + ops.log(ops.cast(b, "float32")),

@@ -145,7 +145,7 @@ def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None):
         x = recent(prefixes, lengths, L)
         # predict_on_batch runs the backend's compiled inference step (jit on JAX,
         # tf.function on TensorFlow) instead of op-by-op eager calls.
-        rep = model.predict_on_batch(x)                             # (B, E)
+        rep = model.predict_on_batch(x)                             # (B, E) or (B, 2E)
         logits = model.logits(ops.convert_to_tensor(rep))           # (B, V+1)
         if exclude_seen:  # (B, V+1) mask of the prefix's tracks, by scatter (no one-hot)
             rows = np.repeat(np.arange(len(x)), x.shape[1])
