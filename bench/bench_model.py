@@ -31,19 +31,22 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def device_name(keras) -> str:
-    """The accelerator the backend trains on, or 'cpu'."""
+def device_info(keras) -> tuple[str, float | None]:
+    """The device the backend trains on ('cpu' or its name), and its peak memory
+    in GB where the backend reports it (JAX on a GPU)."""
     if keras.backend.backend() == "jax":
         import jax
 
         d = jax.devices()[0]
-        return "cpu" if d.platform == "cpu" else f"{d.platform}: {d.device_kind}"
+        peak = (d.memory_stats() or {}).get("peak_bytes_in_use")
+        name = "cpu" if d.platform == "cpu" else f"{d.platform}: {d.device_kind}"
+        return name, round(peak / 1e9, 2) if peak is not None else None
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
         gpus = tf.config.list_physical_devices("GPU")
-        return f"gpu: {gpus[0].name}" if gpus else "cpu"
-    return keras.backend.backend()
+        return (f"gpu: {gpus[0].name}" if gpus else "cpu"), None
+    return keras.backend.backend(), None
 
 
 def main() -> None:
@@ -128,13 +131,7 @@ def main() -> None:
     eps = args.examples / statistics.median(steady)
     eps_robust = args.examples / statistics.median(robust[1:] or robust)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    device_peak_gb = None
-    if keras.backend.backend() == "jax":
-        import jax
-
-        stats = jax.devices()[0].memory_stats() or {}
-        if "peak_bytes_in_use" in stats:
-            device_peak_gb = round(stats["peak_bytes_in_use"] / 1e9, 2)
+    device, device_peak_gb = device_info(keras)
     result = {"backend": keras.backend.backend(), "items": args.items,
               "emb": args.emb_dim, "hidden": args.hidden, "batch": args.batch_size,
               "max_len": args.max_len, "sampled": args.sampled, "tags": args.tags,
@@ -143,7 +140,7 @@ def main() -> None:
               "output": args.output, "bf16": args.bf16,
               "examples_per_s": round(eps), "examples_per_s_batch_medians": round(eps_robust),
               "epoch_s": [round(t, 1) for t in times], "peak_rss_gb": round(peak_gb, 2),
-              "device": device_name(keras), "device_peak_gb": device_peak_gb}
+              "device": device, "device_peak_gb": device_peak_gb}
     print(json.dumps(result))
 
 

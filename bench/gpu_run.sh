@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (JAX there, no TensorFlow): throughput at the
 # NARM-comparison sizes (full and sampled softmax), then the full-scale
-# training runs on the generated 1-month window and the chosen model's
+# training runs on the generated 1-month window and every trained model's
 # per-event test ranks (merge here with test_model.py --ranks-from).
 #
-# Before the call, on this machine (see README, "GPU"):
+# Before the call, on this machine:
 #   keras, namex, optree wheels in .whl/; the 1m window's splits and tags in
 #   .gpudata/{sessions,tags}/1m/ (both folders listed in .git/info/exclude)
 # Calls: carry [".whl", ".gpudata"], command "bash bench/gpu_run.sh bench", then
