@@ -105,14 +105,23 @@ def load_ranks(path: Path, fingerprint: str, events: Events) -> dict[str, tuple[
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"--ranks-from {path}: file not found")
-    with np.load(path) as z:
+    z = None
+    try:
+        z = np.load(path)
         meta = json.loads(str(z["meta"]))
-        if meta["events_md5"] != fingerprint:
+        names, saved_md5 = meta["methods"], meta["events_md5"]
+    except (OSError, ValueError, KeyError, TypeError) as e:  # not a --save-ranks file
+        if z is not None:
+            z.close()
+        raise PipelineError(f"--ranks-from {path}: not a file written by --save-ranks "
+                            f"({type(e).__name__}: {e})") from e
+    with z:
+        if saved_md5 != fingerprint:
             raise PipelineError(
                 f"--ranks-from {path}: saved for other test events, vocabulary, --max-len or "
                 "--exclude-seen than this evaluation; evaluate on the same splits and options")
         out = {}
-        for i, n in enumerate(meta["methods"]):
+        for i, n in enumerate(names):
             res = EvalResult(z[f"ranks_{i}"].astype(np.int64), events.sessions, events.positions,
                              z[f"topk_{i}"].astype(np.int64), float(meta["seconds"][n]))
             if len(res.ranks) != len(events):

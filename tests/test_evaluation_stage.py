@@ -70,3 +70,7 @@ def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_pat
                          "--ranks-from", str(saved)])
     with pytest.raises(PipelineError, match="file not found"):
         evaluation.main(["--methods", "POP", "--no-model", "--ranks-from", str(tmp_path / "x")])
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not an npz")
+    with pytest.raises(PipelineError, match="not a file written by --save-ranks"):
+        evaluation.main(["--methods", "POP", "--no-model", "--ranks-from", str(bad)])
