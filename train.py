@@ -146,7 +146,7 @@ def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None):
         # predict_on_batch runs the backend's compiled inference step (jit on JAX,
         # tf.function on TensorFlow) instead of op-by-op eager calls.
         rep = model.predict_on_batch(x)                             # (B, E) or (B, 2E)
-        logits = model.logits(ops.convert_to_tensor(rep))           # (B, V+1)
+        logits = model.logits(ops.convert_to_tensor(rep), x)        # (B, V+1)
         if exclude_seen:  # (B, V+1) mask of the prefix's tracks, by scatter (no one-hot)
             rows = np.repeat(np.arange(len(x)), x.shape[1])
             idx = np.stack([rows, x.ravel()], axis=1).astype(np.int32)
@@ -181,7 +181,7 @@ def load_trained(path: Path, expected_vocab_md5: str | None = None):
 
 
 def train(window: str, args) -> dict:
-    from model import ModelConfig, build_model
+    from model import ModelConfig, build_model, top_successors
     from test_model import load_splits
 
     if args.mixed_precision:
@@ -203,7 +203,7 @@ def train(window: str, args) -> dict:
                       dropout=args.dropout, output=args.output, sampled=args.sampled,
                       use_tags=not args.no_tags, last_item=not args.no_last_item,
                       successor=not args.no_successor,
-                      successor_output=args.successor_output)
+                      successor_output=args.successor_output, transitions=args.transitions)
     available = load_tag_tables(window, n_items, args.tags_per_track)
     tags = available if cfg.use_tags else None
     if cfg.use_tags and tags is None:
@@ -214,7 +214,10 @@ def train(window: str, args) -> dict:
                         max_len=args.max_len)
     pop = np.zeros(n_items + 1)
     pop[vocab["item_idx"].to_numpy()] = vocab["train_count"].to_numpy()
-    model.set_tables(*(tags[:2] if tags else (None, None)), popularity=pop)
+    succ = (top_successors(splits["train"]["session_id"].to_numpy(),
+                           splits["train"]["item_idx"].to_numpy(), n_items, cfg.transitions)
+            if cfg.transitions else None)
+    model.set_tables(*(tags[:2] if tags else (None, None)), popularity=pop, successors=succ)
     model.max_len = args.max_len
     steps = int(np.ceil(len(train_ev) / args.batch_size)) * args.epochs
     lr = keras.optimizers.schedules.CosineDecay(args.lr, steps, alpha=0.1) \
@@ -339,6 +342,9 @@ def parse_args(argv=None):
     ap.add_argument("--successor-output", choices=["tied", "own"], default="tied",
                     help="successor vectors scored against their own output vectors (own) "
                          "or added to the session vector (tied)")
+    ap.add_argument("--transitions", type=int, default=16,
+                    help="score the last track's K most frequent training successors by "
+                         "gate(session) * log(1 + count) (0: off)")
     ap.add_argument("--tags-per-track", type=int, default=5)
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--valid-events", type=int, default=20_000)
