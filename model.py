@@ -15,16 +15,6 @@ References:
   track-to-track transition term as in Rendle et al., "Factorizing
   Personalized Markov Chains for Next-Basket Recommendation", WWW 2010, which
   can memorise "track A is followed by track B" without the tanh bottleneck.
-- Ludewig & Jannach, "Evaluation of Session-based Recommendation Algorithms",
-  UMUAI 2018 (sequential rules), and Jannach & Ludewig, "When Recurrent
-  Neural Networks meet the Neighborhood for Session-Based Recommendation",
-  RecSys 2017 (an RNN combined with a neighbourhood method beats both): the
-  ``transitions`` option adds the first-order transition counts of the
-  training plays as a feature of the output, ``gate(session) * log(1 +
-  count(last track -> j))`` for the last track's K most frequent successors
-  j, with a learnt gate (softplus of the session vector). In training the
-  counts are leave-one-out (the example's own pair taken out), so that the
-  model learns how far to trust them as a test event sees them.
 - Yi et al., "Sampling-Bias-Corrected Neural Modeling for Large Corpus Item
   Recommendations", RecSys 2019: in-batch + sampled negatives with the
   log-Q correction (the ``sampled`` option).
@@ -34,9 +24,8 @@ prefix in play order, right-padded with 0 (padding; ``mask`` True = a real
 play). Only the prefix is ever input, so the backward GRU reads the past
 only. ``call`` returns the session representation (B, E), or (B, 2E) with
 successor vectors scored against their own output vectors (the session vector
-then the last track's successor vector); ``logits(rep, items)`` turns it into
-scores over all tracks (B, V+1), column 0 (padding) set to a large negative
-value (``items``, the same prefixes, give the last track for the transitions).
+then the last track's successor vector); ``logits`` turns it into scores over
+all tracks (B, V+1), column 0 (padding) set to a large negative value.
 
 Tags (optional): each track's top-K tag ids and weights are constant tables
 stored in the model (non-trainable weights), so the only input stays track
@@ -71,8 +60,6 @@ class ModelConfig:
     successor: bool = True     # per-track successor vectors (FPMC's own factor), see the class
     successor_output: str = "tied"  # "tied": added to the session vector (scored against
                                     # the track embeddings); "own": own output vectors
-    transitions: int = 16      # >0: the last track's K most frequent training successors
-                               # get gate(session) * log(1 + count); 0: off
 
 
 @keras.saving.register_keras_serializable(package="lastfm")
@@ -88,7 +75,7 @@ class SessionRecommender(keras.Model):
                  dropout: float = 0.25, output: str = "tied", sampled: int = 0,
                  n_tags: int = 0, tags_per_track: int = 0, seed: int = 0, unroll: bool = False,
                  last_item: bool = False, successor: bool = False,
-                 successor_output: str = "tied", transitions: int = 0, **kwargs):
+                 successor_output: str = "tied", **kwargs):
         super().__init__(**kwargs)
         if output not in ("tied", "dense"):
             raise ValueError(f"output={output!r}: expected 'tied' or 'dense'")
@@ -99,7 +86,6 @@ class SessionRecommender(keras.Model):
         if successor_output not in ("tied", "own"):
             raise ValueError(f"successor_output={successor_output!r}: expected 'tied' or 'own'")
         self.successor_output = successor_output
-        self.transitions = int(transitions)
         self.succ_own = successor and successor_output == "own"
         self._pad = np.where(np.arange(n_items + 1) == 0, NEG, 0.0).astype(np.float32)
         self.item_emb = layers.Embedding(n_items + 1, emb_dim, name="item_emb")
@@ -128,12 +114,6 @@ class SessionRecommender(keras.Model):
                          if self.succ_own else None)
         self.out_emb = (layers.Embedding(n_items + 1, emb_dim, name="out_emb")
                         if output == "dense" else None)
-        # How much this session trusts the last track's training successors: a
-        # softplus of the session vector, 1 at the start (zero kernel, bias
-        # softplus^-1(1)), so the count feature is on from the first step.
-        self.trans_gate = (layers.Dense(1, activation="softplus", kernel_initializer="zeros",
-                                        bias_initializer=keras.initializers.Constant(0.5413),
-                                        name="trans_gate") if self.transitions else None)
         self.seed_gen = keras.random.SeedGenerator(seed + 2)
 
     def build(self, input_shape=None):
@@ -152,16 +132,6 @@ class SessionRecommender(keras.Model):
                                      trainable=False, name="log_q")
         self.log_pop = self.add_weight(shape=(self.n_items + 1,), initializer="zeros",
                                        trainable=False, name="log_pop")
-        if self.transitions:
-            # First-order transitions of the training plays: track i's K most frequent
-            # next tracks (0 = empty slot) and how often each followed i.
-            shape = (self.n_items + 1, self.transitions)
-            self.trans_ids = self.add_weight(shape=shape, dtype="int32", initializer="zeros",
-                                             trainable=False, name="trans_ids")
-            self.trans_cnt = self.add_weight(shape=shape, initializer="zeros",
-                                             trainable=False, name="trans_cnt")
-            rep_dim = 2 * self.emb_dim if self.succ_own else self.emb_dim
-            self.trans_gate.build((None, rep_dim))
         self.item_emb.build((None,))
         if self.tag_emb is not None:
             self.tag_emb.build((None,))
@@ -178,18 +148,8 @@ class SessionRecommender(keras.Model):
         self.call(ops.zeros((1, length), "int32"))
 
     def set_tables(self, tags: np.ndarray | None = None, tag_weights: np.ndarray | None = None,
-                   popularity: np.ndarray | None = None,
-                   successors: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        """Fill the constant tables: tags (V+1, K) ids, weights, training counts (V+1,),
-        successors: (ids, counts), each (V+1, transitions) (see ``top_successors``)."""
-        if successors is not None:
-            ids, counts = successors
-            if not self.transitions or ids.shape != tuple(self.trans_ids.shape) \
-                    or counts.shape != ids.shape:
-                raise ValueError(f"successors {ids.shape}, counts {counts.shape}: the model "
-                                 f"expects {(self.n_items + 1, self.transitions)}")
-            self.trans_ids.assign(ids.astype(np.int32))
-            self.trans_cnt.assign(counts.astype(np.float32))
+                   popularity: np.ndarray | None = None) -> None:
+        """Fill the constant tables: tags (V+1, K) ids, weights, training counts (V+1,)."""
         if tags is not None:
             self.track_tags.assign(tags.astype(np.int32))
             self.track_tag_w.assign(tag_weights.astype(np.float32))
@@ -259,56 +219,25 @@ class SessionRecommender(keras.Model):
     def _out_matrix(self):
         return self.item_emb.embeddings if self.out_emb is None else self.out_emb.embeddings
 
-    def _transitions(self, rep, items, targets=None):
-        """The last real play's training successors: ids (B, K) and scores (B, K),
-        gate(session) * log(1 + count); 0 in empty slots.
-
-        ``targets`` (training only): leave-one-out counts, the example's own
-        (last, target) pair taken out, so that training sees the counts a test
-        event sees (a pair met once in training is no evidence for itself).
-        """
-        if items is None:
-            raise ValueError("this model scores transitions from the last track: "
-                             "pass the prefixes (items) to logits()")
-        items = ops.cast(items, "int32")
-        n = ops.maximum(ops.sum(ops.cast(ops.not_equal(items, 0), "int32"), axis=1) - 1, 0)
-        last_id = ops.take_along_axis(items, n[:, None], axis=1)[:, 0]   # (B,)
-        ids = ops.take(self.trans_ids, last_id, axis=0)                 # (B, K)
-        cnt = ops.take(self.trans_cnt, last_id, axis=0)                 # (B, K)
-        if targets is not None:
-            cnt = cnt - ops.cast(ops.equal(ids, ops.cast(targets, "int32")[:, None]), cnt.dtype)
-        gate = ops.cast(self.trans_gate(rep), "float32")                # (B, 1)
-        return ids, gate * ops.log1p(ops.maximum(ops.cast(cnt, "float32"), 0.0))
-
-    def logits(self, rep, items=None, targets=None):
+    def logits(self, rep):
         """Scores (B, V+1) of every track; column 0 (padding) pushed to NEG.
 
-        ``items``: the prefixes (B, L) ``rep`` came from; needed (only) with
-        transitions, whose scores are scattered onto the last track's successors
-        (``targets``: the training targets, for leave-one-out counts).
         The padding column is excluded by a constant added to the bias (one
         broadcast add, in float32) rather than a separate (B, V+1) select.
         """
         own = self.succ_out.embeddings if self.succ_own else None
         s = ops.cast(self._score(rep, self._out_matrix(), own), "float32")
         pad = ops.convert_to_tensor(self._pad)                     # (V+1,) NEG at 0
-        s = s + (ops.cast(self.out_bias, "float32") + pad)[None, :]
-        if self.transitions:
-            ids, w = self._transitions(rep, items, targets)        # (B, K), (B, K)
-            b = ops.shape(ids)[0]
-            rows = ops.repeat(ops.arange(b, dtype="int32"), self.transitions)
-            idx = ops.stack([rows, ops.reshape(ids, (-1,))], axis=1)   # (B*K, 2)
-            s = s + ops.scatter(idx, ops.reshape(w, (-1,)), ops.shape(s))
-        return s
+        return s + (ops.cast(self.out_bias, "float32") + pad)[None, :]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         y = ops.cast(ops.reshape(y, (-1,)), "int32")
         if self.sampled and training:
-            return self._sampled_loss(y_pred, y, x)
-        logits = self.logits(y_pred, x, y if training else None)
+            return self._sampled_loss(y_pred, y)
+        logits = self.logits(y_pred)
         return ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
 
-    def _sampled_loss(self, rep, y, items=None):
+    def _sampled_loss(self, rep, y):
         """In-batch + popularity-sampled negatives, with the log-Q correction."""
         n = self.neg_table.shape[0]
         pick = keras.random.randint((self.sampled,), 0, n, seed=self.seed_gen, dtype="int32")
@@ -319,10 +248,6 @@ class SessionRecommender(keras.Model):
         own = ops.take(self.succ_out.embeddings, cand, axis=0) if self.succ_own else None
         s = self._score(rep, w, own) + ops.cast(ops.take(self.out_bias, cand), rep.dtype)
         s = ops.cast(s, "float32")                                   # (B, B+N)
-        if self.transitions:  # each row's transition scores on the candidates
-            ids, tw = self._transitions(rep, items, y)               # (B, K)
-            match = ops.equal(ids[:, :, None], cand[None, None, :])  # (B, K, B+N)
-            s = s + ops.sum(ops.where(match, tw[:, :, None], 0.0), axis=1)
         log_q = ops.concatenate([
             ops.take(self.log_pop, y) + ops.log(ops.cast(b, "float32")),
             ops.take(self.log_q, neg) + float(np.log(self.sampled))])
@@ -339,7 +264,7 @@ class SessionRecommender(keras.Model):
                 "output": self.output_kind, "sampled": self.sampled, "n_tags": self.n_tags,
                 "tags_per_track": self.tags_per_track, "seed": self.seed, "unroll": self.unroll,
                 "last_item": self.last_item, "successor": self.successor,
-                "successor_output": self.successor_output, "transitions": self.transitions}
+                "successor_output": self.successor_output}
 
 
 def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track: int = 0,
@@ -350,33 +275,10 @@ def build_model(n_items: int, cfg: ModelConfig, n_tags: int = 0, tags_per_track:
         output=cfg.output, sampled=cfg.sampled, n_tags=n_tags if cfg.use_tags else 0,
         tags_per_track=tags_per_track if cfg.use_tags else 0, seed=seed, unroll=cfg.unroll,
         last_item=cfg.last_item, successor=cfg.successor,
-        successor_output=cfg.successor_output, transitions=cfg.transitions)
+        successor_output=cfg.successor_output)
     model.build((None, max_len))
     model(np.zeros((1, max_len), np.int32))
     return model
-
-
-def top_successors(session_ids: np.ndarray, items: np.ndarray, n_items: int,
-                   k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each track's ``k`` most frequent next tracks in the training plays
-    (``items`` in play order, grouped by ``session_ids``): ids (V+1, k) int32,
-    ties by track id, 0 in the slots of tracks with fewer successors; and
-    their counts (V+1, k) float32."""
-    sid, items = np.asarray(session_ids), np.asarray(items, np.int64)
-    same = sid[1:] == sid[:-1]
-    src, dst = items[:-1][same], items[1:][same]
-    pair, count = np.unique(src * (n_items + 1) + dst, return_counts=True)
-    src, dst = pair // (n_items + 1), pair % (n_items + 1)
-    order = np.lexsort((dst, -count, src))                        # by track, most frequent first
-    src, dst, count = src[order], dst[order], count[order]
-    first = np.r_[0, np.flatnonzero(src[1:] != src[:-1]) + 1]
-    rank = np.arange(len(src)) - np.repeat(first, np.diff(np.r_[first, len(src)]))
-    keep = rank < k
-    ids = np.zeros((n_items + 1, k), np.int32)
-    counts = np.zeros((n_items + 1, k), np.float32)
-    ids[src[keep], rank[keep]] = dst[keep]
-    counts[src[keep], rank[keep]] = count[keep]
-    return ids, counts
 
 
 def config_dict(cfg: ModelConfig) -> dict:

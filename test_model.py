@@ -65,8 +65,12 @@ def tune_baselines(train: pd.DataFrame, valid_events: Events, n_items: int, name
     return chosen
 
 
-def model_ranker(window: str, vocab_md5: str, exclude_seen: bool, model_dir: Path | None = None):
-    """The trained model's ranker, or None when no model was trained for ``window``."""
+def model_ranker(window: str, vocab_md5: str, exclude_seen: bool, model_dir: Path | None = None,
+                 fused: bool = True):
+    """The trained model's ranker, or None when no model was trained for ``window``.
+
+    ``fused``: with the transition counts when training chose a weight > 0 for
+    them (``config["transitions"]``); False: the network alone."""
     path = (Path(model_dir) if model_dir else data_root() / "models" / window) / "model.keras"
     if not path.exists():
         if model_dir:
@@ -75,7 +79,8 @@ def model_ranker(window: str, vocab_md5: str, exclude_seen: bool, model_dir: Pat
     import train as trainer  # heavy import (Keras) only when a model exists
 
     model, config = trainer.load_trained(path, expected_vocab_md5=vocab_md5)
-    return trainer.make_ranker(model, exclude_seen=exclude_seen), config
+    trans = trainer.load_transitions(path.parent, config) if fused else None
+    return trainer.make_ranker(model, exclude_seen=exclude_seen, transitions=trans), config
 
 
 def events_md5(events: Events, vocab_md5: str, exclude_seen: bool, max_len: int) -> str:
@@ -159,18 +164,26 @@ def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len:
         log(f"{model!r}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 "
             f"{res.summary['MRR@20']:.4f} ({res.summary['events_per_s']:,.0f} events/s)")
     for model_dir in (model_dirs or [None]) if use_model else []:
-        ranker, config = model_ranker(window, meta["vocab_md5"], exclude_seen, model_dir)
+        ranker, config = model_ranker(window, meta["vocab_md5"], exclude_seen, model_dir,
+                                      fused=False)
         if ranker is None:
             log(f"no trained model in data/models/{window}/ (run train.py); baselines only")
             continue
         name = "BiGRU-Att" + ("+tags" if config.get("use_tags") else "")
-        if model_dirs:  # models given by --models: name each by its folder
-            name += f" ({Path(model_dir).name})"
-        res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
+        suffix = f" ({Path(model_dir).name})" if model_dirs else ""  # --models: by folder
+        variants = [(name + suffix, ranker)]
+        weight = (config.get("transitions") or {}).get("weight")
+        if weight:  # the network alone, then with the transition counts
+            fused, _ = model_ranker(window, meta["vocab_md5"], exclude_seen, model_dir)
+            variants.append((f"{name}+transitions{suffix}", fused))
         params = {k: config[k] for k in ("model", "max_len", "best_epoch", "seed") if k in config}
-        results[name] = {"params": params, **res.summary}
-        raw[name] = res
-        log(f"{name}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}")
+        for label, rk in variants:
+            res = evaluate(rk, test_events, n_items, pop, batch_size=256)
+            p = {**params, "transition_weight": weight} if rk is not ranker else params
+            results[label] = {"params": p, **res.summary}
+            raw[label] = res
+            log(f"{label}: test HR@20 {res.summary['HR@20']:.4f} "
+                f"MRR@20 {res.summary['MRR@20']:.4f}")
     fingerprint = events_md5(test_events, meta["vocab_md5"], exclude_seen, max_len)
     if save_ranks_to:
         save_ranks(save_ranks_to, raw, results, fingerprint)
@@ -327,12 +340,13 @@ def recommend(window: str, session: int | None, tracks: str | None, n: int,
     p = prefix[-50:]
     pre[0, :len(p)] = p
     lengths = np.array([len(p)], np.int32)
-    ranker, _ = model_ranker(window, meta["vocab_md5"], False) if use_model else (None, None)
+    ranker, config = model_ranker(window, meta["vocab_md5"], False) if use_model else (None, None)
     if ranker is None:
         method = bl.VSKNN(k=100).fit(splits["train"], n_items)
         ranker, label = ranker_from_scorer(method.score), "V-SKNN (no trained model)"
     else:
-        label = "trained model"
+        weight = (config.get("transitions") or {}).get("weight")
+        label = "trained model" + (f" + transition counts x {weight}" if weight else "")
     _, top = ranker(pre, lengths, np.array([prefix[-1]], np.int32))
     lines = ["Session so far:"] + [f"  {i + 1:2d}. {names[t]}" for i, t in enumerate(prefix)]
     lines += [f"Top {n} next tracks ({label}):"]

@@ -131,9 +131,36 @@ def bucket_step(requested: int = -1) -> int:
     return 4 if keras.backend.backend() == "jax" else 1
 
 
-def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None):
+def top_successors(session_ids: np.ndarray, items: np.ndarray, n_items: int,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each track's ``k`` most frequent next tracks in the training plays
+    (``items`` in play order, grouped by ``session_ids``): ids (V+1, k) int32,
+    ties by track id, 0 in the slots of tracks with fewer successors; and
+    their counts (V+1, k) float32 (SR's first-order rules, steps 1)."""
+    sid, items = np.asarray(session_ids), np.asarray(items, np.int64)
+    same = sid[1:] == sid[:-1]
+    src, dst = items[:-1][same], items[1:][same]
+    pair, count = np.unique(src * (n_items + 1) + dst, return_counts=True)
+    src, dst = pair // (n_items + 1), pair % (n_items + 1)
+    order = np.lexsort((dst, -count, src))                        # by track, most frequent first
+    src, dst, count = src[order], dst[order], count[order]
+    first = np.r_[0, np.flatnonzero(src[1:] != src[:-1]) + 1]
+    rank = np.arange(len(src)) - np.repeat(first, np.diff(np.r_[first, len(src)]))
+    keep = rank < k
+    ids = np.zeros((n_items + 1, k), np.int32)
+    counts = np.zeros((n_items + 1, k), np.float32)
+    ids[src[keep], rank[keep]] = dst[keep]
+    counts[src[keep], rank[keep]] = count[keep]
+    return ids, counts
+
+
+def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None,
+                transitions: tuple[np.ndarray, np.ndarray, float] | None = None):
     """(prefixes, lengths, targets) -> (ranks, top-20), computed with keras.ops.
 
+    ``transitions`` (ids, counts, weight), see ``top_successors``: the score
+    of each of the last track's training successors j gets ``weight * log(1 +
+    count(last -> j))`` added (the model + transition counts hybrid).
     Scores, ranks and top-k stay on the backend's device; only (B,) ranks and
     (B, 20) ids come back to the host.
     """
@@ -146,7 +173,15 @@ def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None):
         # predict_on_batch runs the backend's compiled inference step (jit on JAX,
         # tf.function on TensorFlow) instead of op-by-op eager calls.
         rep = model.predict_on_batch(x)                             # (B, E) or (B, 2E)
-        logits = model.logits(ops.convert_to_tensor(rep), x)        # (B, V+1)
+        logits = model.logits(ops.convert_to_tensor(rep))           # (B, V+1)
+        if transitions is not None and transitions[2]:
+            ids, counts, weight = transitions
+            last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
+            succ, cnt = ids[last], counts[last]                     # (B, K)
+            rows = np.repeat(np.arange(len(x)), succ.shape[1])
+            idx = np.stack([rows, succ.ravel()], axis=1).astype(np.int32)
+            add = (weight * np.log1p(cnt) * (succ > 0)).ravel().astype(np.float32)
+            logits = logits + ops.scatter(idx, add, (len(x), model.n_items + 1))
         if exclude_seen:  # (B, V+1) mask of the prefix's tracks, by scatter (no one-hot)
             rows = np.repeat(np.arange(len(x)), x.shape[1])
             idx = np.stack([rows, x.ravel()], axis=1).astype(np.int32)
@@ -180,8 +215,88 @@ def load_trained(path: Path, expected_vocab_md5: str | None = None):
     return m, config
 
 
+TRANSITION_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def validation_events(valid, max_len: int, n: int, seed: int) -> Events:
+    """The validation events of training: all, or ``n`` drawn with ``seed``."""
+    ev = make_events(valid, max_len)
+    if len(ev) > n:
+        rng = np.random.default_rng(seed)
+        ev = ev.subset(np.sort(rng.choice(len(ev), n, replace=False)))
+    return ev
+
+
+def fit_transitions(out: Path, train_split, valid_ev: Events, n_items: int, k: int,
+                    weights=TRANSITION_WEIGHTS) -> dict:
+    """Choose the weight of the transition counts for the model in ``out`` on
+    validation MRR@20 (ties: the smaller weight; 0 = the model alone); save the
+    table to ``out/transitions.npz``; return what ``config.json`` records."""
+    model, _ = load_trained(out / "model.keras")
+    ids, counts = top_successors(train_split["session_id"].to_numpy(),
+                                 train_split["item_idx"].to_numpy(), n_items, k)
+    rows, best = [], None
+    for w in weights:
+        res = evaluate(make_ranker(model, transitions=(ids, counts, w)), valid_ev, n_items,
+                       batch_size=512)
+        row = {"weight": w, "valid_HR@20": round(res.summary["HR@20"], 4),
+               "valid_MRR@20": round(res.summary["MRR@20"], 4)}
+        rows.append(row)
+        log(f"transition weight {w}: {json.dumps(row)}")
+        if best is None or res.summary["MRR@20"] > best[1]:
+            best = (w, res.summary["MRR@20"])
+    np.savez_compressed(out / "transitions.npz", ids=ids, counts=counts)
+    log(f"transition weight {best[0]} chosen (validation MRR@20 {best[1]:.4f})")
+    return {"k": k, "weight": best[0], "valid_MRR@20": round(best[1], 4), "tried": rows,
+            "table": "transitions.npz"}
+
+
+def load_transitions(model_dir: Path, config: dict) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(ids, counts, weight) of a model folder whose transition weight is > 0, else None."""
+    t = config.get("transitions")
+    if not t or not t.get("weight"):
+        return None
+    path = Path(model_dir) / t["table"]
+    if not path.exists():
+        raise PipelineError(f"{path} not found, but {model_dir}/config.json gives a transition "
+                            "weight: rerun train.py --transitions-only --out " + str(model_dir))
+    z = np.load(path)
+    return z["ids"], z["counts"], float(t["weight"])
+
+
+def transitions_md(t: dict | None) -> str:
+    if not t:
+        return ""
+    return (f"\nTransition counts (each track's {t['k']} most frequent training successors, "
+            f"score + weight * log(1 + count)), weight chosen on validation: {t['weight']}\n\n"
+            + markdown_table(list(t["tried"][0].keys()), [list(r.values()) for r in t["tried"]])
+            + "\n")
+
+
+def transitions_only(window: str, args) -> dict:
+    """Refit the transition weight of the trained model in ``--out`` (or the
+    window's model folder): same validation events as its training."""
+    from test_model import load_splits
+
+    out = Path(args.out) if args.out else stage_dir("models", window)
+    splits, vocab, meta = load_splits(window)
+    config_path = out / "config.json"
+    if not config_path.exists():
+        raise PipelineError(f"{config_path} not found: train a model there first")
+    config = read_json(config_path)
+    if config.get("vocab_md5") != meta["vocab_md5"]:
+        raise PipelineError(f"{out}: trained on another vocabulary than the current splits")
+    targs = config["train_args"]
+    valid_ev = validation_events(splits["valid"], int(config["max_len"]), targs["valid_events"],
+                                 targs["seed"])
+    config["transitions"] = fit_transitions(out, splits["train"], valid_ev, len(vocab),
+                                            args.transitions)
+    write_json(config_path, config)
+    return config
+
+
 def train(window: str, args) -> dict:
-    from model import ModelConfig, build_model, top_successors
+    from model import ModelConfig, build_model
     from test_model import load_splits
 
     if args.mixed_precision:
@@ -192,18 +307,14 @@ def train(window: str, args) -> dict:
     train_ev = make_events(splits["train"], args.max_len)
     if args.max_train_examples and len(train_ev) > args.max_train_examples:
         train_ev = train_ev.subset(np.arange(len(train_ev) - args.max_train_examples, len(train_ev)))
-    valid_ev = make_events(splits["valid"], args.max_len)
-    rng = np.random.default_rng(args.seed)
-    if len(valid_ev) > args.valid_events:
-        valid_ev = valid_ev.subset(np.sort(rng.choice(len(valid_ev), args.valid_events,
-                                                      replace=False)))
+    valid_ev = validation_events(splits["valid"], args.max_len, args.valid_events, args.seed)
     if len(train_ev) == 0 or len(valid_ev) == 0:
         raise PipelineError(f"window {window}: no training or validation event")
     cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
                       dropout=args.dropout, output=args.output, sampled=args.sampled,
                       use_tags=not args.no_tags, last_item=not args.no_last_item,
                       successor=not args.no_successor,
-                      successor_output=args.successor_output, transitions=args.transitions)
+                      successor_output=args.successor_output)
     available = load_tag_tables(window, n_items, args.tags_per_track)
     tags = available if cfg.use_tags else None
     if cfg.use_tags and tags is None:
@@ -214,10 +325,7 @@ def train(window: str, args) -> dict:
                         max_len=args.max_len)
     pop = np.zeros(n_items + 1)
     pop[vocab["item_idx"].to_numpy()] = vocab["train_count"].to_numpy()
-    succ = (top_successors(splits["train"]["session_id"].to_numpy(),
-                           splits["train"]["item_idx"].to_numpy(), n_items, cfg.transitions)
-            if cfg.transitions else None)
-    model.set_tables(*(tags[:2] if tags else (None, None)), popularity=pop, successors=succ)
+    model.set_tables(*(tags[:2] if tags else (None, None)), popularity=pop)
     model.max_len = args.max_len
     steps = int(np.ceil(len(train_ev) / args.batch_size)) * args.epochs
     lr = keras.optimizers.schedules.CosineDecay(args.lr, steps, alpha=0.1) \
@@ -241,6 +349,9 @@ def train(window: str, args) -> dict:
     model.fit(batches, epochs=args.epochs, callbacks=callbacks, verbose=args.verbose)
     config["best_epoch"], config["best_valid"] = cb.best_epoch, cb.best
     config["history"] = cb.rows
+    if args.transitions:
+        config["transitions"] = fit_transitions(out, splits["train"], valid_ev, n_items,
+                                                args.transitions)
     write_json(out / "config.json", config)
     suffix = "" if cfg.use_tags or available is None else "_notags"
     # A run with --out (an experiment) keeps its report beside its model, so that it
@@ -251,7 +362,8 @@ def train(window: str, args) -> dict:
           + f"Window {window}; {len(train_ev):,} training examples; "
           f"backend {config['backend']}; tags {'on' if cfg.use_tags else 'off'}; "
           f"best epoch {cb.best_epoch} (validation MRR@20 {cb.best:.4f}).\n\n"
-          + markdown_table(list(cb.rows[0].keys()), [list(r.values()) for r in cb.rows]) + "\n")
+          + markdown_table(list(cb.rows[0].keys()), [list(r.values()) for r in cb.rows]) + "\n"
+          + transitions_md(config.get("transitions")))
     (reports / f"training{suffix}.md").write_text(md)
     return config
 
@@ -343,8 +455,12 @@ def parse_args(argv=None):
                     help="successor vectors scored against their own output vectors (own) "
                          "or added to the session vector (tied)")
     ap.add_argument("--transitions", type=int, default=16,
-                    help="score the last track's K most frequent training successors by "
-                         "gate(session) * log(1 + count) (0: off)")
+                    help="after training, add weight * log(1 + count) to the scores of the last "
+                         "track's K most frequent training successors, the weight chosen on "
+                         "validation among " + ", ".join(map(str, TRANSITION_WEIGHTS))
+                         + " (0 = the model alone); 0: off")
+    ap.add_argument("--transitions-only", action="store_true",
+                    help="only refit the transition weight of the trained model in --out")
     ap.add_argument("--tags-per-track", type=int, default=5)
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--valid-events", type=int, default=20_000)
@@ -361,8 +477,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    config = train(args.window, args)
     out = Path(args.out) if args.out else data_root() / "models" / args.window
+    if args.transitions_only:
+        if not args.transitions:
+            raise PipelineError("--transitions-only needs --transitions K > 0")
+        t = transitions_only(args.window, args)["transitions"]
+        log(f"transition weight {t['weight']} (validation MRR@20 {t['valid_MRR@20']:.4f}) "
+            f"recorded in {out / 'config.json'}")
+        return
+    config = train(args.window, args)
     log(f"best epoch {config['best_epoch']}: validation MRR@20 {config['best_valid']:.4f}; "
         f"saved {out / 'model.keras'}")
 

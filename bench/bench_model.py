@@ -70,13 +70,11 @@ def main() -> None:
                     help="train.py's length-bucketed batches (-1: backend default, 0: off)")
     ap.add_argument("--no-last-item", action="store_true")
     ap.add_argument("--no-successor", action="store_true")
-    ap.add_argument("--transitions", type=int, default=16,
-                    help="successor slots per track for the transition counts (0: off)")
     args = ap.parse_args()
 
     import keras
 
-    from model import ModelConfig, build_model, top_successors
+    from model import ModelConfig, build_model
     from train import LengthBuckets, bucket_step
 
     if args.mixed_precision or args.bf16:
@@ -93,20 +91,16 @@ def main() -> None:
     cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
                       output=args.output, sampled=args.sampled, use_tags=args.tags > 0,
                       unroll=args.unroll, last_item=not args.no_last_item,
-                      successor=not args.no_successor, transitions=args.transitions)
+                      successor=not args.no_successor)
     model = build_model(args.items, cfg, n_tags=args.tags, tags_per_track=5 if args.tags else 0,
                         max_len=args.max_len)
     counts = np.zeros(args.items + 1)
     counts[1:] = pop * 1e6
-    # transition table from the generated (last track, target) pairs
-    last = x[np.arange(args.examples), lengths - 1]
-    succ = (top_successors(np.repeat(np.arange(args.examples), 2), np.stack([last, y], 1).ravel(),
-                           args.items, args.transitions) if args.transitions else None)
     if args.tags:
         ids = rng.integers(1, args.tags + 1, size=(args.items + 1, 5)).astype(np.int32)
-        model.set_tables(ids, rng.random((args.items + 1, 5)).astype(np.float32), counts, succ)
+        model.set_tables(ids, rng.random((args.items + 1, 5)).astype(np.float32), counts)
     else:
-        model.set_tables(popularity=counts, successors=succ)
+        model.set_tables(popularity=counts)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit.lower()]
     model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=1.0), jit_compile=jit)
     step = bucket_step(args.bucket_step)
@@ -143,7 +137,6 @@ def main() -> None:
               "max_len": args.max_len, "sampled": args.sampled, "tags": args.tags,
               "jit": args.jit, "unroll": args.unroll, "bucket_step": step,
               "last_item": not args.no_last_item, "successor": not args.no_successor,
-              "transitions": args.transitions,
               "output": args.output, "bf16": args.bf16,
               "examples_per_s": round(eps), "examples_per_s_batch_medians": round(eps_robust),
               "epoch_s": [round(t, 1) for t in times], "peak_rss_gb": round(peak_gb, 2),

@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 
 import train as trainer  # noqa: E402
 from common import PipelineError  # noqa: E402
-from model import ModelConfig, build_model, top_successors  # noqa: E402
+from model import ModelConfig, build_model  # noqa: E402
 
 V = 30
 
@@ -24,7 +24,7 @@ def test_shapes_and_padding_column():
     m = small_model()
     x = np.array([[1, 2, 3, 0, 0, 0], [4, 0, 0, 0, 0, 0]], np.int32)
     rep = m(x)
-    logits = keras.ops.convert_to_numpy(m.logits(rep, x))
+    logits = keras.ops.convert_to_numpy(m.logits(rep))
     assert tuple(rep.shape) == (2, 8) and logits.shape == (2, V + 1)
     assert (logits[:, 0] <= -1e8).all()
 
@@ -34,8 +34,8 @@ def test_padding_never_changes_the_output():
     short = np.array([[5, 7, 9, 0, 0, 0]], np.int32)
     longer = np.zeros((1, 15), np.int32)
     longer[0, :3] = [5, 7, 9]
-    a = keras.ops.convert_to_numpy(m.logits(m(short), short))
-    b = keras.ops.convert_to_numpy(m.logits(m(longer), longer))
+    a = keras.ops.convert_to_numpy(m.logits(m(short)))
+    b = keras.ops.convert_to_numpy(m.logits(m(longer)))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -109,6 +109,18 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     res = json.loads((pipeline_data / "reports" / "results.json").read_text())
     assert "BiGRU-Att" in res["methods"] and res["methods"]["BiGRU-Att"]["HR@20"] > \
         res["methods"]["POP"]["HR@20"]
+    # transition counts: weight chosen on validation (0 = the network alone), table saved;
+    # the evaluation shows the network alone and, with a weight > 0, the hybrid
+    t = cfg["transitions"]
+    assert [r["weight"] for r in t["tried"]] == list(trainer.TRANSITION_WEIGHTS)
+    best = max(r["valid_MRR@20"] for r in t["tried"])
+    assert t["valid_MRR@20"] == pytest.approx(best, abs=1e-4)
+    assert next(r for r in t["tried"] if r["valid_MRR@20"] == best)["weight"] == t["weight"]
+    assert (path.parent / "transitions.npz").exists()
+    assert ("BiGRU-Att+transitions" in res["methods"]) == (t["weight"] > 0)
+    trainer.main(["--window", "3m", "--transitions-only", "--transitions", "4"])
+    refit = json.loads(path.with_name("config.json").read_text())["transitions"]
+    assert refit["k"] == 4 and refit["weight"] in trainer.TRANSITION_WEIGHTS
     # An experiment with --out keeps its report beside its model.
     record = (pipeline_data / "reports" / "training.md").read_text()
     exp = pipeline_data / "experiment"
@@ -135,7 +147,7 @@ def test_sampled_softmax_trains():
 def test_ranker_ranks_and_excludes_seen_tracks():
     m = small_model()
     x = np.array([[3, 4, 0, 0, 0, 0]], np.int32)
-    logits = keras.ops.convert_to_numpy(m.logits(m(x), x))[0]
+    logits = keras.ops.convert_to_numpy(m.logits(m(x)))[0]
     target = int(np.argsort(-logits[1:])[4] + 1)            # the 5th best track
     ranks, top = trainer.make_ranker(m, max_len=6)(x, np.array([2]), np.array([target]))
     assert ranks.tolist() == [5] and top[0, 4] == target
@@ -202,12 +214,12 @@ def test_successor_scored_against_its_own_output_vectors():
     x = np.array([[3, 5, 7, 0, 0, 0], [2, 0, 0, 0, 0, 0]], np.int32)
     rep = keras.ops.convert_to_numpy(m(x))
     assert rep.shape == (2, 16) and not rep[:, 8:].any()   # (B, 2E); successor part zero
-    before = keras.ops.convert_to_numpy(m.logits(m(x), x))
+    before = keras.ops.convert_to_numpy(m.logits(m(x)))
     w = keras.ops.convert_to_numpy(m.succ_emb.embeddings).copy()
     w[7] = 1.0                       # the first session's last track points somewhere
     m.succ_emb.embeddings.assign(w)
     o = keras.ops.convert_to_numpy(m.succ_out.embeddings)
-    after = keras.ops.convert_to_numpy(m.logits(m(x), x))
+    after = keras.ops.convert_to_numpy(m.logits(m(x)))
     # Only the first session moves, by <succ_7, out_j> for every track j; the
     # session vector (and so the track-embedding scores) is unchanged.
     np.testing.assert_allclose(after[1], before[1], atol=1e-5)
@@ -218,59 +230,34 @@ def test_top_successors_ranks_next_tracks_by_training_count():
     # sessions (id, tracks): 1: 5 6 5 7 ; 2: 5 7 5 7 ; 3: 9 (a session boundary is no pair)
     sid = np.array([1, 1, 1, 1, 2, 2, 2, 2, 3])
     items = np.array([5, 6, 5, 7, 5, 7, 5, 7, 9])
-    ids, counts = top_successors(sid, items, n_items=10, k=2)
+    ids, counts = trainer.top_successors(sid, items, n_items=10, k=2)
     assert ids.shape == counts.shape == (11, 2) and ids.dtype == np.int32
     assert ids[5].tolist() == [7, 6] and counts[5].tolist() == [3, 1]
     assert ids[6].tolist() == [5, 0] and ids[7].tolist() == [5, 0] and counts[7].tolist() == [1, 0]
     assert not ids[9].any() and not ids[0].any()  # 7->9 crosses sessions: not counted
-    assert top_successors(sid, items, 10, 1)[0][5].tolist() == [7]
+    assert trainer.top_successors(sid, items, 10, 1)[0][5].tolist() == [7]
 
 
-def test_transition_counts_score_the_last_tracks_successors_only():
-    m = small_model(transitions=2)
+def test_ranker_adds_transition_counts_to_the_last_tracks_successors():
+    m = small_model()
+    x = np.array([[3, 4, 0, 0, 0, 0], [4, 3, 0, 0, 0, 0]], np.int32)
+    lengths = np.array([2, 2])
+    logits = keras.ops.convert_to_numpy(m.logits(m(x)))
+    order = np.argsort(-logits[0, 1:]) + 1
+    low, other = int(order[-1]), int(order[-2])       # the two worst tracks of session 0
     ids = np.zeros((V + 1, 2), np.int32)
     counts = np.zeros((V + 1, 2), np.float32)
-    ids[7], counts[7] = [11, 12], [3, 1]
-    ids[3], counts[3] = [13, 0], [6, 0]
-    x = np.array([[3, 5, 7, 0, 0, 0], [2, 3, 0, 0, 0, 0]], np.int32)
-    before = keras.ops.convert_to_numpy(m.logits(m(x), x))
-    m.set_tables(successors=(ids, counts))
-    rep = m(x)
-    diff = keras.ops.convert_to_numpy(m.logits(rep, x)) - before
-    expect = np.zeros_like(diff)
-    expect[0, [11, 12]] = np.log1p([3, 1])      # first session ends with 7; gate starts at 1
-    expect[1, 13] = np.log1p(6)                 # second ends with 3 (3 in the first is not last)
-    np.testing.assert_allclose(diff, expect, atol=1e-4)
-    # training (targets given): the example's own pair is left out of the counts
-    loo = keras.ops.convert_to_numpy(m.logits(rep, x, np.array([12, 5])))
-    np.testing.assert_allclose(loo[0, [11, 12]] - before[0, [11, 12]], np.log1p([3, 0]),
-                               atol=1e-4)
-    np.testing.assert_allclose(loo[1], before[1] + expect[1], atol=1e-4)  # 5 not a successor
-    with pytest.raises(ValueError, match="pass the prefixes"):
-        m.logits(rep)
-    with pytest.raises(ValueError, match="expects"):
-        m.set_tables(successors=(np.zeros((V + 1, 3), np.int32), np.zeros((V + 1, 3))))
+    ids[4], counts[4] = [low, 0], [20, 0]             # 4 -> low, 20 times
+    ids[3], counts[3] = [other, 0], [20, 0]           # 3 -> other
+    targets = np.array([low, low])
+    plain, _ = trainer.make_ranker(m, max_len=6)(x, lengths, targets)
+    same, _ = trainer.make_ranker(m, max_len=6, transitions=(ids, counts, 0.0))(x, lengths, targets)
+    fused, top = trainer.make_ranker(m, max_len=6, transitions=(ids, counts, 10.0))(
+        x, lengths, targets)
+    assert plain[0] == V and same.tolist() == plain.tolist()
+    assert fused[0] == 1 and top[0, 0] == low         # session 0 ends with 4: low first
+    assert top[1, 0] == other and fused[1] == plain[1] + (plain[1] < rank_of(logits[1], other))
 
 
-def test_transition_model_trains_in_full_and_sampled_softmax():
-    rng = np.random.default_rng(0)
-    x = np.zeros((512, 4), np.int32)
-    n = rng.integers(1, 5, size=512)
-    for i, k in enumerate(n):
-        x[i, :k] = rng.integers(1, V + 1, size=k)
-    last = x[np.arange(512), n - 1]
-    y = (last * 7 % V + 1).astype(np.int32)    # the next track is a function of the last one
-    noise = rng.integers(1, V + 1, size=512)   # and a random successor as often, in the table
-    sid = np.repeat(np.arange(1024), 2)
-    table = top_successors(sid, np.r_[np.stack([last, y], 1).ravel(),
-                                      np.stack([last, noise], 1).ravel()], V, 8)
-    for sampled in (0, 16):
-        m = build_model(V, ModelConfig(emb_dim=8, hidden=6, fc_dim=8, sampled=sampled,
-                                       successor=False, transitions=8), seed=2, max_len=4)
-        m.set_tables(popularity=np.bincount(y, minlength=V + 1).astype(float), successors=table)
-        m.compile(optimizer=keras.optimizers.Adam(0.05))
-        h = m.fit(x, y, epochs=3, batch_size=64, verbose=0)
-        assert np.isfinite(h.history["loss"]).all()
-        assert h.history["loss"][-1] < h.history["loss"][0]
-        ranks, _ = trainer.make_ranker(m, max_len=4)(x, n, y)
-        assert (ranks == 1).mean() > 0.9
+def rank_of(row, item):
+    return 1 + int((row[1:] > row[item]).sum())
