@@ -215,7 +215,7 @@ def load_trained(path: Path, expected_vocab_md5: str | None = None):
     return m, config
 
 
-TRANSITION_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+TRANSITION_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 def validation_events(valid, max_len: int, n: int, seed: int) -> Events:
