@@ -65,6 +65,13 @@ def tune_baselines(train: pd.DataFrame, valid_events: Events, n_items: int, name
     return chosen
 
 
+def trainer_weights(config: dict) -> dict | None:
+    """The hybrid's chosen weights in a model's config, or None (the model alone)."""
+    t = config.get("transitions") or {}
+    w = {"weight": t.get("weight", 0.0), "pop_weight": t.get("pop_weight", 0.0)}
+    return w if any(w.values()) else None
+
+
 def model_ranker(window: str, vocab_md5: str, exclude_seen: bool, model_dir: Path | None = None,
                  fused: bool = True):
     """The trained model's ranker, or None when no model was trained for ``window``.
@@ -172,14 +179,14 @@ def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len:
         name = "BiGRU-Att" + ("+tags" if config.get("use_tags") else "")
         suffix = f" ({Path(model_dir).name})" if model_dirs else ""  # --models: by folder
         variants = [(name + suffix, ranker)]
-        weight = (config.get("transitions") or {}).get("weight")
-        if weight:  # the network alone, then with the transition counts
+        hybrid = trainer_weights(config)
+        if hybrid:  # the network alone, then with the transition counts
             fused, _ = model_ranker(window, meta["vocab_md5"], exclude_seen, model_dir)
             variants.append((f"{name}+transitions{suffix}", fused))
         params = {k: config[k] for k in ("model", "max_len", "best_epoch", "seed") if k in config}
         for label, rk in variants:
             res = evaluate(rk, test_events, n_items, pop, batch_size=256)
-            p = {**params, "transition_weight": weight} if rk is not ranker else params
+            p = {**params, "transitions": hybrid} if rk is not ranker else params
             results[label] = {"params": p, **res.summary}
             raw[label] = res
             log(f"{label}: test HR@20 {res.summary['HR@20']:.4f} "
@@ -345,8 +352,8 @@ def recommend(window: str, session: int | None, tracks: str | None, n: int,
         method = bl.VSKNN(k=100).fit(splits["train"], n_items)
         ranker, label = ranker_from_scorer(method.score), "V-SKNN (no trained model)"
     else:
-        weight = (config.get("transitions") or {}).get("weight")
-        label = "trained model" + (f" + transition counts x {weight}" if weight else "")
+        hybrid = trainer_weights(config)
+        label = "trained model" + (f" + transition counts {hybrid}" if hybrid else "")
     _, top = ranker(pre, lengths, np.array([prefix[-1]], np.int32))
     lines = ["Session so far:"] + [f"  {i + 1:2d}. {names[t]}" for i, t in enumerate(prefix)]
     lines += [f"Top {n} next tracks ({label}):"]

@@ -21,7 +21,7 @@ import argparse
 import csv
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import keras
@@ -154,13 +154,37 @@ def top_successors(session_ids: np.ndarray, items: np.ndarray, n_items: int,
     return ids, counts
 
 
+@dataclass
+class Transitions:
+    """The model + transition counts hybrid (Jannach & Ludewig 2017's weighted
+    hybrid of an RNN with a neighbourhood method). Each of the last track's
+    ``K`` most frequent training successors j gets ``weight * log(1 +
+    count(last -> j)) + pop_weight * log(1 + plays(j))`` added to its score;
+    the other tracks keep the model's. Both weights chosen on validation."""
+    ids: np.ndarray        # (V+1, K) int32 successors, 0 = empty slot (top_successors)
+    counts: np.ndarray     # (V+1, K) float32 training counts of (track -> successor)
+    plays: np.ndarray      # (V+1,) training plays of each track
+    weight: float = 0.0
+    pop_weight: float = 0.0
+
+    def boost(self, x: np.ndarray, weight: float | None = None,
+              pop_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scatter indices (B*K, 2) and values (B*K,) for prefixes ``x`` (B, L)."""
+        w = self.weight if weight is None else weight
+        v = self.pop_weight if pop_weight is None else pop_weight
+        last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
+        succ, cnt = self.ids[last], self.counts[last]                # (B, K)
+        rows = np.repeat(np.arange(len(x)), succ.shape[1])
+        idx = np.stack([rows, succ.ravel()], axis=1).astype(np.int32)
+        add = (w * np.log1p(cnt) + v * np.log1p(self.plays[succ])) * (succ > 0)
+        return idx, add.ravel().astype(np.float32)
+
+
 def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None,
-                transitions: tuple[np.ndarray, np.ndarray, float] | None = None):
+                transitions: Transitions | None = None):
     """(prefixes, lengths, targets) -> (ranks, top-20), computed with keras.ops.
 
-    ``transitions`` (ids, counts, weight), see ``top_successors``: the score
-    of each of the last track's training successors j gets ``weight * log(1 +
-    count(last -> j))`` added (the model + transition counts hybrid).
+    ``transitions``: the hybrid's weights and tables (see ``Transitions``).
     Scores, ranks and top-k stay on the backend's device; only (B,) ranks and
     (B, 20) ids come back to the host.
     """
@@ -174,13 +198,8 @@ def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None,
         # tf.function on TensorFlow) instead of op-by-op eager calls.
         rep = model.predict_on_batch(x)                             # (B, E) or (B, 2E)
         logits = model.logits(ops.convert_to_tensor(rep))           # (B, V+1)
-        if transitions is not None and transitions[2]:
-            ids, counts, weight = transitions
-            last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
-            succ, cnt = ids[last], counts[last]                     # (B, K)
-            rows = np.repeat(np.arange(len(x)), succ.shape[1])
-            idx = np.stack([rows, succ.ravel()], axis=1).astype(np.int32)
-            add = (weight * np.log1p(cnt) * (succ > 0)).ravel().astype(np.float32)
+        if transitions is not None and (transitions.weight or transitions.pop_weight):
+            idx, add = transitions.boost(x)
             logits = logits + ops.scatter(idx, add, (len(x), model.n_items + 1))
         if exclude_seen:  # (B, V+1) mask of the prefix's tracks, by scatter (no one-hot)
             rows = np.repeat(np.arange(len(x)), x.shape[1])
@@ -216,6 +235,7 @@ def load_trained(path: Path, expected_vocab_md5: str | None = None):
 
 
 TRANSITION_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+POP_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 def validation_events(valid, max_len: int, n: int, seed: int) -> Events:
@@ -228,49 +248,76 @@ def validation_events(valid, max_len: int, n: int, seed: int) -> Events:
 
 
 def fit_transitions(out: Path, train_split, valid_ev: Events, n_items: int, k: int,
-                    weights=TRANSITION_WEIGHTS) -> dict:
-    """Choose the weight of the transition counts for the model in ``out`` on
-    validation MRR@20 (ties: the smaller weight; 0 = the model alone); save the
-    table to ``out/transitions.npz``; return what ``config.json`` records."""
-    model, _ = load_trained(out / "model.keras")
+                    weights=TRANSITION_WEIGHTS, pop_weights=POP_WEIGHTS,
+                    batch_size: int = 512) -> dict:
+    """Choose the hybrid's two weights (see ``Transitions``) for the model in
+    ``out`` on validation MRR@20 over the grid ``weights`` x ``pop_weights``
+    (ties: the first, so (0, 0), the model alone, unless a hybrid is better);
+    save the tables to ``out/transitions.npz``; return what ``config.json``
+    records. The model scores each validation batch once for the whole grid."""
+    from keras import ops
+
+    from metrics import metric_values
+
+    model, config = load_trained(out / "model.keras")
     ids, counts = top_successors(train_split["session_id"].to_numpy(),
                                  train_split["item_idx"].to_numpy(), n_items, k)
-    rows, best = [], None
-    for w in weights:
-        res = evaluate(make_ranker(model, transitions=(ids, counts, w)), valid_ev, n_items,
-                       batch_size=512)
-        row = {"weight": w, "valid_HR@20": round(res.summary["HR@20"], 4),
-               "valid_MRR@20": round(res.summary["MRR@20"], 4)}
-        rows.append(row)
-        log(f"transition weight {w}: {json.dumps(row)}")
-        if best is None or res.summary["MRR@20"] > best[1]:
-            best = (w, res.summary["MRR@20"])
-    np.savez_compressed(out / "transitions.npz", ids=ids, counts=counts)
-    log(f"transition weight {best[0]} chosen (validation MRR@20 {best[1]:.4f})")
-    return {"k": k, "weight": best[0], "valid_MRR@20": round(best[1], 4), "tried": rows,
-            "table": "transitions.npz"}
+    plays = np.bincount(train_split["item_idx"].to_numpy(), minlength=n_items + 1)
+    tr = Transitions(ids, counts, plays.astype(np.float32))
+    grid = [(w, v) for w in weights for v in pop_weights]
+    ranks = np.zeros((len(grid), len(valid_ev)), np.int64)
+    L = int(config["max_len"])
+    for start in range(0, len(valid_ev), batch_size):
+        sl = slice(start, start + batch_size)
+        x = recent(valid_ev.prefixes[sl], valid_ev.lengths[sl], L)
+        logits = model.logits(ops.convert_to_tensor(model.predict_on_batch(x)))
+        t = ops.convert_to_tensor(valid_ev.targets[sl].astype(np.int32))[:, None]
+        for g, (w, v) in enumerate(grid):
+            s = logits
+            if w or v:
+                idx, add = tr.boost(x, w, v)
+                s = logits + ops.scatter(idx, add, (len(x), n_items + 1))
+            tgt = ops.take_along_axis(s, t, axis=1)
+            ranks[g, sl] = ops.convert_to_numpy(1 + ops.sum(ops.cast(s > tgt, "int32"), axis=1))
+    rows = []
+    for g, (w, v) in enumerate(grid):
+        m = metric_values(ranks[g])
+        rows.append({"weight": w, "pop_weight": v, "valid_HR@20": round(float(m["HR@20"].mean()), 4),
+                     "valid_MRR@20": round(float(m["MRR@20"].mean()), 4)})
+    best = max(range(len(grid)), key=lambda g: (rows[g]["valid_MRR@20"], -g))
+    np.savez_compressed(out / "transitions.npz", ids=ids, counts=counts, plays=tr.plays)
+    chosen = rows[best]
+    log(f"transitions: weight {chosen['weight']}, pop_weight {chosen['pop_weight']} chosen "
+        f"(validation MRR@20 {chosen['valid_MRR@20']:.4f}; the model alone "
+        f"{rows[0]['valid_MRR@20']:.4f})")
+    return {"k": k, "weight": chosen["weight"], "pop_weight": chosen["pop_weight"],
+            "valid_MRR@20": chosen["valid_MRR@20"], "tried": rows, "table": "transitions.npz"}
 
 
-def load_transitions(model_dir: Path, config: dict) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """(ids, counts, weight) of a model folder whose transition weight is > 0, else None."""
+def load_transitions(model_dir: Path, config: dict) -> Transitions | None:
+    """The hybrid of a model folder whose chosen weights are not both 0, else None."""
     t = config.get("transitions")
-    if not t or not t.get("weight"):
+    if not t or not (t.get("weight") or t.get("pop_weight")):
         return None
     path = Path(model_dir) / t["table"]
     if not path.exists():
-        raise PipelineError(f"{path} not found, but {model_dir}/config.json gives a transition "
-                            "weight: rerun train.py --transitions-only --out " + str(model_dir))
+        raise PipelineError(f"{path} not found, but {model_dir}/config.json gives transition "
+                            "weights: rerun train.py --transitions-only --out " + str(model_dir))
     z = np.load(path)
-    return z["ids"], z["counts"], float(t["weight"])
+    return Transitions(z["ids"], z["counts"], z["plays"], float(t["weight"]),
+                       float(t["pop_weight"]))
 
 
 def transitions_md(t: dict | None) -> str:
     if not t:
         return ""
-    return (f"\nTransition counts (each track's {t['k']} most frequent training successors, "
-            f"score + weight * log(1 + count)), weight chosen on validation: {t['weight']}\n\n"
-            + markdown_table(list(t["tried"][0].keys()), [list(r.values()) for r in t["tried"]])
-            + "\n")
+    best = sorted(t["tried"], key=lambda r: -r["valid_MRR@20"])[:10]
+    return (f"\nModel + transition counts (each track's {t['k']} most frequent training "
+            "successors get weight * log(1 + count) + pop_weight * log(1 + plays)); chosen on "
+            f"validation: weight {t['weight']}, pop_weight {t['pop_weight']}. The model alone "
+            "(0, 0) and the ten best of the grid:\n\n"
+            + markdown_table(list(best[0].keys()), [list(r.values()) for r in
+                                                      [t["tried"][0]] + best]) + "\n")
 
 
 def transitions_only(window: str, args) -> dict:
@@ -455,10 +502,10 @@ def parse_args(argv=None):
                     help="successor vectors scored against their own output vectors (own) "
                          "or added to the session vector (tied)")
     ap.add_argument("--transitions", type=int, default=16,
-                    help="after training, add weight * log(1 + count) to the scores of the last "
-                         "track's K most frequent training successors, the weight chosen on "
-                         "validation among " + ", ".join(map(str, TRANSITION_WEIGHTS))
-                         + " (0 = the model alone); 0: off")
+                    help="after training, choose on validation the model + transition counts "
+                         "hybrid: the last track's K most frequent training successors get "
+                         "weight * log(1 + count) + pop_weight * log(1 + plays) (both 0: the "
+                         "model alone); 0: off")
     ap.add_argument("--transitions-only", action="store_true",
                     help="only refit the transition weight of the trained model in --out")
     ap.add_argument("--tags-per-track", type=int, default=5)
@@ -482,8 +529,8 @@ def main(argv=None) -> None:
         if not args.transitions:
             raise PipelineError("--transitions-only needs --transitions K > 0")
         t = transitions_only(args.window, args)["transitions"]
-        log(f"transition weight {t['weight']} (validation MRR@20 {t['valid_MRR@20']:.4f}) "
-            f"recorded in {out / 'config.json'}")
+        log(f"transition weights {t['weight']}, {t['pop_weight']} (validation MRR@20 "
+            f"{t['valid_MRR@20']:.4f}) recorded in {out / 'config.json'}")
         return
     config = train(args.window, args)
     log(f"best epoch {config['best_epoch']}: validation MRR@20 {config['best_valid']:.4f}; "

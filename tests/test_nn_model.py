@@ -112,15 +112,25 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     # transition counts: weight chosen on validation (0 = the network alone), table saved;
     # the evaluation shows the network alone and, with a weight > 0, the hybrid
     t = cfg["transitions"]
-    assert [r["weight"] for r in t["tried"]] == list(trainer.TRANSITION_WEIGHTS)
-    best = max(r["valid_MRR@20"] for r in t["tried"])
-    assert t["valid_MRR@20"] == pytest.approx(best, abs=1e-4)
-    assert next(r for r in t["tried"] if r["valid_MRR@20"] == best)["weight"] == t["weight"]
+    assert [(r["weight"], r["pop_weight"]) for r in t["tried"]] == [
+        (w, v) for w in trainer.TRANSITION_WEIGHTS for v in trainer.POP_WEIGHTS]
+    best = next(r for r in t["tried"] if r["valid_MRR@20"] == max(
+        q["valid_MRR@20"] for q in t["tried"]))
+    assert (t["weight"], t["pop_weight"]) == (best["weight"], best["pop_weight"])
+    # the model alone in the grid is exactly the training's best validation figure
+    assert t["tried"][0]["valid_MRR@20"] == pytest.approx(cfg["best_valid"], abs=1e-4)
     assert (path.parent / "transitions.npz").exists()
-    assert ("BiGRU-Att+transitions" in res["methods"]) == (t["weight"] > 0)
+    hybrid = t["weight"] > 0 or t["pop_weight"] > 0
+    assert ("BiGRU-Att+transitions" in res["methods"]) == hybrid
+    if hybrid:  # the ranker with the chosen weights gives the recorded validation figure
+        trans = trainer.load_transitions(path.parent, cfg)
+        valid = trainer.validation_events(splits["valid"], 20, 20_000, 0)
+        mrr = evaluate(trainer.make_ranker(loaded, transitions=trans), valid,
+                       len(vocab)).summary["MRR@20"]
+        assert mrr == pytest.approx(t["valid_MRR@20"], abs=1e-4)
     trainer.main(["--window", "3m", "--transitions-only", "--transitions", "4"])
     refit = json.loads(path.with_name("config.json").read_text())["transitions"]
-    assert refit["k"] == 4 and refit["weight"] in trainer.TRANSITION_WEIGHTS
+    assert refit["k"] == 4 and len(refit["tried"]) == len(t["tried"])
     # An experiment with --out keeps its report beside its model.
     record = (pipeline_data / "reports" / "training.md").read_text()
     exp = pipeline_data / "experiment"
@@ -250,13 +260,25 @@ def test_ranker_adds_transition_counts_to_the_last_tracks_successors():
     ids[4], counts[4] = [low, 0], [20, 0]             # 4 -> low, 20 times
     ids[3], counts[3] = [other, 0], [20, 0]           # 3 -> other
     targets = np.array([low, low])
+    plays = np.zeros(V + 1, np.float32)
+
+    def ranker(w, v=0.0):
+        return trainer.make_ranker(m, max_len=6, transitions=trainer.Transitions(
+            ids, counts, plays, w, v))
+
     plain, _ = trainer.make_ranker(m, max_len=6)(x, lengths, targets)
-    same, _ = trainer.make_ranker(m, max_len=6, transitions=(ids, counts, 0.0))(x, lengths, targets)
-    fused, top = trainer.make_ranker(m, max_len=6, transitions=(ids, counts, 10.0))(
-        x, lengths, targets)
+    same, _ = ranker(0.0)(x, lengths, targets)
+    fused, top = ranker(10.0)(x, lengths, targets)
     assert plain[0] == V and same.tolist() == plain.tolist()
     assert fused[0] == 1 and top[0, 0] == low         # session 0 ends with 4: low first
     assert top[1, 0] == other and fused[1] == plain[1] + (plain[1] < rank_of(logits[1], other))
+    # the popularity term lifts successors only: plays of a non-successor change nothing
+    plays[:] = 1000.0
+    plays[low] = 0.0
+    ids[4] = [low, other]
+    counts[4] = [1, 1]                                # a tie: popularity decides
+    _, top = ranker(10.0, 1.0)(x, lengths, targets)
+    assert top[0, 0] == other and top[0, 1] == low
 
 
 def rank_of(row, item):
