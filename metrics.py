@@ -112,7 +112,7 @@ Ranker = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.nda
 def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False,
                        pessimistic: bool = False) -> Ranker:
     def rank(prefixes, lengths, targets):
-        scores = np.array(scorer(prefixes, lengths), dtype=np.float32, copy=True)
+        scores = np.array(scorer(prefixes, lengths), dtype=np.float64, copy=True)
         scores[:, 0] = -np.inf
         if exclude_seen:
             rows = np.repeat(np.arange(len(prefixes)), prefixes.shape[1])

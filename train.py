@@ -234,8 +234,13 @@ def load_trained(path: Path, expected_vocab_md5: str | None = None):
     return m, config
 
 
-TRANSITION_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
-POP_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Doubling grids wide enough to hold the limits: the model alone (0, 0); the counts
+# first, the model breaking ties (large weight, pop_weight 0); the counts, then
+# popularity, then the model (weight >> pop_weight >> the model's score range),
+# which is SR (steps 1) with the model ranking the tracks SR cannot score.
+TRANSITION_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                      1024.0)
+POP_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 
 
 def validation_events(valid, max_len: int, n: int, seed: int) -> Events:

@@ -68,3 +68,16 @@ def test_every_baseline_beats_pop_on_generated_data(pipeline_data):
         res[m.name] = evaluate(ranker_from_scorer(m.score), ev, n).summary
     for name in ("S-POP", "SR", "Item-kNN", "V-SKNN"):
         assert res[name]["HR@20"] > res["POP"]["HR@20"] + 0.1, (name, res)
+
+
+def test_equal_counts_are_ordered_by_popularity_not_tied():
+    # 1 -> 2 and 1 -> 3 once each; 3 has 2 plays, 2 has 1; track 4, 1,000 plays, makes
+    # the prior of 2 and 3 tiny (1e-9, 2e-9), which float32 scores lost (an exact tie,
+    # and the optimistic tie rule then ranked either target first)
+    train = pd.DataFrame({"session_id": [0, 0, 1, 1, 2] + [3] * 1000,
+                          "item_idx": [1, 2, 1, 3, 3] + [4] * 1000})
+    sr = bl.SequentialRules(steps=1).fit(train, 4)
+    rank = ranker_from_scorer(sr.score)
+    pre, n = np.array([[1]], np.int32), np.array([1])
+    assert rank(pre, n, np.array([3]))[0].tolist() == [1]
+    assert rank(pre, n, np.array([2]))[0].tolist() == [2]
