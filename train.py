@@ -5,10 +5,13 @@ Examples: every prefix of every training session (its most recent
 clipping, dropout, full softmax by default (``--sampled N``: in-batch plus N
 popularity-sampled negatives with the log-Q correction). After each epoch:
 validation HR@20 / MRR@20 (full ranking, ``metrics.py``), time and examples/s;
-early stopping on validation MRR@20 keeps the best weights.
+early stopping on validation MRR@20 keeps the best weights. Then (``--transitions
+K``) the weights of the model + transition counts hybrid (``Transitions``) are
+chosen on the same validation events.
 
 Outputs in ``data/models/<window>/``: ``model.keras``, ``config.json``
-(resolved configuration, vocabulary checksum, seed, backend), ``history.csv``
+(resolved configuration, vocabulary checksum, seed, backend, the hybrid's
+weights and grid), ``transitions.npz`` (its tables), ``history.csv``
 (and TensorBoard logs with the TensorFlow backend); in ``data/reports/``:
 ``training_curves.png`` and ``training.md`` (with ``--out DIR``: in DIR).
 
