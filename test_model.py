@@ -65,29 +65,38 @@ def tune_baselines(train: pd.DataFrame, valid_events: Events, n_items: int, name
     return chosen
 
 
-def trainer_weights(config: dict) -> dict | None:
-    """The hybrid's chosen weights in a model's config, or None (the model alone)."""
+def hybrid_weights(config: dict) -> dict | None:
+    """The transition hybrid's chosen weights in a model's config, or None (the model alone)."""
     t = config.get("transitions") or {}
     w = {"weight": t.get("weight", 0.0), "pop_weight": t.get("pop_weight", 0.0)}
     return w if any(w.values()) else None
 
 
-def model_ranker(window: str, vocab_md5: str, exclude_seen: bool, model_dir: Path | None = None,
-                 fused: bool = True):
-    """The trained model's ranker, or None when no model was trained for ``window``.
-
-    ``fused``: with the transition counts when training chose a weight > 0 for
-    them (``config["transitions"]``); False: the network alone."""
+def model_rankers(window: str, vocab_md5: str, exclude_seen: bool,
+                  model_dir: Path | None = None) -> tuple[list, dict | None]:
+    """The trained model's rankers, loaded once: [("", the network alone)], plus
+    ("+transitions", the hybrid) when training chose one; ([], None) when no
+    model was trained for ``window``."""
     path = (Path(model_dir) if model_dir else data_root() / "models" / window) / "model.keras"
     if not path.exists():
         if model_dir:
             raise PipelineError(f"--models {model_dir}: no model.keras there; run train.py --out")
-        return None, None
+        return [], None
     import train as trainer  # heavy import (Keras) only when a model exists
 
     model, config = trainer.load_trained(path, expected_vocab_md5=vocab_md5)
-    trans = trainer.load_transitions(path.parent, config) if fused else None
-    return trainer.make_ranker(model, exclude_seen=exclude_seen, transitions=trans), config
+    rankers = [("", trainer.make_ranker(model, exclude_seen=exclude_seen))]
+    trans = trainer.load_transitions(path.parent, config)
+    if trans is not None:
+        rankers.append(("+transitions", trainer.make_ranker(model, exclude_seen=exclude_seen,
+                                                            transitions=trans)))
+    return rankers, config
+
+
+def model_ranker(window: str, vocab_md5: str, exclude_seen: bool, model_dir: Path | None = None):
+    """The trained model's ranker (the hybrid when training chose one), or None."""
+    rankers, config = model_rankers(window, vocab_md5, exclude_seen, model_dir)
+    return (rankers[-1][1] if rankers else None), config
 
 
 def events_md5(events: Events, vocab_md5: str, exclude_seen: bool, max_len: int) -> str:
@@ -171,22 +180,17 @@ def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len:
         log(f"{model!r}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 "
             f"{res.summary['MRR@20']:.4f} ({res.summary['events_per_s']:,.0f} events/s)")
     for model_dir in (model_dirs or [None]) if use_model else []:
-        ranker, config = model_ranker(window, meta["vocab_md5"], exclude_seen, model_dir,
-                                      fused=False)
-        if ranker is None:
+        rankers, config = model_rankers(window, meta["vocab_md5"], exclude_seen, model_dir)
+        if not rankers:
             log(f"no trained model in data/models/{window}/ (run train.py); baselines only")
             continue
         name = "BiGRU-Att" + ("+tags" if config.get("use_tags") else "")
         suffix = f" ({Path(model_dir).name})" if model_dirs else ""  # --models: by folder
-        variants = [(name + suffix, ranker)]
-        hybrid = trainer_weights(config)
-        if hybrid:  # the network alone, then with the transition counts
-            fused, _ = model_ranker(window, meta["vocab_md5"], exclude_seen, model_dir)
-            variants.append((f"{name}+transitions{suffix}", fused))
         params = {k: config[k] for k in ("model", "max_len", "best_epoch", "seed") if k in config}
-        for label, rk in variants:
-            res = evaluate(rk, test_events, n_items, pop, batch_size=256)
-            p = {**params, "transitions": hybrid} if rk is not ranker else params
+        for variant, ranker in rankers:  # the network alone, then the hybrid if any
+            label = name + variant + suffix
+            res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
+            p = {**params, "transitions": hybrid_weights(config)} if variant else params
             results[label] = {"params": p, **res.summary}
             raw[label] = res
             log(f"{label}: test HR@20 {res.summary['HR@20']:.4f} "
@@ -352,7 +356,7 @@ def recommend(window: str, session: int | None, tracks: str | None, n: int,
         method = bl.VSKNN(k=100).fit(splits["train"], n_items)
         ranker, label = ranker_from_scorer(method.score), "V-SKNN (no trained model)"
     else:
-        hybrid = trainer_weights(config)
+        hybrid = hybrid_weights(config)
         label = "trained model" + (f" + transition counts {hybrid}" if hybrid else "")
     _, top = ranker(pre, lengths, np.array([prefix[-1]], np.int32))
     lines = ["Session so far:"] + [f"  {i + 1:2d}. {names[t]}" for i, t in enumerate(prefix)]

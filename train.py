@@ -183,6 +183,15 @@ class Transitions:
         return idx, add.ravel().astype(np.float32)
 
 
+def target_ranks(scores, targets: np.ndarray):
+    """1 + the number of tracks scoring strictly higher than each target: (B,)."""
+    from keras import ops
+
+    t = ops.convert_to_tensor(targets.astype(np.int32))[:, None]
+    tgt = ops.take_along_axis(scores, t, axis=1)                    # (B, 1)
+    return 1 + ops.sum(ops.cast(scores > tgt, "int32"), axis=1)
+
+
 def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None,
                 transitions: Transitions | None = None):
     """(prefixes, lengths, targets) -> (ranks, top-20), computed with keras.ops.
@@ -209,9 +218,7 @@ def make_ranker(model, exclude_seen: bool = False, max_len: int | None = None,
             idx = np.stack([rows, x.ravel()], axis=1).astype(np.int32)
             seen = ops.scatter(idx, np.ones(len(idx), np.float32), (len(x), model.n_items + 1))
             logits = ops.where(seen > 0, -np.inf, logits)
-        t = ops.convert_to_tensor(targets.astype(np.int32))
-        tgt = ops.take_along_axis(logits, t[:, None], axis=1)        # (B, 1)
-        ranks = 1 + ops.sum(ops.cast(logits > tgt, "int32"), axis=1)
+        ranks = target_ranks(logits, targets)
         top = ops.top_k(logits, TOPK)[1]
         return ops.convert_to_numpy(ranks), ops.convert_to_numpy(top)
 
@@ -279,18 +286,17 @@ def fit_transitions(out: Path, train_split, valid_ev: Events, n_items: int, k: i
         sl = slice(start, start + batch_size)
         x = recent(valid_ev.prefixes[sl], valid_ev.lengths[sl], L)
         logits = model.logits(ops.convert_to_tensor(model.predict_on_batch(x)))
-        t = ops.convert_to_tensor(valid_ev.targets[sl].astype(np.int32))[:, None]
         for g, (w, v) in enumerate(grid):
             s = logits
             if w or v:
                 idx, add = tr.boost(x, w, v)
                 s = logits + ops.scatter(idx, add, (len(x), n_items + 1))
-            tgt = ops.take_along_axis(s, t, axis=1)
-            ranks[g, sl] = ops.convert_to_numpy(1 + ops.sum(ops.cast(s > tgt, "int32"), axis=1))
+            ranks[g, sl] = ops.convert_to_numpy(target_ranks(s, valid_ev.targets[sl]))
     rows = []
     for g, (w, v) in enumerate(grid):
         m = metric_values(ranks[g])
-        rows.append({"weight": w, "pop_weight": v, "valid_HR@20": round(float(m["HR@20"].mean()), 4),
+        rows.append({"weight": w, "pop_weight": v,
+                     "valid_HR@20": round(float(m["HR@20"].mean()), 4),
                      "valid_MRR@20": round(float(m["MRR@20"].mean()), 4)})
     best = max(range(len(grid)), key=lambda g: (rows[g]["valid_MRR@20"], -g))
     np.savez_compressed(out / "transitions.npz", ids=ids, counts=counts, plays=tr.plays)
