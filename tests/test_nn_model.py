@@ -141,6 +141,48 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     assert (pipeline_data / "reports" / "training.md").read_text() == record
 
 
+@pytest.mark.parametrize("successor_output", ["tied", "own"])
+def test_training_loss_is_full_softmax_cross_entropy(successor_output):
+    m = small_model(successor_output=successor_output)
+    w = keras.ops.convert_to_numpy(m.succ_emb.embeddings).copy()
+    w[:] = np.random.default_rng(3).normal(size=w.shape)    # successor vectors count too
+    m.succ_emb.embeddings.assign(w)
+    m.out_bias.assign(np.random.default_rng(4).normal(size=V + 1).astype(np.float32))
+    x = np.array([[3, 5, 7, 0, 0, 0], [2, 0, 0, 0, 0, 0], [9, 9, 1, 4, 0, 0]], np.int32)
+    y = np.array([4, 30, 1], np.int32)
+    logits = keras.ops.convert_to_numpy(m.logits(m(x))).astype(np.float64)
+    mx = logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(logits - mx).sum(axis=1)) + mx[:, 0]
+    expected = (lse - logits[np.arange(3), y]).mean()       # -log softmax(target), by hand
+    got = float(keras.ops.convert_to_numpy(m.compute_loss(x, y, m(x))))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_fused_adam_updates_as_keras_adam(sparse):
+    rng = np.random.default_rng(0)
+    w0, e0 = rng.normal(size=(12, 4)).astype(np.float32), rng.normal(size=7).astype(np.float32)
+    out = []
+    for cls in (keras.optimizers.Adam, trainer.FusedAdam):
+        w, e = keras.Variable(w0.copy()), keras.Variable(e0.copy())
+        opt = cls(0.01, global_clipnorm=1.0)
+        for step in range(1, 6):
+            gw = keras.ops.convert_to_tensor(np.sin(np.arange(48) * step).reshape(12, 4)
+                                             .astype(np.float32))
+            if sparse and keras.backend.backend() == "tensorflow":  # an embedding's gradient
+                import tensorflow as tf
+                ge = tf.IndexedSlices(tf.fill((2,), float(step)), tf.constant([1, 3]),
+                                      tf.constant([7]))
+            else:
+                ge = keras.ops.convert_to_tensor(np.where(np.isin(np.arange(7), [1, 3]),
+                                                          float(step), 0.0).astype(np.float32))
+            opt.apply([gw, ge], [w, e])
+        out.append((keras.ops.convert_to_numpy(w), keras.ops.convert_to_numpy(e)))
+    assert not np.allclose(out[1][0], w0)
+    np.testing.assert_allclose(out[1][0], out[0][0], atol=1e-6)
+    np.testing.assert_allclose(out[1][1], out[0][1], atol=1e-6)
+
+
 def test_sampled_softmax_trains():
     m = build_model(V, ModelConfig(emb_dim=8, hidden=6, fc_dim=8, sampled=16), seed=2, max_len=4)
     pop = np.arange(V + 1, dtype=float)
