@@ -51,7 +51,7 @@ class ModelConfig:
     emb_dim: int = 64          # track (and tag) embedding size E
     hidden: int = 100          # GRU units per direction H
     fc_dim: int = 128          # fully connected layer D
-    dropout: float = 0.1
+    dropout: float = 0.25
     output: str = "tied"       # "tied": vs. the track embeddings; "dense": own output matrix
     sampled: int = 0           # >0: sampled softmax with this many popularity negatives
     use_tags: bool = True      # use tags when a tag table is given

@@ -534,7 +534,7 @@ def parse_args(argv=None):
     ap.add_argument("--emb-dim", type=int, default=64)
     ap.add_argument("--hidden", type=int, default=100)
     ap.add_argument("--fc-dim", type=int, default=128)
-    ap.add_argument("--dropout", type=float, default=0.1)
+    ap.add_argument("--dropout", type=float, default=0.25)
     ap.add_argument("--output", choices=["tied", "dense"], default="tied",
                     help="scores against the input track embeddings (tied) or an own matrix")
     ap.add_argument("--sampled", type=int, default=0,
