@@ -36,14 +36,13 @@ def timed(fn, steps: int, repeats: int) -> float:
         t = time.perf_counter()
         for _ in range(steps):
             out = fn()
-        keras.ops.convert_to_numpy(out[0])          # wait for asynchronous backends
+        keras.ops.convert_to_numpy(out[0])          # the results are ready
         ts.append((time.perf_counter() - t) / steps * 1e3)
     return round(statistics.median(ts), 2)
 
 
 def compiled_grad(loss_fn, variables):
     """A compiled function returning the gradients of ``loss_fn()`` w.r.t. ``variables``."""
-
     import tensorflow as tf
 
     @tf.function
@@ -54,8 +53,10 @@ def compiled_grad(loss_fn, variables):
     return step
 
 
-def adam_step(tf, opt, g, var):
+def adam_step(opt, g, var):
     """A compiled Adam update of ``var`` with the gradient ``g``."""
+    import tensorflow as tf
+
     @tf.function
     def step():
         opt.apply([g], [var])
@@ -80,7 +81,6 @@ def main() -> None:
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("bench_step_parts.py profiles the TensorFlow backend; "
                          "unset KERAS_BACKEND or set it to tensorflow")
-    import tensorflow as tf
 
     from model import ModelConfig, build_model
     from train import FusedAdam
@@ -126,7 +126,7 @@ def main() -> None:
         var = keras.Variable(rng.normal(size=(V + 1, E)).astype(np.float32))
         opt = cls(1e-3)
         opt.build([var])
-        res[name] = timed(adam_step(tf, opt, g, var), args.steps, args.repeats)
+        res[name] = timed(adam_step(opt, g, var), args.steps, args.repeats)
     print(json.dumps(res))
 
 
