@@ -4,7 +4,7 @@ Times test_model's whole baseline run (tuning on validation, test evaluation of
 POP, S-POP, SR, Item-kNN, V-SKNN, bootstrap intervals) and, separately, the
 evaluator alone (ranks and top-20 of precomputed scores: events scored per s).
 
-    python bench/bench_eval.py --data data --window 1m
+    python bench/bench_eval.py --data data --window 1m [--repeats 3] [--evaluator-only]
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data"))
     ap.add_argument("--window", default="1m")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--evaluator-only", action="store_true", help="skip the baselines' runs")
     args = ap.parse_args()
     os.environ["LASTFM_DATA_DIR"] = str(args.data.resolve())
     import test_model
@@ -45,6 +46,8 @@ def main() -> None:
         rates.append(len(ev) / res.seconds)
     print(f"window {args.window}: {n:,} tracks, {len(ev):,} test events")
     print(f"evaluator alone: {statistics.median(rates):,.0f} events/s (median of {args.repeats})")
+    if args.evaluator_only:
+        return
     walls = []
     for _ in range(args.repeats):
         t = time.perf_counter()
