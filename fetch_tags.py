@@ -2,7 +2,7 @@
 
 Resumable and rate-limited:
 - every answer (tags, "not found" = Last.fm error 6, or an error) goes into a
-  SQLite cache (``data/tags/cache.sqlite``) with the time it was fetched,
+  SQLite cache (``<data>/tags/cache.sqlite``) with the time it was fetched,
   committed as it arrives: a rerun asks only for tracks missing or failed
   (``--refresh-older-than DAYS`` asks again for older answers), and Ctrl-C or a
   crash loses at most the requests in flight;
@@ -19,10 +19,10 @@ or logged. Offline: ``--tags-file`` imports a table (TSV or CSV with columns
 artist, track, tag, weight). Without key and file the stage says that the
 model will train without tags and exits cleanly.
 
-Outputs per window in ``data/tags/<window>/``: ``tags.parquet`` (the tag
+Outputs per window in ``<data>/tags/<window>/``: ``tags.parquet`` (the tag
 vocabulary: normalised tags used by at least ``--min-tag-count`` tracks),
 ``track_tags.parquet`` (top ``--top-k`` tags per track with weights),
-``meta.json``; and ``data/reports/tags.md`` with the study's figures.
+``meta.json``; and ``<data>/reports/tags.md`` with the study's figures.
 """
 from __future__ import annotations
 
@@ -46,14 +46,51 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pylast
 
-from common import (PipelineError, data_root, log, markdown_table, read_json, read_table,
-                    run_main, stage_dir, write_json)
+from lastfm import config as cfgs
+from lastfm.common import PipelineError, log, markdown_table, read_json, run_main, write_json
+from lastfm.config import option
+from lastfm.data import SPLITS, read_table
+from lastfm.paths import Layout, make
 
 RETRY_CODES = {"8", "11", "16", "29"}
 PERMANENT_CODES = {"4": "authentication failed", "10": "invalid API key",
                    "26": "API key suspended"}
 NOT_FOUND = "6"
 STUDY_1M = {"tracks_with_tags": 130_009, "distinct_tags": 16_141}
+
+
+@dataclass
+class TagsConfig:
+    """Where tags come from, how they are fetched and how the tables are cut."""
+    windows: str = option("1m", "comma-separated windows")
+    api_key: str | None = option(None, "Last.fm API key (default $LASTFM_API_KEY; a flag shows "
+                                 "in the process list, the variable does not)")
+    tags_file: str | None = option(None, "offline: TSV/CSV with artist, track, tag, weight")
+    rate: float = option(5.0, "requests per second (0: no limit, for local servers)")
+    workers: int = option(4, "concurrent requests")
+    max_retries: int = option(5, "retries of a transient failure")
+    backoff: float = option(1.0, "first retry delay, seconds")
+    refresh_older_than: float = option(0.0, "ask again for answers older than this many days "
+                                       "(0: never)")
+    artist_fallback: bool = option(False, "artist top tags for tracks without tags")
+    top_k: int = option(5, "tags kept per track")
+    min_tag_count: int = option(2, "tags used by fewer tracks are dropped")
+    require_tags: bool = option(False, "report what dropping untagged tracks (the study's "
+                                "filter) does")
+    cache: str | None = option(None, "SQLite cache path (default <data>/tags/cache.sqlite)")
+    ws_server: str | None = option(None, "API host:port/path (default Last.fm's)")
+    ca_file: str | None = option(None, "extra certificate authority to trust (PEM)")
+    seed: int = option(0, "seed of the retry jitter")
+
+    def check(self) -> None:
+        for name in ("workers", "top_k", "min_tag_count"):
+            if getattr(self, name) < 1:
+                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
+                                    "must be at least 1")
+        for name in ("rate", "max_retries", "backoff", "refresh_older_than"):
+            if getattr(self, name) < 0:
+                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
+                                    "must be at least 0")
 
 
 class TokenBucket:
@@ -321,12 +358,12 @@ def read_tags_file(path: Path) -> pd.DataFrame:
     return df
 
 
-def require_tags_effect(window: str, tagged_items: set[int]) -> dict:
+def require_tags_effect(layout: Layout, window: str, tagged_items: set[int]) -> dict:
     """What the study's filter (drop untagged tracks) does to plays, sessions, users."""
-    d = data_root() / "sessions" / window
+    d = layout.sessions(window)
     out = {}
-    for split in ("train", "valid", "test"):
-        df = pd.read_parquet(d / f"{split}.parquet")
+    for split in SPLITS:
+        df = read_table(d / f"{split}.parquet", "sessions", "sessionize.py")
         kept = df[df["item_idx"].isin(tagged_items)]
         lens = kept.groupby("session_id").size()
         ok = lens[lens >= 2].index
@@ -337,8 +374,9 @@ def require_tags_effect(window: str, tagged_items: set[int]) -> dict:
     return out
 
 
-def tags_for_window(window: str, args, api_key: str | None) -> dict | None:
-    d = data_root() / "sessions" / window
+def tags_for_window(layout: Layout, window: str, args: TagsConfig,
+                    api_key: str | None) -> dict | None:
+    d = layout.sessions(window)
     vocab = read_table(d / "vocab.parquet", "vocab", "sessionize.py")
     items = vocab["item_idx"].to_numpy()
     per_item: dict[int, list] = {}
@@ -352,7 +390,7 @@ def tags_for_window(window: str, args, api_key: str | None) -> dict | None:
                 per_item[int(item)] = grouped[(a, t)]
         source = f"file {args.tags_file}"
     elif api_key:
-        cache = TagCache(Path(args.cache) if args.cache else data_root() / "tags" / "cache.sqlite")
+        cache = TagCache(Path(args.cache) if args.cache else layout.tag_cache())
         try:
             jobs = track_jobs(vocab)
             refresh = time.time() - args.refresh_older_than * 86400 if args.refresh_older_than else None
@@ -379,7 +417,7 @@ def tags_for_window(window: str, args, api_key: str | None) -> dict | None:
               "skipping tags; train.py will train the model without tags.")
         return None
     tags, track_tags = build_tables(vocab, per_item, args.top_k, args.min_tag_count)
-    out = stage_dir("tags", window)
+    out = make(layout.tags(window))
     pq.write_table(pa.Table.from_pandas(tags, preserve_index=False), out / "tags.parquet")
     pq.write_table(pa.Table.from_pandas(track_tags, preserve_index=False), out / "track_tags.parquet")
     tagged = set(track_tags["item_idx"].tolist())
@@ -387,7 +425,7 @@ def tags_for_window(window: str, args, api_key: str | None) -> dict | None:
             "distinct_tags": int(len(tags)), "top_k": args.top_k,
             "min_tag_count": args.min_tag_count, "vocab_md5": read_json(d / "meta.json")["vocab_md5"]}
     if args.require_tags:
-        meta["require_tags_effect"] = require_tags_effect(window, tagged)
+        meta["require_tags_effect"] = require_tags_effect(layout, window, tagged)
     write_json(out / "meta.json", meta)
     return meta
 
@@ -423,40 +461,25 @@ def report(metas: dict[str, dict]) -> str:
     return md
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> tuple[Layout, TagsConfig]:
     ap = argparse.ArgumentParser(description="Fetch Last.fm top tags for each track (pylast).")
-    ap.add_argument("--windows", default="1m", help="comma-separated windows")
-    ap.add_argument("--api-key", default=None, help="default: $LASTFM_API_KEY")
-    ap.add_argument("--tags-file", help="offline: TSV/CSV with artist, track, tag, weight")
-    ap.add_argument("--rate", type=float, default=5.0, help="requests per second (0: no limit)")
-    ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--max-retries", type=int, default=5)
-    ap.add_argument("--backoff", type=float, default=1.0, help="first retry delay, seconds")
-    ap.add_argument("--refresh-older-than", type=float, default=0, help="days (0: never)")
-    ap.add_argument("--artist-fallback", action="store_true",
-                    help="artist top tags for tracks without tags")
-    ap.add_argument("--top-k", type=int, default=5)
-    ap.add_argument("--min-tag-count", type=int, default=2)
-    ap.add_argument("--require-tags", action="store_true",
-                    help="report what dropping untagged tracks (the study's filter) does")
-    ap.add_argument("--cache", help="SQLite cache path (default data/tags/cache.sqlite)")
-    ap.add_argument("--ws-server", help="API host:port/path (default Last.fm's)")
-    ap.add_argument("--ca-file", help="extra certificate authority to trust (PEM)")
-    ap.add_argument("--seed", type=int, default=0)
-    return ap.parse_args(argv)
+    cfgs.add_data_dir(ap)
+    cfgs.add_flags(ap, TagsConfig, "tags")
+    args = ap.parse_args(argv)
+    return Layout.at(args.data_dir), cfgs.from_args(TagsConfig, args)
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    api_key = args.api_key or os.environ.get("LASTFM_API_KEY") or None
+    layout, cfg = parse_args(argv)
+    api_key = cfg.api_key or os.environ.get("LASTFM_API_KEY") or None
     metas = {}
-    for window in [w for w in args.windows.split(",") if w]:
-        meta = tags_for_window(window, args, api_key)
+    for window in [w for w in cfg.windows.split(",") if w]:
+        meta = tags_for_window(layout, window, cfg, api_key)
         if meta is None:
             return
         metas[window] = meta
     md = report(metas)
-    (stage_dir("reports") / "tags.md").write_text(md)
+    (make(layout.reports()) / "tags.md").write_text(md)
     print(md)
 
 

@@ -1,10 +1,10 @@
 """Stage 1: download Last.fm-1K, parse it exactly, clean it, cut month windows.
 
-Outputs (under ``data/``):
+Outputs (under the data root, ``lastfm.paths.Layout``):
 - ``raw/lastfm-dataset-1K.tar.gz`` and ``raw/lastfm-dataset-1K/`` (download);
 - ``preprocessed/<window>.parquet`` for each window (``1m``, ``2m``, ``3m``,
   ``6m`` by default), and with ``--write-all`` ``all`` (the whole cleaned
-  table); columns in ``common.SCHEMAS['plays']``; sorted by user, then time
+  table); columns in ``lastfm.data.SCHEMAS['plays']``; sorted by user, then time
   ascending;
 - ``preprocessed/rejects.tsv`` (line, reason, text) and ``meta.json``;
 - ``reports/preprocess_stats.{md,json}`` (the study's table for raw, cleaned and
@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common import (data_root, PipelineError, file_md5, fingerprint, log, markdown_table,
-                    params_match, read_json, run_main, stage_dir, write_json)
-from lastfm_parse import parse_file, write_rejects
+from lastfm import config as cfgs
+from lastfm.common import (PipelineError, file_md5, fingerprint, log, markdown_table,
+                           params_match, read_json, run_main, write_json)
+from lastfm.config import option
+from lastfm.parse import parse_file, write_rejects
+from lastfm.paths import Layout, make
 
 URL = "http://mtg.upf.edu/static/datasets/last.fm/lastfm-dataset-1K.tar.gz"
 MIRROR = "https://zenodo.org/records/6090214/files/lastfm-dataset-1K.tar.gz"
@@ -57,6 +61,45 @@ STUDY = {
     "1m": {"rows": 588_774, "user_id": 858, "track_id": 181_590},
 }
 STAT_COLUMNS = ["user_id", "timestamp", "artist_id", "artist_name", "track_id", "track_name"]
+
+
+
+
+@dataclass
+class PreprocessConfig:
+    """Where the plays come from and how they are cleaned and windowed."""
+    input: Path | None = option(None, "plays TSV (or its folder): skip the download")
+    url: str = option(URL, "archive URL or local path (default: MTG)")
+    md5: str | None = option(None, "expected archive MD5 (verification)")
+    size: int | None = option(None, "expected archive size in bytes")
+    months: str = option("1,2,3,6", "window lengths in months")
+    anchor: str = option("end", "windows end at the last play (end) or start at the first",
+                         choices=["end", "start"])
+    keep_missing_mbid: bool = option(False, "keep rows without MBIDs; tracks keyed by "
+                                     "(artist, title)")
+    valid_from: str = option(VALID_FROM, "first plausible play date (earlier plays excluded)")
+    valid_to: str = option(VALID_TO, "end of plausible play dates (excluded from there)")
+    write_all: bool = option(False, "also write all.parquet (every month, cleaned)")
+    force: bool = option(False, "rerun even if outputs are current")
+
+    def month_list(self) -> list[int]:
+        try:
+            months = sorted({int(m) for m in self.months.split(",") if m.strip()})
+        except ValueError:
+            raise PipelineError(f"--months {self.months!r}: expected integers like 1,2,3,6") \
+                from None
+        if not months or min(months) < 1:
+            raise PipelineError(f"--months {self.months!r}: windows must be >= 1 month")
+        return months
+
+    def check(self) -> None:
+        self.month_list()
+        for flag, value in (("--valid-from", self.valid_from), ("--valid-to", self.valid_to)):
+            try:
+                np.datetime64(value, "s")
+            except ValueError:
+                raise PipelineError(f"{flag} {value!r}: expected a date like 2005-02-01") \
+                    from None
 
 
 # --------------------------------------------------------------------------- download
@@ -130,7 +173,7 @@ def _http_fetch(url: str, part: Path, timeout: float, chunk: int) -> int | None:
     except (urllib.error.URLError, OSError) as err:
         raise PipelineError(
             f"cannot reach {url} ({getattr(err, 'reason', err)}). Without network, place "
-            f"the archive by hand at {data_root() / 'raw' / ARCHIVE} (mirror: {MIRROR}), or run "
+            f"the archive by hand at <data>/raw/{ARCHIVE} (mirror: {MIRROR}), or run "
             "offline on synthetic data: python synth.py && python preprocess.py "
             "--input data/synthetic/lastfm-dataset-1K") from None
     with resp:
@@ -358,19 +401,19 @@ def plot_plays_per_user(enc: dict, mask: np.ndarray, path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- stage
-def resolve_input(args) -> Path:
+def resolve_input(layout: Layout, cfg: PreprocessConfig) -> Path:
     """The TSV to parse: --input (file or folder), else download and extract."""
-    if args.input is not None:
-        p = Path(args.input)
+    if cfg.input is not None:
+        p = Path(cfg.input)
         if p.is_dir():
             cands = [p / Path(TSV).name, p / TSV]
             p = next((c for c in cands if c.exists()), cands[0])
         if not p.exists():
-            raise PipelineError(f"--input {args.input}: no such file (expected the plays TSV "
+            raise PipelineError(f"--input {cfg.input}: no such file (expected the plays TSV "
                                 f"or a folder holding {Path(TSV).name})")
         return p
-    raw = stage_dir("raw")
-    archive = download(args.url, raw / ARCHIVE, md5=args.md5, size=args.size)
+    raw = make(layout.raw())
+    archive = download(cfg.url, raw / ARCHIVE, md5=cfg.md5, size=cfg.size)
     tsv = raw / TSV
     if not tsv.exists() or tsv.stat().st_mtime < archive.stat().st_mtime:
         log(f"extracting {archive}")
@@ -378,10 +421,10 @@ def resolve_input(args) -> Path:
     return tsv
 
 
-def preprocess(tsv: Path, out: Path, reports: Path, months: list[int], anchor: str,
-               keep_missing_mbid: bool, valid_from: str, valid_to: str,
-               write_all: bool = False) -> dict:
+def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> dict:
     """Parse, clean, cut windows, write outputs; return the manifest."""
+    months, anchor, keep_missing_mbid = cfg.month_list(), cfg.anchor, cfg.keep_missing_mbid
+    valid_from, valid_to, write_all = cfg.valid_from, cfg.valid_to, cfg.write_all
     t0 = time.perf_counter()
     # The input's MD5 is computed once (beside the parse) and reused while the
     # file's size and modification time are unchanged.
@@ -472,50 +515,30 @@ def _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to
     print(md)
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> tuple[Layout, PreprocessConfig]:
     ap = argparse.ArgumentParser(description="Download, parse, clean and window Last.fm-1K.")
-    ap.add_argument("--input", type=Path, help="plays TSV (or its folder): skip the download")
-    ap.add_argument("--url", default=URL, help="archive URL or local path (default: MTG)")
-    ap.add_argument("--md5", help="expected archive MD5 (verification)")
-    ap.add_argument("--size", type=int, help="expected archive size in bytes")
-    ap.add_argument("--months", default="1,2,3,6", help="window lengths in months")
-    ap.add_argument("--anchor", choices=["end", "start"], default="end",
-                    help="windows end at the last play (default) or start at the first")
-    ap.add_argument("--keep-missing-mbid", action="store_true",
-                    help="keep rows without MBIDs; tracks keyed by (artist, title)")
-    ap.add_argument("--valid-from", default=VALID_FROM)
-    ap.add_argument("--valid-to", default=VALID_TO)
-    ap.add_argument("--out", type=Path, default=None, help="default data/preprocessed")
-    ap.add_argument("--write-all", action="store_true",
-                    help="also write all.parquet (the whole cleaned table, every month)")
-    ap.add_argument("--force", action="store_true", help="rerun even if outputs are current")
-    return ap.parse_args(argv)
+    cfgs.add_data_dir(ap)
+    cfgs.add_flags(ap, PreprocessConfig, "preprocessing")
+    args = ap.parse_args(argv)
+    return Layout.at(args.data_dir), cfgs.from_args(PreprocessConfig, args)
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    try:
-        months = sorted({int(m) for m in args.months.split(",") if m.strip()})
-    except ValueError:
-        raise PipelineError(f"--months {args.months!r}: expected integers like 1,2,3,6") from None
-    if not months or min(months) < 1:
-        raise PipelineError(f"--months {args.months!r}: windows must be >= 1 month")
-    tsv = resolve_input(args)
-    out = Path(args.out) if args.out else stage_dir("preprocessed")
-    out.mkdir(parents=True, exist_ok=True)
-    reports = stage_dir("reports")
-    params = {"months": months, "anchor": args.anchor, "keep_missing_mbid": args.keep_missing_mbid,
-              "write_all": args.write_all,
-              "valid_from": args.valid_from, "valid_to": args.valid_to,
-              "input": fingerprint(tsv)}
-    if not args.force and params_match(out / "meta.json", params) and all(
+    layout, cfg = parse_args(argv)
+    months = cfg.month_list()
+    tsv = resolve_input(layout, cfg)
+    out = make(layout.preprocessed())
+    reports = make(layout.reports())
+    params = {"months": months, "anchor": cfg.anchor, "keep_missing_mbid": cfg.keep_missing_mbid,
+              "write_all": cfg.write_all, "valid_from": cfg.valid_from,
+              "valid_to": cfg.valid_to, "input": fingerprint(tsv)}
+    if not cfg.force and params_match(out / "meta.json", params) and all(
             (out / f"{m}m.parquet").exists() for m in months):
         log(f"{out} is current for these parameters; skipping (use --force to redo)")
         print((reports / "preprocess_stats.md").read_text() if
               (reports / "preprocess_stats.md").exists() else "")
         return
-    meta = preprocess(tsv, out, reports, months, args.anchor, args.keep_missing_mbid,
-                      args.valid_from, args.valid_to, args.write_all)
+    meta = preprocess(tsv, out, reports, cfg)
     write_json(out / "meta.json", {"params": params, **meta})
     sizes = ", ".join(f"{k}: {v['rows']:,}" for k, v in meta["windows"].items())
     log(f"wrote {out} ({sizes})")

@@ -1,9 +1,9 @@
 """Stage 2: split plays into sessions, filter users, split by time.
 
-For each window (``data/preprocessed/<window>.parquet``) writes
-``data/sessions/<window>/``:
+For each window (``<data>/preprocessed/<window>.parquet``) writes
+``<data>/sessions/<window>/``:
 - ``train.parquet``, ``valid.parquet``, ``test.parquet``: one row per play,
-  columns ``common.SCHEMAS['sessions']``, sorted by session id then position;
+  columns ``lastfm.data.SCHEMAS['sessions']``, sorted by session id then position;
 - ``vocab.parquet``: the training split's tracks, ``item_idx`` 1..V by
   descending training popularity (0 is padding), with names;
 - ``{train,valid,test}.tsv``: ``SessionId\\tItemId\\tTime`` (GRU4Rec /
@@ -27,23 +27,41 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common import (data_root, PipelineError, fingerprint, log, markdown_table, params_match,
-                    read_json, read_table, run_main, stage_dir, write_json)
-
-SPLITS = ("train", "valid", "test")
+from lastfm import config as cfgs
+from lastfm.common import (PipelineError, fingerprint, log, markdown_table, params_match,
+                           read_json, run_main, write_json)
+from lastfm.config import option
+from lastfm.data import SPLITS, read_table
+from lastfm.paths import Layout, make
 STUDY_1M = {"sessions": 173_327, "users": 742, "plays_per_session": 3.4}
 
 
 @dataclass
 class SessionConfig:
-    gap_minutes: float = 20.0
-    mode: str = "gap"              # "gap": inactivity gap; "window": fixed clock windows
-    collapse_repeats: bool = False  # merge a track repeated back-to-back
-    max_len: int = 50              # keep the most recent N plays of a session (0: no cap)
-    min_len: int = 2               # drop shorter sessions (2: drop length-1 sessions)
-    min_user_sessions: int = 6
-    valid_frac: float = 0.1        # share of the time span, before test
-    test_frac: float = 0.1         # last share of the time span
+    """How plays become sessions and splits (recorded in each window's meta.json)."""
+    gap_minutes: float = option(20.0, "inactivity gap (mode gap) or window length (mode window)")
+    mode: str = option("gap", "gap: a new session after an inactivity gap; window: fixed "
+                       "clock windows (the study's figures)", choices=["gap", "window"])
+    collapse_repeats: bool = option(False, "merge a track repeated back-to-back")
+    max_session_len: int = option(50, "keep the most recent N plays of a session (0: no cap)")
+    min_len: int = option(2, "drop shorter sessions (2: drop length-1 sessions)")
+    min_user_sessions: int = option(6, "drop users with fewer sessions")
+    valid_frac: float = option(0.1, "share of the time span for validation, before test")
+    test_frac: float = option(0.1, "last share of the time span for test")
+
+    def check(self) -> None:
+        if self.gap_minutes <= 0:
+            raise PipelineError(f"--gap-minutes {self.gap_minutes}: must be positive")
+        for name in ("max_session_len", "min_len", "min_user_sessions"):
+            if getattr(self, name) < 0:
+                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
+                                    "must be at least 0")
+        check_fracs(self.valid_frac, self.test_frac)
+
+
+def check_fracs(valid_frac: float, test_frac: float) -> None:
+    if not (0 <= valid_frac < 1 and 0 < test_frac < 1 and valid_frac + test_frac < 1):
+        raise PipelineError("--valid-frac/--test-frac must be in [0,1) and sum below 1")
 
 
 def session_starts(user: np.ndarray, ts_s: np.ndarray, cfg: SessionConfig) -> np.ndarray:
@@ -85,8 +103,8 @@ def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFram
     lens = np.bincount(sess, minlength=n_sess)
     start_idx = np.concatenate([[0], np.cumsum(lens)[:-1]])
     pos = np.arange(len(sess)) - start_idx[sess]
-    if cfg.max_len > 0:
-        over = lens[sess] - pos > cfg.max_len
+    if cfg.max_session_len > 0:
+        over = lens[sess] - pos > cfg.max_session_len
         counts["capped_plays"] = int(over.sum())
         df, sess = df[~over], sess[~over]
         lens = np.bincount(sess, minlength=n_sess)
@@ -122,8 +140,7 @@ def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFram
 
 def split_by_time(sessions: pd.DataFrame, valid_frac: float, test_frac: float) -> dict:
     """Split sessions by the time of their last play: train | valid | test."""
-    if not (0 <= valid_frac < 1 and 0 < test_frac < 1 and valid_frac + test_frac < 1):
-        raise PipelineError("--valid-frac/--test-frac must be in [0,1) and sum below 1")
+    check_fracs(valid_frac, test_frac)
     end = sessions.groupby("sess")["ts_s"].max()
     t0, t1 = int(sessions["ts_s"].min()), int(sessions["ts_s"].max())
     span = t1 - t0
@@ -246,25 +263,20 @@ def study_table(results: dict[str, dict]) -> str:
                            "kept users", "users dropped", "train tracks"], rows) + note
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> tuple[Layout, SessionConfig, argparse.Namespace]:
     ap = argparse.ArgumentParser(description="Sessionize and split the preprocessed windows.")
+    cfgs.add_data_dir(ap)
     ap.add_argument("--windows", default=None,
                     help="comma-separated window names (default: every window preprocess wrote)")
-    ap.add_argument("--in-dir", type=Path, default=None, help="default data/preprocessed")
-    ap.add_argument("--out-dir", type=Path, default=None, help="default data/sessions")
-    ap.add_argument("--force", action="store_true")
-    for f, default in asdict(SessionConfig()).items():
-        flag = "--" + f.replace("_", "-")
-        if isinstance(default, bool):
-            ap.add_argument(flag, action="store_true")
-        else:
-            ap.add_argument(flag, type=type(default), default=default)
-    return ap.parse_args(argv)
+    ap.add_argument("--force", action="store_true", help="redo windows that are current")
+    cfgs.add_flags(ap, SessionConfig, "sessions")
+    args = ap.parse_args(argv)
+    return Layout.at(args.data_dir), cfgs.from_args(SessionConfig, args), args
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    src_dir = args.in_dir or data_root() / "preprocessed"
+    layout, cfg, args = parse_args(argv)
+    src_dir = layout.preprocessed()
     if not (src_dir / "meta.json").exists():
         raise PipelineError(f"{src_dir}/meta.json not found: run preprocess.py first")
     pre = read_json(src_dir / "meta.json")
@@ -273,13 +285,11 @@ def main(argv=None) -> None:
     for w in windows:
         if w not in available:
             raise PipelineError(f"unknown window {w!r}; preprocess.py wrote {available}")
-    cfg = SessionConfig(**{f: getattr(args, f) for f in asdict(SessionConfig())})
     results = {}
     for w in windows:
         src = src_dir / f"{w}.parquet"
-        out = (args.out_dir or data_root() / "sessions") / w
-        out.mkdir(parents=True, exist_ok=True)
-        params = {**asdict(cfg), "input": fingerprint(src)}
+        out = make(layout.sessions(w))
+        params = {**cfgs.as_dict(cfg), "input": fingerprint(src)}
         if not args.force and params_match(out / "meta.json", params):
             log(f"{out} is current; skipping")
             results[w] = read_json(out / "meta.json")
@@ -290,9 +300,9 @@ def main(argv=None) -> None:
         results[w] = manifest
         print((out / "stats.md").read_text())
     table = study_table(results)
-    reports = stage_dir("reports")
+    reports = make(layout.reports())
     (reports / "sessions.md").write_text("## Sessions per window\n\n" + table + "\n\n" + "\n\n".join(
-        ((args.out_dir or data_root() / "sessions") / w / "stats.md").read_text() for w in windows))
+        (layout.sessions(w) / "stats.md").read_text() for w in windows))
     print(table)
 
 

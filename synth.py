@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from common import data_root, log, run_main, write_json
+from lastfm import config as cfgs
+from lastfm.common import log, run_main, write_json
+from lastfm.paths import Layout
 
 TSV_NAME = "userid-timestamp-artid-artname-traid-traname.tsv"
 END_TS = int(np.datetime64("2009-05-05T00:00:00", "s").astype(np.int64))
@@ -329,13 +331,11 @@ def _write_ground_truth(out: Path, cat: Catalogue, played: np.ndarray, cfg: Synt
 
 def parse_args(argv=None) -> tuple[Path, SynthConfig, bool]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=data_root() / "synthetic")
+    ap.add_argument("--out", type=Path, default=None, help="default <data>/synthetic")
     ap.add_argument("--archive", action="store_true", help="also pack lastfm-dataset-1K.tar.gz")
-    for field, default in asdict(SynthConfig()).items():
-        ap.add_argument("--" + field.replace("_", "-"), type=type(default), default=default)
-    ns = vars(ap.parse_args(argv))
-    out, archive = ns.pop("out"), ns.pop("archive")
-    return out, SynthConfig(**ns), archive
+    cfgs.add_flags(ap, SynthConfig, "generator")
+    args = ap.parse_args(argv)
+    return args.out or Layout.at().synthetic(), cfgs.from_args(SynthConfig, args), args.archive
 
 
 def main(argv=None) -> None:

@@ -2,14 +2,14 @@
 
 (This is the evaluation stage, not a test file: pytest's testpaths exclude it.)
 
-For a window's splits (``data/sessions/<window>/``) it
+For a window's splits (``<data>/sessions/<window>/``) it
 1. tunes each baseline's few parameters on the validation split (MRR@20),
-2. evaluates every baseline and the trained model (``data/models/<window>/``,
-   when present) on the test split, on exactly the same events,
-3. writes ``data/reports/results.{md,json}`` (method x metric with 95%
+2. evaluates every baseline and the trained model (``<data>/models/<window>/``,
+   when present, or ``--models``) on the test split, on exactly the same
+   events, with the ranking contract of ``lastfm.metrics``,
+3. writes ``<data>/reports/results.{md,json}`` (method x metric with 95%
    bootstrap intervals, differences to the best baseline), ``results_bar.png``
-   and ``results_by_prefix.png``, and the study's one-page
-   ``data/reports/report.md``.
+   and ``results_by_prefix.png``, and the study's one-page ``report.md``.
 
 ``--recommend`` shows the top-N tracks for a test session (``--session``) or
 for tracks given by name (``--tracks "Artist - Title; Artist - Title"``), next
@@ -20,29 +20,68 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-import baselines as bl
-from common import (PipelineError, data_root, log, markdown_table, read_json, read_table,
-                    run_main, stage_dir, write_json)
-from metrics import (CUTOFFS, EvalResult, Events, bootstrap_ci, by_prefix_length, evaluate,
-                     make_events, ranker_from_scorer, summarise)
+from lastfm import baselines as bl
+from lastfm import config as cfgs
+from lastfm.common import PipelineError, log, markdown_table, run_main, write_json
+from lastfm.config import option
+from lastfm.data import Events, load_splits, make_events, popularity, sample_events
+from lastfm.metrics import (CUTOFFS, TIE_POLICY, EvalResult, bootstrap_ci, by_prefix_length,
+                            evaluate, ranker_from_scorer, summarise)
+from lastfm.paths import Layout, ROOT, make
 
 REPORT_METRICS = [f"{m}@{n}" for n in CUTOFFS for m in ("HR", "MRR", "NDCG")]
 
 
-def load_splits(window: str) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict]:
-    d = data_root() / "sessions" / window
-    if not (d / "meta.json").exists():
-        raise PipelineError(f"{d}/meta.json not found: run sessionize.py (window {window}) first")
-    splits = {s: read_table(d / f"{s}.parquet", "sessions", "sessionize.py")
-              for s in ("train", "valid", "test")}
-    vocab = read_table(d / "vocab.parquet", "vocab", "sessionize.py")
-    return splits, vocab, read_json(d / "meta.json")
+@dataclass
+class EvalConfig:
+    """What is evaluated and how (``--recommend``: which recommendations are shown)."""
+    window: str = option("1m", "window to evaluate (sessionize.py's folder name)")
+    methods: str = option("POP,S-POP,SR,Item-kNN,V-SKNN", "baselines (comma-separated)")
+    model: bool = option(True, "evaluate the trained model(s) too")
+    models: str | None = option(None, "comma-separated model folders "
+                                "(default <data>/models/<window>)")
+    save_ranks: str | None = option(None, "also save every method's per-event ranks and top-20 "
+                                    "(to merge with --ranks-from, e.g. from a GPU machine)")
+    ranks_from: str | None = option(None, "comma-separated --save-ranks files of the same test "
+                                    "events: their methods join the table")
+    exclude_seen: bool = option(False, "never recommend a track already in the session")
+    prefix_len: int = option(50, "most recent tracks of a prefix every method sees")
+    n_boot: int = option(1000, "bootstrap resamples for the intervals")
+    tune_events: int = option(20_000, "validation events (drawn with --seed) for tuning")
+    seed: int = option(0, "seed of the validation draw and the bootstrap")
+    recommend: bool = option(False, "show recommendations instead of evaluating")
+    session: int | None = option(None, "test session id for --recommend")
+    tracks: str | None = option(None, "'Artist - Title; ...' for --recommend")
+    n: int = option(10, "recommendations to show")
+
+    def check(self) -> None:
+        for name in ("prefix_len", "n_boot", "tune_events", "n"):
+            if getattr(self, name) < 1:
+                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
+                                    "must be at least 1")
+        known = [g.cls.name for g in bl.GRIDS]
+        for m in self.method_list():
+            if m not in known:
+                raise PipelineError(f"--methods: unknown baseline {m!r}; known: {known}")
+
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def model_dirs(self) -> list[Path] | None:
+        return [Path(p) for p in self.models.split(",")] if self.models else None
+
+    def ranks_files(self) -> list[Path]:
+        return [Path(p) for p in self.ranks_from.split(",")] if self.ranks_from else []
 
 
 def tune_baselines(train: pd.DataFrame, valid_events: Events, n_items: int, names: list[str],
@@ -65,43 +104,46 @@ def tune_baselines(train: pd.DataFrame, valid_events: Events, n_items: int, name
     return chosen
 
 
-def hybrid_weights(config: dict) -> dict | None:
-    """The transition hybrid's chosen weights in a model's config, or None (the model alone)."""
-    t = config.get("transitions") or {}
+def hybrid_weights(record: dict) -> dict | None:
+    """The transition hybrid's chosen weights in a model's record, or None (the model alone)."""
+    t = record.get("transitions") or {}
     w = {"weight": t.get("weight", 0.0), "pop_weight": t.get("pop_weight", 0.0)}
     return w if any(w.values()) else None
 
 
-def model_rankers(window: str, vocab_md5: str, exclude_seen: bool,
-                  model_dir: Path | None = None) -> tuple[list, dict | None]:
+def model_rankers(model_dir: Path, vocab_md5: str, exclude_seen: bool) -> tuple[list, dict]:
     """The trained model's rankers, loaded once: [("", the network alone)], plus
-    ("+transitions", the hybrid) when training chose one; ([], None) when no
-    model was trained for ``window``."""
-    path = (Path(model_dir) if model_dir else data_root() / "models" / window) / "model.keras"
-    if not path.exists():
-        if model_dir:
-            raise PipelineError(f"--models {model_dir}: no model.keras there; run train.py --out")
-        return [], None
-    import train as trainer  # heavy import (Keras) only when a model exists
+    ("+transitions", the hybrid) when training chose one."""
+    from lastfm import hybrid
+    from lastfm.metrics import device_ranker
+    from model import load_trained  # Keras is imported only when a model is evaluated
 
-    model, config = trainer.load_trained(path, expected_vocab_md5=vocab_md5)
-    rankers = [("", trainer.make_ranker(model, exclude_seen=exclude_seen))]
-    trans = trainer.load_transitions(path.parent, config)
+    model, record = load_trained(model_dir, expected_vocab_md5=vocab_md5)
+    rankers = [("", device_ranker(model, exclude_seen=exclude_seen))]
+    trans = hybrid.load(model_dir, record.get("transitions"))
     if trans is not None:
-        rankers.append(("+transitions", trainer.make_ranker(model, exclude_seen=exclude_seen,
-                                                            transitions=trans)))
-    return rankers, config
+        rankers.append(("+transitions", device_ranker(model, exclude_seen, trans.boost)))
+    return rankers, record
 
 
-def model_ranker(window: str, vocab_md5: str, exclude_seen: bool, model_dir: Path | None = None):
-    """The trained model's ranker (the hybrid when training chose one), or None."""
-    rankers, config = model_rankers(window, vocab_md5, exclude_seen, model_dir)
-    return (rankers[-1][1] if rankers else None), config
+def default_model_dirs(layout: Layout, ec: EvalConfig) -> list[Path]:
+    """--models, or the window's model folder when a model was trained there."""
+    dirs = ec.model_dirs()
+    if dirs:
+        for d in dirs:
+            if not (d / "model.keras").exists():
+                raise PipelineError(f"--models {d}: no model.keras there; run train.py --out")
+        return dirs
+    d = layout.models(ec.window)
+    if (d / "model.keras").exists():
+        return [d]
+    log(f"no trained model in {d} (run train.py); baselines only")
+    return []
 
 
-def events_md5(events: Events, vocab_md5: str, exclude_seen: bool, max_len: int) -> str:
+def events_md5(events: Events, vocab_md5: str, exclude_seen: bool, prefix_len: int) -> str:
     """Fingerprint of an evaluation: the events, the vocabulary and the protocol."""
-    h = hashlib.md5(f"{vocab_md5}|{exclude_seen}|{max_len}".encode())
+    h = hashlib.md5(f"{vocab_md5}|{exclude_seen}|{prefix_len}".encode())
     for a in (events.sessions, events.positions, events.targets, events.prefixes):
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
@@ -152,54 +194,46 @@ def load_ranks(path: Path, fingerprint: str, events: Events) -> dict[str, tuple[
     return out
 
 
-def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len: int,
-                   n_boot: int, tune_events: int, seed: int, use_model: bool,
-                   model_dirs: list[Path] | None = None, ranks_from: list[Path] | None = None,
-                   save_ranks_to: Path | None = None) -> dict:
-    splits, vocab, meta = load_splits(window)
+def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
+    splits, vocab, meta = load_splits(layout, ec.window)
     n_items = len(vocab)
-    pop = np.zeros(n_items + 1)
-    pop[vocab["item_idx"].to_numpy()] = vocab["train_count"].to_numpy()
-    test_events = make_events(splits["test"], max_len)
-    valid_events = make_events(splits["valid"], max_len)
+    pop = popularity(vocab)
+    test_events = make_events(splits["test"], ec.prefix_len)
     if len(test_events) == 0:
-        raise PipelineError(f"window {window}: the test split has no event")
-    rng = np.random.default_rng(seed)
-    if len(valid_events) > tune_events:
-        valid_events = valid_events.subset(np.sort(rng.choice(len(valid_events), tune_events,
-                                                              replace=False)))
+        raise PipelineError(f"window {ec.window}: the test split has no event")
+    valid_events = sample_events(make_events(splits["valid"], ec.prefix_len), ec.tune_events,
+                                 ec.seed)
     t0 = time.perf_counter()
-    chosen = tune_baselines(splits["train"], valid_events, n_items, methods)
+    chosen = tune_baselines(splits["train"], valid_events, n_items, ec.method_list())
     t_tune = time.perf_counter() - t0
     results: dict[str, dict] = {}
-    raw: dict[str, object] = {}
+    raw: dict[str, EvalResult] = {}
     for model, info in chosen:
-        res = evaluate(ranker_from_scorer(model.score, exclude_seen), test_events, n_items, pop)
+        res = evaluate(ranker_from_scorer(model.score, ec.exclude_seen), test_events, n_items, pop)
         results[model.name] = {"params": model.params, **res.summary, "tuning": info["tried"]}
         raw[model.name] = res
         log(f"{model!r}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 "
             f"{res.summary['MRR@20']:.4f} ({res.summary['events_per_s']:,.0f} events/s)")
-    for model_dir in (model_dirs or [None]) if use_model else []:
-        rankers, config = model_rankers(window, meta["vocab_md5"], exclude_seen, model_dir)
-        if not rankers:
-            log(f"no trained model in data/models/{window}/ (run train.py); baselines only")
-            continue
-        name = "BiGRU-Att" + ("+tags" if config.get("use_tags") else "")
-        suffix = f" ({Path(model_dir).name})" if model_dirs else ""  # --models: by folder
-        params = {k: config[k] for k in ("model", "max_len", "best_epoch", "seed") if k in config}
+    for model_dir in default_model_dirs(layout, ec) if ec.model else []:
+        rankers, record = model_rankers(model_dir, meta["vocab_md5"], ec.exclude_seen)
+        name = "BiGRU-Att" + ("+tags" if record["model"]["tags"] and record.get("n_tags")
+                              else "")
+        suffix = f" ({model_dir.name})" if ec.models else ""  # --models: by folder
+        params = {"model": record["model"], "best_epoch": record.get("best_epoch"),
+                  "seed": record["train"]["seed"]}
         for variant, ranker in rankers:  # the network alone, then the hybrid if any
             label = name + variant + suffix
             res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
-            p = {**params, "transitions": hybrid_weights(config)} if variant else params
+            p = {**params, "transitions": hybrid_weights(record)} if variant else params
             results[label] = {"params": p, **res.summary}
             raw[label] = res
             log(f"{label}: test HR@20 {res.summary['HR@20']:.4f} "
                 f"MRR@20 {res.summary['MRR@20']:.4f}")
-    fingerprint = events_md5(test_events, meta["vocab_md5"], exclude_seen, max_len)
-    if save_ranks_to:
-        save_ranks(save_ranks_to, raw, results, fingerprint)
-        log(f"saved per-event ranks of {', '.join(raw)} to {save_ranks_to}")
-    for path in ranks_from or []:
+    fingerprint = events_md5(test_events, meta["vocab_md5"], ec.exclude_seen, ec.prefix_len)
+    if ec.save_ranks:
+        save_ranks(Path(ec.save_ranks), raw, results, fingerprint)
+        log(f"saved per-event ranks of {', '.join(raw)} to {ec.save_ranks}")
+    for path in ec.ranks_files():
         for name, (res, params) in load_ranks(path, fingerprint, test_events).items():
             if name in raw:
                 if np.array_equal(raw[name].ranks, res.ranks):
@@ -218,20 +252,35 @@ def run_evaluation(window: str, methods: list[str], exclude_seen: bool, max_len:
     best_base = max(base_names, key=lambda n: results[n]["MRR@20"]) if base_names else None
     for name, res in raw.items():
         results[name]["ci"] = bootstrap_ci(res.ranks, res.sessions, REPORT_METRICS,
-                                           n_boot=n_boot, seed=seed)
+                                           n_boot=ec.n_boot, seed=ec.seed)
         if best_base and name != best_base:
             results[name]["diff_vs_best_baseline"] = {
                 "baseline": best_base,
                 **{m: [results[name][m] - results[best_base][m], *bootstrap_ci(
-                    res.ranks, res.sessions, (m,), n_boot=n_boot, seed=seed,
+                    res.ranks, res.sessions, (m,), n_boot=ec.n_boot, seed=ec.seed,
                     other_ranks=raw[best_base].ranks)[m]] for m in ("HR@20", "MRR@20")}}
-    return {"window": window, "exclude_seen": exclude_seen, "max_len": max_len,
-            "n_boot": n_boot, "tie_policy": "optimistic: rank = 1 + #higher scores",
+    return {"window": ec.window, "exclude_seen": ec.exclude_seen, "prefix_len": ec.prefix_len,
+            "n_boot": ec.n_boot, "tie_policy": TIE_POLICY,
             "n_items": n_items, "test_events": len(test_events),
             "test_sessions": int(len(np.unique(test_events.sessions))),
             "valid_events_for_tuning": len(valid_events), "tuning_seconds": round(t_tune, 1),
-            "best_baseline": best_base, "methods": results,
-            "_raw": raw}
+            "best_baseline": best_base, "methods": results, "_raw": raw}
+
+
+def provenance(argv: list[str] | None, ec: EvalConfig) -> dict:
+    """The command, commit and date of a results file (docs/RESULTS.md shows them)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, text=True, capture_output=True).stdout.strip()
+        commit += "+changes" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    command = "python test_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    return {"command": command.strip(), "commit": commit,
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "config": cfgs.as_dict(ec)}
 
 
 def results_markdown(res: dict) -> str:
@@ -327,95 +376,71 @@ def _find_tracks(vocab: pd.DataFrame, spec: str) -> list[int]:
     return items
 
 
-def recommend(window: str, session: int | None, tracks: str | None, n: int,
-              use_model: bool) -> str:
-    splits, vocab, meta = load_splits(window)
+def recommend(layout: Layout, ec: EvalConfig) -> str:
+    splits, vocab, meta = load_splits(layout, ec.window)
     n_items = len(vocab)
     names = dict(zip(vocab["item_idx"], vocab["artist_name"].astype(str) + " - "
                      + vocab["track_name"].astype(str)))
     actual = []
-    if tracks:
-        prefix = _find_tracks(vocab, tracks)
+    if ec.tracks:
+        prefix = _find_tracks(vocab, ec.tracks)
     else:
         test = splits["test"]
         ids = test["session_id"].unique()
-        sid = int(ids[0]) if session is None else session
+        if len(ids) == 0:
+            raise PipelineError(f"window {ec.window}: the test split has no session")
+        sid = int(ids[0]) if ec.session is None else ec.session
         rows = test[test["session_id"] == sid]
         if rows.empty:
-            raise PipelineError(f"--session {sid} is not a test session of window {window} "
+            raise PipelineError(f"--session {sid} is not a test session of window {ec.window} "
                                 f"(ids run {ids.min()}..{ids.max()})")
         items = rows["item_idx"].tolist()
         cut = max(1, len(items) // 2)
         prefix, actual = items[:cut], items[cut:]
-    pre = np.zeros((1, 50), np.int32)
-    p = prefix[-50:]
+    p = prefix[-ec.prefix_len:]
+    pre = np.zeros((1, ec.prefix_len), np.int32)
     pre[0, :len(p)] = p
     lengths = np.array([len(p)], np.int32)
-    ranker, config = model_ranker(window, meta["vocab_md5"], False) if use_model else (None, None)
-    if ranker is None:
+    dirs = default_model_dirs(layout, ec) if ec.model else []
+    if dirs:
+        rankers, record = model_rankers(dirs[0], meta["vocab_md5"], False)
+        ranker = rankers[-1][1]  # the hybrid when training chose one
+        hybrid = hybrid_weights(record)
+        label = "trained model" + (f" + transition counts {hybrid}" if hybrid else "")
+    else:
         method = bl.VSKNN(k=100).fit(splits["train"], n_items)
         ranker, label = ranker_from_scorer(method.score), "V-SKNN (no trained model)"
-    else:
-        hybrid = hybrid_weights(config)
-        label = "trained model" + (f" + transition counts {hybrid}" if hybrid else "")
     _, top = ranker(pre, lengths, np.array([prefix[-1]], np.int32))
     lines = ["Session so far:"] + [f"  {i + 1:2d}. {names[t]}" for i, t in enumerate(prefix)]
-    lines += [f"Top {n} next tracks ({label}):"]
+    lines += [f"Top {ec.n} next tracks ({label}):"]
     lines += [f"  {i + 1:2d}. {names[int(t)]}" + ("   <- played next" if actual and
                                                    int(t) == actual[0] else "")
-              for i, t in enumerate(top[0][:n])]
+              for i, t in enumerate(top[0][:ec.n])]
     if actual:
         lines += ["Actually played next:"] + [f"      {names[t]}" for t in actual[:5]]
     return "\n".join(lines)
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> tuple[Layout, EvalConfig]:
     ap = argparse.ArgumentParser(description="Full-ranking evaluation and recommendations.")
-    ap.add_argument("--window", default="1m")
-    ap.add_argument("--methods", default="POP,S-POP,SR,Item-kNN,V-SKNN",
-                    help="baselines to run (comma-separated)")
-    ap.add_argument("--no-model", action="store_true", help="baselines only")
-    ap.add_argument("--models", help="comma-separated model folders (default data/models/<window>)")
-    ap.add_argument("--save-ranks", metavar="NPZ",
-                    help="also save every method's per-event ranks and top-20 (to merge with "
-                         "--ranks-from, e.g. a model evaluated on a GPU machine)")
-    ap.add_argument("--ranks-from", metavar="NPZ",
-                    help="comma-separated --save-ranks files of the same test events: their "
-                         "methods join the table, intervals and paired differences")
-    ap.add_argument("--exclude-seen", action="store_true",
-                    help="never recommend a track already in the session")
-    ap.add_argument("--max-len", type=int, default=50, help="prefix length seen by methods")
-    ap.add_argument("--n-boot", type=int, default=1000)
-    ap.add_argument("--tune-events", type=int, default=20_000,
-                    help="validation events (sampled) used to choose baseline parameters")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--recommend", action="store_true")
-    ap.add_argument("--session", type=int, help="test session id for --recommend")
-    ap.add_argument("--tracks", help="'Artist - Title; ...' for --recommend")
-    ap.add_argument("-n", type=int, default=10, help="recommendations to show")
-    return ap.parse_args(argv)
+    cfgs.add_data_dir(ap)
+    cfgs.add_flags(ap, EvalConfig, "evaluation")
+    args = ap.parse_args(argv)
+    return Layout.at(args.data_dir), cfgs.from_args(EvalConfig, args)
 
 
 def main(argv=None) -> None:
-    args = parse_args(argv)
-    if args.recommend:
-        print(recommend(args.window, args.session, args.tracks, args.n, not args.no_model))
+    layout, ec = parse_args(argv)
+    if ec.recommend:
+        print(recommend(layout, ec))
         return
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    known = [g.cls.name for g in bl.GRIDS]
-    for m in methods:
-        if m not in known:
-            raise PipelineError(f"--methods: unknown baseline {m!r}; known: {known}")
-    model_dirs = [Path(p) for p in args.models.split(",")] if args.models else None
-    res = run_evaluation(args.window, methods, args.exclude_seen, args.max_len, args.n_boot,
-                         args.tune_events, args.seed, not args.no_model, model_dirs,
-                         [Path(p) for p in args.ranks_from.split(",")] if args.ranks_from else None,
-                         Path(args.save_ranks) if args.save_ranks else None)
-    reports = stage_dir("reports")
+    res = run_evaluation(layout, ec)
+    reports = make(layout.reports())
     md = results_markdown(res)
     (reports / "results.md").write_text(md)
     plot_results(res, reports)
-    write_json(reports / "results.json", {k: v for k, v in res.items() if k != "_raw"})
+    write_json(reports / "results.json", {**{k: v for k, v in res.items() if k != "_raw"},
+                                          "provenance": provenance(argv, ec)})
     report = write_report(reports)
     print(md)
     log(f"wrote {reports / 'results.md'} and {report}")

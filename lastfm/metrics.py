@@ -1,15 +1,19 @@
-"""Full-ranking next-item evaluation: events, ranks, metrics, bootstrap intervals.
+"""Full-ranking next-item evaluation: the ranking contract, metrics, intervals.
 
 Protocol: for every session of a split and every position t >= 1, the tracks
-before t (the most recent ``max_len``) predict the track at t. Each scorer
-gives a score to every track of the training vocabulary (ids 1..V; id 0 is
-padding and never ranked). No sampling.
+before t (the most recent ``prefix_len``) predict the track at t
+(``data.make_events``). Each method gives a score to every track of the
+training vocabulary (ids 1..V; id 0 is padding and never ranked). No sampling.
 
-Tie policy: ``rank = 1 + #(tracks scoring strictly higher than the target)``
-(optimistic). ``pessimistic=True`` counts tied tracks as ranked above the
-target: ``rank = #(tracks scoring >= the target's score)``. A scorer that gives
-every track the same score thus ranks the target 1st (optimistic) or V-th
-(pessimistic); reports use the optimistic rank unless stated.
+The ranking contract (``target_ranks``, the one place it is written; the numpy
+path for scorers and the on-device path for Keras models both call it):
+- tie policy ``TIE_POLICY``: ``rank = 1 + #(tracks scoring strictly higher
+  than the target)`` (optimistic), so a method giving every track the same
+  score ranks the target 1st;
+- column 0 (padding) is never counted;
+- a NaN score never ranks above anything, and a target whose own score is NaN
+  ranks last (V): a diverged network cannot look good;
+- with ``exclude_seen`` the prefix's tracks score -inf (``seen_indices``).
 
 Metrics at N in (1, 5, 10, 20): HR@N = P(rank <= N); MRR@N = E[1/rank, 0 when
 rank > N]; NDCG@N = E[1/log2(rank + 1), 0 when rank > N] (one relevant track).
@@ -22,63 +26,47 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from lastfm.data import Events, recent
+
 CUTOFFS = (1, 5, 10, 20)
 TOPK = 20
 
 
-@dataclass
-class Events:
-    """All next-item events of a split: right-padded prefixes and targets."""
-    prefixes: np.ndarray   # (E, L) int32, items in play order, 0-padded on the right
-    lengths: np.ndarray    # (E,) int32, real prefix length (<= L)
-    targets: np.ndarray    # (E,) int32
-    sessions: np.ndarray   # (E,) int64 session id of each event
-    positions: np.ndarray  # (E,) int32 position t of the target in its session
+TIE_POLICY = "optimistic: rank = 1 + #tracks scoring strictly higher; NaN ranks last"
 
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def subset(self, idx: np.ndarray) -> "Events":
-        return Events(self.prefixes[idx], self.lengths[idx], self.targets[idx],
-                      self.sessions[idx], self.positions[idx])
+# numpy under the names of keras.ops, so that target_ranks runs on either.
+NUMPY_OPS = SimpleNamespace(take_along_axis=np.take_along_axis, sum=np.sum, where=np.where,
+                            isnan=np.isnan, cast=lambda x, dtype: x.astype(dtype))
 
 
-def make_events(split: pd.DataFrame, max_len: int = 50) -> Events:
-    """Every (prefix, next track) of ``split`` (sorted by session, position)."""
-    sid = split["session_id"].to_numpy()
-    items = split["item_idx"].to_numpy().astype(np.int32)
-    new = np.r_[True, sid[1:] != sid[:-1]]
-    start = np.maximum.accumulate(np.where(new, np.arange(len(sid)), 0))
-    pos = np.arange(len(sid)) - start
-    ev = np.flatnonzero(pos >= 1)
-    lengths = np.minimum(pos[ev], max_len).astype(np.int32)
-    prefixes = np.zeros((len(ev), max_len), dtype=np.int32)
-    for j in range(max_len):  # column j holds the (j+1)-th most ancient kept prefix item
-        src = ev - lengths + j
-        ok = j < lengths
-        prefixes[ok, j] = items[src[ok]]
-    return Events(prefixes, lengths, items[ev], sid[ev], pos[ev].astype(np.int32))
+def target_ranks(scores, targets, ops=NUMPY_OPS):
+    """Rank (B,) of each target among columns 1..V of ``scores`` (B, V+1).
+
+    ``ops``: ``NUMPY_OPS`` for numpy arrays, ``keras.ops`` for backend tensors
+    (the scores then never leave the device). See the module's contract.
+    """
+    t = ops.take_along_axis(scores, np.asarray(targets, np.int32)[:, None], axis=1)  # (B, 1)
+    higher = (ops.sum(ops.cast(scores > t, "int32"), axis=1)                     # NaN > t: False
+              - ops.cast(scores[:, 0] > t[:, 0], "int32"))                       # not padding
+    return ops.where(ops.isnan(t[:, 0]), scores.shape[1] - 1, 1 + higher)
 
 
-def ranks_from_scores(scores: np.ndarray, targets: np.ndarray,
-                      pessimistic: bool = False) -> np.ndarray:
-    """Rank of each target among columns 1..V of ``scores`` (B, V+1)."""
-    s = scores[:, 1:]
-    t = scores[np.arange(len(targets)), targets][:, None]
-    if pessimistic:
-        return (s >= t).sum(axis=1).astype(np.int64)
-    return 1 + (s > t).sum(axis=1).astype(np.int64)
+def seen_indices(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of every track in the prefixes ``x`` (B, L) (padding included)."""
+    return np.repeat(np.arange(len(x)), x.shape[1]), x.ravel()
 
 
 def topk_from_scores(scores: np.ndarray, k: int = TOPK, block: int = 128) -> np.ndarray:
     """Top-k item ids (1-based) per row, best first; column 0 (padding) excluded.
 
-    Two stages, ~40x faster than ``np.argpartition`` over 100K columns: the k
+    Two stages, much faster than ``np.argpartition`` over 100K columns (measured
+    in bench/bench_eval.py): the k
     blocks (of ``block`` columns) with the largest maxima hold every top-k
     entry (a top-k entry's block maximum is at least that entry, and k other
     blocks with larger maxima would give it k larger entries); the exact top k
@@ -109,22 +97,55 @@ Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Ranker = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False,
-                       pessimistic: bool = False) -> Ranker:
+def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False) -> Ranker:
+    """The numpy ranker of a scorer (B, V+1 scores per batch of prefixes)."""
     def rank(prefixes, lengths, targets):
         s = np.asarray(scorer(prefixes, lengths))
         # A copy (column 0 and seen tracks are overwritten) in the scorer's own float
         # precision: float64 stays (the baselines' popularity prior needs it), float32
-        # stays (upcasting adds no information and halves the evaluator's speed).
+        # stays (upcasting adds no information and slows the evaluator).
         scores = s.astype(s.dtype if s.dtype in (np.float32, np.float64) else np.float64)
         scores[:, 0] = -np.inf
         if exclude_seen:
-            rows = np.repeat(np.arange(len(prefixes)), prefixes.shape[1])
-            cols = prefixes.ravel()
-            keep = cols > 0
-            scores[rows[keep], cols[keep]] = -np.inf
-        return ranks_from_scores(scores, targets, pessimistic), topk_from_scores(scores)
+            scores[seen_indices(prefixes)] = -np.inf
+        return target_ranks(scores, targets), topk_from_scores(scores)
     return rank
+
+
+def device_ranker(model, exclude_seen: bool = False, boost=None) -> Ranker:
+    """The on-device ranker of a Keras model with ``predict_on_batch`` (prefixes of
+    ``model.input_len`` tracks -> representation) and ``logits`` (-> (B, V+1)).
+
+    ``boost``: optional ``x -> (indices (N, 2), values (N,))`` added to the
+    scores (a hybrid's extra terms). Scores, ranks and top-k stay on the
+    backend's device; only (B,) ranks and (B, 20) ids come back to the host.
+    """
+    from keras import ops
+
+    def rank(prefixes, lengths, targets):
+        x = recent(prefixes, lengths, model.input_len)
+        logits = device_logits(model, x)                            # (B, V+1)
+        shape = (len(x), model.n_items + 1)
+        if boost is not None:
+            logits = logits + ops.scatter(*boost(x), shape)
+        if exclude_seen:  # (B, V+1) mask of the prefix's tracks, by scatter (no one-hot)
+            idx = np.stack(seen_indices(x), axis=1).astype(np.int32)
+            seen = ops.scatter(idx, np.ones(len(idx), np.float32), shape)
+            logits = ops.where(seen > 0, -np.inf, logits)
+        ranks = target_ranks(logits, targets, ops)
+        top = ops.top_k(logits, TOPK)[1]
+        return ops.convert_to_numpy(ranks), ops.convert_to_numpy(top)
+
+    return rank
+
+
+def device_logits(model, x: np.ndarray):
+    """Scores (B, V+1) of the prefixes ``x`` on the backend's device."""
+    from keras import ops
+
+    # predict_on_batch runs the backend's compiled inference step (jit on JAX,
+    # tf.function on TensorFlow) instead of op-by-op eager calls.
+    return model.logits(ops.convert_to_tensor(model.predict_on_batch(x)))
 
 
 @dataclass
@@ -207,10 +228,10 @@ def bootstrap_ci(ranks: np.ndarray, sessions: np.ndarray, metrics=("HR@20", "MRR
     return {m: tuple(float(x) for x in np.percentile(draws[m], q)) for m in metrics}
 
 
-def by_prefix_length(res: EvalResult, max_len: int = 20) -> pd.DataFrame:
-    """HR@20 and MRR@20 by prefix length (positions above ``max_len`` pooled)."""
+def by_prefix_length(res: EvalResult, cap: int = 20) -> pd.DataFrame:
+    """HR@20 and MRR@20 by prefix length (positions above ``cap`` pooled)."""
     vals = metric_values(res.ranks)
-    df = pd.DataFrame({"prefix_len": np.minimum(res.positions, max_len),
+    df = pd.DataFrame({"prefix_len": np.minimum(res.positions, cap),
                        "HR@20": vals["HR@20"], "MRR@20": vals["MRR@20"]})
     return df.groupby("prefix_len").agg(events=("HR@20", "size"), **{
         "HR@20": ("HR@20", "mean"), "MRR@20": ("MRR@20", "mean")}).reset_index()

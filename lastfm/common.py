@@ -1,0 +1,102 @@
+"""Shared helpers of every stage: the error path, logging, JSON manifests, tables.
+
+Every stage writes its outputs next to a ``meta.json`` manifest (counts,
+parameters, input checksums); ``params_match`` tells whether a manifest was
+written for the same parameters. ``run_main`` is the one error path: a
+``PipelineError`` (or an OS error such as a missing file or a full disk)
+becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+
+class PipelineError(RuntimeError):
+    """An error a user can act on; ``main()`` prints it without a traceback."""
+
+
+def file_md5(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """Cheap identity of an input file: size and modification time (no read)."""
+    st = Path(path).stat()
+    return {"path": str(path), "bytes": st.st_size, "mtime": int(st.st_mtime)}
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``; a corrupt file is a PipelineError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as err:
+        raise PipelineError(f"{path}: not valid JSON ({err}); delete it and rerun the stage "
+                            "that wrote it") from None
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 1 else f"{v:,.2f}"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run_main(fn, argv: Sequence[str] | None = None) -> int:
+    """Run a stage's main, turning PipelineError into a one-line message + exit 2."""
+    try:
+        fn(argv)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # missing or unreadable file, read-only folder, full disk
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def params_match(meta_path: Path, params: Mapping[str, Any]) -> bool:
+    """True when ``meta_path`` exists and recorded exactly ``params``."""
+    if not Path(meta_path).exists():
+        return False
+    try:
+        return read_json(meta_path).get("params") == json.loads(json.dumps(dict(params), default=_json_default))
+    except (PipelineError, OSError):
+        return False

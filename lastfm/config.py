@@ -1,0 +1,77 @@
+"""Typed configuration: one dataclass per stage and per model.
+
+A field's default, type and help text (``help`` in its metadata) are written
+once; ``add_flags`` turns the fields into command-line flags (``max_len`` ->
+``--max-len``; a bool that defaults to True -> ``--name / --no-name``, one
+that defaults to False -> ``--name``), ``from_args`` reads them back, and
+``load`` rebuilds a dataclass from a saved ``config.json`` section, refusing
+unknown or missing keys (a file written by another version of the code).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, TypeVar
+
+from lastfm.common import PipelineError
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str, **extra: Any) -> Any:
+    """A dataclass field with its help text (``choices=`` etc. pass to argparse)."""
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
+    """Add one flag per field of the dataclass ``cls`` (defaults from the class)."""
+    group = parser.add_argument_group(title or cls.__name__)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        meta = dict(f.metadata)
+        help_text = meta.pop("help", None)
+        kind = hints[f.name]
+        if kind is bool:
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction,
+                               default=f.default, help=help_text, dest=f.name)
+            continue
+        if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        group.add_argument(_flag(f.name), type=kind, default=f.default, help=help_text,
+                           dest=f.name, **meta)
+
+
+def from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """The dataclass ``cls`` filled from parsed flags; its ``check()`` runs if it has one."""
+    obj = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def load(cls: type[T], saved: dict, source: str) -> T:
+    """Rebuild ``cls`` from a saved dictionary; unknown or missing keys are errors."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown, missing = sorted(set(saved) - names), sorted(names - set(saved))
+    if unknown or missing:
+        raise PipelineError(
+            f"{source}: saved by another version of the code ({cls.__name__} keys unknown "
+            f"{unknown}, missing {missing}); retrain or rerun the stage that wrote it")
+    return cls(**saved)
+
+
+def as_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """The one flag every stage shares: the data root (``paths.Layout``)."""
+    parser.add_argument("--data-dir", default=None,
+                        help="data root (default $LASTFM_DATA_DIR, else data/ beside the scripts)")

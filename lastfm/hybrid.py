@@ -1,0 +1,152 @@
+"""A network + transition counts hybrid, with its weights chosen on validation.
+
+Jannach & Ludewig (RecSys 2017) showed that a weighted hybrid of an RNN with a
+neighbourhood method beats both. Here each of the last track's ``K`` most
+frequent training successors j gets
+
+    weight * log(1 + count(last -> j)) + pop_weight * log(1 + plays(j))
+
+added to the network's score; every other track keeps the network's score.
+The counts are sequential rules with one step (``baselines.SequentialRules``,
+``steps=1``). ``fit`` chooses both weights on validation MRR@20 over a grid
+that contains (0, 0), the network alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from lastfm.baselines import SequentialRules
+from lastfm.common import PipelineError, log, markdown_table
+from lastfm.data import Events, recent
+from lastfm.metrics import device_logits, metric_values, target_ranks
+
+TABLE = "transitions.npz"
+# Doubling grids wide enough to hold the limits: the model alone (0, 0); the counts
+# first, the model breaking ties (large weight, pop_weight 0); the counts, then
+# popularity, then the model (weight >> pop_weight >> the model's score range),
+# which is SR (steps 1) with the model ranking the tracks SR cannot score.
+WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
+POP_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+def top_successors(counts: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest entries of a (V+1, V+1) count table: ids (V+1, k)
+    int32 (ties by id, 0 in empty slots) and counts (V+1, k) float32."""
+    t = counts.tocsr()
+    src = np.repeat(np.arange(t.shape[0]), np.diff(t.indptr))
+    dst, cnt = t.indices.astype(np.int64), t.data
+    order = np.lexsort((dst, -cnt, src))                          # by track, most frequent first
+    src, dst, cnt = src[order], dst[order], cnt[order]
+    first = np.r_[0, np.flatnonzero(src[1:] != src[:-1]) + 1] if len(src) else np.zeros(0, int)
+    rank = np.arange(len(src)) - np.repeat(first, np.diff(np.r_[first, len(src)]))
+    keep = rank < k
+    ids = np.zeros((t.shape[0], k), np.int32)
+    out = np.zeros((t.shape[0], k), np.float32)
+    ids[src[keep], rank[keep]] = dst[keep]
+    out[src[keep], rank[keep]] = cnt[keep]
+    return ids, out
+
+
+@dataclass
+class Transitions:
+    """The hybrid's tables and weights (see the module docstring)."""
+    ids: np.ndarray        # (V+1, K) int32 successors, 0 = empty slot
+    counts: np.ndarray     # (V+1, K) float32 training counts of (track -> successor)
+    plays: np.ndarray      # (V+1,) training plays of each track
+    weight: float = 0.0
+    pop_weight: float = 0.0
+
+    @classmethod
+    def from_train(cls, train: pd.DataFrame, n_items: int, k: int) -> "Transitions":
+        rules = SequentialRules(steps=1).fit(train, n_items)
+        ids, counts = top_successors(rules.table, k)
+        return cls(ids, counts, rules.pop.astype(np.float32))
+
+    def boost(self, x: np.ndarray, weight: float | None = None,
+              pop_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scatter indices (B*K, 2) and values (B*K,) for prefixes ``x`` (B, L)."""
+        w = self.weight if weight is None else weight
+        v = self.pop_weight if pop_weight is None else pop_weight
+        last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
+        succ, cnt = self.ids[last], self.counts[last]                # (B, K)
+        rows = np.repeat(np.arange(len(x)), succ.shape[1])
+        idx = np.stack([rows, succ.ravel()], axis=1).astype(np.int32)
+        add = (w * np.log1p(cnt) + v * np.log1p(self.plays[succ])) * (succ > 0)
+        return idx, add.ravel().astype(np.float32)
+
+    def active(self) -> bool:
+        return bool(self.weight or self.pop_weight)
+
+    def save(self, folder: Path) -> None:
+        np.savez_compressed(Path(folder) / TABLE, ids=self.ids, counts=self.counts,
+                            plays=self.plays)
+
+
+def fit(model, transitions: Transitions, valid: Events, weights=WEIGHTS,
+        pop_weights=POP_WEIGHTS, batch_size: int = 512) -> dict:
+    """Choose ``transitions``' two weights for ``model`` on validation MRR@20.
+
+    Ties go to the first grid point, so (0, 0), the network alone, unless a
+    hybrid is better. The model scores each validation batch once for the
+    whole grid. Sets the chosen weights; returns what ``config.json`` records.
+    """
+    from keras import ops
+
+    grid = [(w, v) for w in weights for v in pop_weights]
+    ranks = np.zeros((len(grid), len(valid)), np.int64)
+    for start in range(0, len(valid), batch_size):
+        sl = slice(start, start + batch_size)
+        x = recent(valid.prefixes[sl], valid.lengths[sl], model.input_len)
+        logits = device_logits(model, x)
+        for g, (w, v) in enumerate(grid):
+            s = logits
+            if w or v:
+                s = logits + ops.scatter(*transitions.boost(x, w, v), (len(x), model.n_items + 1))
+            ranks[g, sl] = ops.convert_to_numpy(target_ranks(s, valid.targets[sl], ops))
+    rows = []
+    for g, (w, v) in enumerate(grid):
+        m = metric_values(ranks[g])
+        rows.append({"weight": w, "pop_weight": v,
+                     "valid_HR@20": round(float(m["HR@20"].mean()), 4),
+                     "valid_MRR@20": round(float(m["MRR@20"].mean()), 4)})
+    best = max(range(len(grid)), key=lambda g: (rows[g]["valid_MRR@20"], -g))
+    chosen = rows[best]
+    transitions.weight, transitions.pop_weight = chosen["weight"], chosen["pop_weight"]
+    log(f"transitions: weight {chosen['weight']}, pop_weight {chosen['pop_weight']} chosen "
+        f"(validation MRR@20 {chosen['valid_MRR@20']:.4f}; the model alone "
+        f"{rows[0]['valid_MRR@20']:.4f})")
+    return {"k": int(transitions.ids.shape[1]), "weight": chosen["weight"],
+            "pop_weight": chosen["pop_weight"], "valid_MRR@20": chosen["valid_MRR@20"],
+            "tried": rows, "table": TABLE}
+
+
+def load(model_dir: Path, record: dict | None) -> Transitions | None:
+    """The hybrid recorded in a model folder's config, or None when its chosen weights
+    are both 0 (the network alone) or none was fitted."""
+    if not record or not (record.get("weight") or record.get("pop_weight")):
+        return None
+    path = Path(model_dir) / record["table"]
+    if not path.exists():
+        raise PipelineError(f"{path} not found, but {model_dir}/config.json gives transition "
+                            f"weights: rerun train.py --transitions-only --out {model_dir}")
+    z = np.load(path)
+    return Transitions(z["ids"], z["counts"], z["plays"], float(record["weight"]),
+                       float(record["pop_weight"]))
+
+
+def markdown(record: dict | None) -> str:
+    """The hybrid's choice as Markdown: the network alone and the ten best of the grid."""
+    if not record:
+        return ""
+    best = sorted(record["tried"], key=lambda r: -r["valid_MRR@20"])[:10]
+    return (f"\nModel + transition counts (each track's {record['k']} most frequent training "
+            "successors get weight * log(1 + count) + pop_weight * log(1 + plays)); chosen on "
+            f"validation: weight {record['weight']}, pop_weight {record['pop_weight']}. The "
+            "model alone (0, 0) and the ten best of the grid:\n\n"
+            + markdown_table(list(best[0].keys()), [list(r.values()) for r in
+                                                      [record["tried"][0]] + best]) + "\n")
