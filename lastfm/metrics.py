@@ -133,7 +133,7 @@ def device_ranker(model, exclude_seen: bool = False, boost=None) -> Ranker:
             seen = ops.scatter(idx, np.ones(len(idx), np.float32), shape)
             logits = ops.where(seen > 0, -np.inf, logits)
         ranks = target_ranks(logits, targets, ops)
-        top = ops.top_k(logits, TOPK)[1]
+        top = ops.top_k(logits, min(TOPK, model.n_items))[1]
         return ops.convert_to_numpy(ranks), ops.convert_to_numpy(top)
 
     return rank

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import baselines as bl
-from metrics import evaluate, make_events, ranker_from_scorer
+from lastfm import baselines as bl
+from lastfm.data import make_events
+from lastfm.metrics import evaluate, ranker_from_scorer
 
 # items 1..6; 1 -> 2 always; 3 and 4 co-occur; 5 popular
 TRAIN = pd.DataFrame({

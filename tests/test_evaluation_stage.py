@@ -6,7 +6,8 @@ import json
 import pytest
 
 import test_model as evaluation
-from common import PipelineError
+from lastfm.common import PipelineError
+from lastfm.paths import Layout
 
 
 def test_baseline_report_and_plots(pipeline_data, monkeypatch, capsys):
@@ -29,13 +30,16 @@ def test_baseline_report_and_plots(pipeline_data, monkeypatch, capsys):
 
 def test_recommend_is_readable(pipeline_data, monkeypatch):
     monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
-    text = evaluation.recommend("1m", None, None, 5, use_model=False)
+    def rec(**kw):
+        return evaluation.recommend(Layout.at(), evaluation.EvalConfig(model=False, n=5, **kw))
+
+    text = rec()
     assert "Top 5 next tracks" in text and "Actually played next" in text
     assert " - " in text.splitlines()[1]
     with pytest.raises(PipelineError, match="not a test session"):
-        evaluation.recommend("1m", -5, None, 5, use_model=False)
+        rec(session=-5)
     with pytest.raises(PipelineError, match="not in the training vocabulary"):
-        evaluation.recommend("1m", None, "Nobody - Nothing", 5, use_model=False)
+        rec(tracks="Nobody - Nothing")
 
 
 def test_missing_splits_and_unknown_method(data_dir):
@@ -66,7 +70,7 @@ def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_pat
     evaluation.main(["--methods", "SR", "--no-model", "--n-boot", "50", "--ranks-from", str(saved)])
     assert set(json.loads((rep / "results.json").read_text())["methods"]) == {"SR"}
     with pytest.raises(PipelineError, match="saved for other test events"):
-        evaluation.main(["--methods", "POP", "--no-model", "--max-len", "10",
+        evaluation.main(["--methods", "POP", "--no-model", "--prefix-len", "10",
                          "--ranks-from", str(saved)])
     with pytest.raises(PipelineError, match="file not found"):
         evaluation.main(["--methods", "POP", "--no-model", "--ranks-from", str(tmp_path / "x")])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 import fetch_tags as ft
-from common import PipelineError
+from lastfm.common import PipelineError
 from fake_lastfm import FakeLastFM
 
 KEY = "0123456789abcdef0123456789abcdef"
@@ -156,9 +156,10 @@ def test_tags_file_import_and_require_tags(tag_env, small_synth, capsys):
     assert meta["tracks_with_tags"] == len(planted)
     eff = meta["require_tags_effect"]["train"]
     assert eff["plays"][1] < eff["plays"][0]
-    import train
+    from lastfm.data import load_tag_tables
+    from lastfm.paths import Layout
 
-    ids, w, n_tags = train.load_tag_tables("1m", len(vocab), 5)
+    ids, w, n_tags = load_tag_tables(Layout.at(), "1m", len(vocab), 5)
     assert n_tags == meta["distinct_tags"] and (ids > 0).sum(axis=1).astype(bool).sum() == len(planted)
     assert "Dropping untagged tracks" in capsys.readouterr().out
 

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metrics import (Events, bootstrap_ci, evaluate, make_events, metric_values,
-                     ranker_from_scorer, ranks_from_scores, topk_from_scores)
+from lastfm.data import Events, make_events
+from lastfm.metrics import (bootstrap_ci, evaluate, metric_values, ranker_from_scorer,
+                            target_ranks, topk_from_scores)
 
 
 def test_ranks_hand_computed_with_ties():
@@ -14,9 +15,8 @@ def test_ranks_hand_computed_with_ties():
     scores = np.array([[9.0, 0.5, 0.9, 0.1, 0.9],
                        [9.0, 0.2, 0.2, 0.2, 0.2]])
     targets = np.array([2, 3])
-    assert ranks_from_scores(scores, targets).tolist() == [1, 1]             # optimistic
-    assert ranks_from_scores(scores, targets, pessimistic=True).tolist() == [2, 4]
-    assert ranks_from_scores(scores, np.array([1, 1])).tolist() == [3, 1]
+    assert target_ranks(scores, targets).tolist() == [1, 1]             # optimistic
+    assert target_ranks(scores, np.array([1, 1])).tolist() == [3, 1]
 
 
 def test_metric_values_hand_computed():
@@ -34,15 +34,15 @@ def test_ranks_and_topk_agree_with_argsort_on_random_scores():
     targets = rng.integers(1, 51, size=200)
     order = np.argsort(-scores[:, 1:], axis=1) + 1                 # independent: full sort
     expected = np.array([np.flatnonzero(order[i] == targets[i])[0] + 1 for i in range(200)])
-    assert (ranks_from_scores(scores, targets) == expected).all()
+    assert (target_ranks(scores, targets) == expected).all()
     assert (topk_from_scores(scores, 20) == order[:, :20]).all()
     hr = (expected <= 20).mean()
-    assert metric_values(ranks_from_scores(scores, targets))["HR@20"].mean() == pytest.approx(hr)
+    assert metric_values(target_ranks(scores, targets))["HR@20"].mean() == pytest.approx(hr)
 
 
 def test_make_events_prefixes_and_truncation():
     split = pd.DataFrame({"session_id": [5, 5, 5, 5, 9, 9], "item_idx": [1, 2, 3, 4, 7, 8]})
-    ev = make_events(split, max_len=2)
+    ev = make_events(split, prefix_len=2)
     assert ev.targets.tolist() == [2, 3, 4, 8]
     assert ev.lengths.tolist() == [1, 2, 2, 1]
     assert ev.prefixes.tolist() == [[1, 0], [1, 2], [2, 3], [7, 0]]   # most recent kept

@@ -1,4 +1,4 @@
-"""model.py / train.py: shapes, masking, training, save/load, mismatch refusal."""
+"""model.py / train.py / lastfm.hybrid: shapes, masking, training, save/load, refusals."""
 from __future__ import annotations
 
 import json
@@ -9,15 +9,20 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import train as trainer  # noqa: E402
-from common import PipelineError  # noqa: E402
-from model import ModelConfig, build_model  # noqa: E402
+from lastfm import hybrid  # noqa: E402
+from lastfm.baselines import SequentialRules  # noqa: E402
+from lastfm.common import PipelineError  # noqa: E402
+from lastfm.data import load_splits, make_events, recent, sample_events  # noqa: E402
+from lastfm.metrics import device_ranker  # noqa: E402
+from lastfm.paths import Layout  # noqa: E402
+from model import ModelConfig, build_model, load_trained  # noqa: E402
 
 V = 30
 
 
 def small_model(**kw):
-    cfg = ModelConfig(emb_dim=8, hidden=6, fc_dim=8, dropout=0.0, **kw)
-    return build_model(V, cfg, seed=1, max_len=6)
+    cfg = ModelConfig(input_len=6, emb_dim=8, hidden=6, fc_dim=8, dropout=0.0, **kw)
+    return build_model(V, cfg, seed=1)
 
 
 def test_shapes_and_padding_column():
@@ -56,39 +61,40 @@ def test_last_position_logic_in_mixed_batches():
 
 
 def test_tags_are_used_as_side_information():
-    m = build_model(V, ModelConfig(emb_dim=8, hidden=6, fc_dim=8, dropout=0.0), n_tags=4,
-                    tags_per_track=2, seed=1, max_len=4)
+    m = build_model(V, ModelConfig(input_len=4, emb_dim=8, hidden=6, fc_dim=8, dropout=0.0,
+                                   tags_per_track=2), n_tags=4, seed=1)
     tags = np.zeros((V + 1, 2), np.int32)
     w = np.zeros((V + 1, 2), np.float32)
     x = np.array([[3, 4, 0, 0]], np.int32)
-    m.set_tables(tags, w)
+    m.set_tags(tags, w)
     before = keras.ops.convert_to_numpy(m(x))
     tags[4] = [2, 3]
     w[4] = [100, 50]
-    m.set_tables(tags, w)
+    m.set_tags(tags, w)
     assert not np.allclose(keras.ops.convert_to_numpy(m(x)), before)
 
 
 def test_recent_keeps_most_recent_items():
     pre = np.array([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]], np.int32)
-    out = trainer.recent(pre, np.array([5, 2]), 3)
+    out = recent(pre, np.array([5, 2]), 3)
     assert out.tolist() == [[3, 4, 5], [6, 7, 0]]
 
 
 def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeypatch, capsys):
     monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
     import test_model as evaluation
+    from lastfm import baselines as bl
+    from lastfm.metrics import evaluate, ranker_from_scorer
 
-    args = trainer.parse_args(["--window", "3m", "--epochs", "4", "--emb-dim", "32",
-                               "--hidden", "32", "--fc-dim", "64", "--batch-size", "64",
-                               "--lr", "0.005", "--verbose", "0", "--patience", "4"])
-    config = trainer.train("3m", args)
+    layout, mc, tc = trainer.parse_args(["--window", "3m", "--epochs", "4", "--emb-dim", "32",
+                                         "--hidden", "32", "--fc-dim", "64", "--batch-size",
+                                         "64", "--lr", "0.005", "--verbose", "0",
+                                         "--patience", "4"])
+    config = trainer.train(layout, mc, tc)
     rows = config["history"]
     assert rows[-1]["loss"] < rows[0]["loss"]
     # validation HR@20 beats POP on the same validation split
-    splits, vocab, meta = evaluation.load_splits("3m")
-    import baselines as bl
-    from metrics import evaluate, make_events, ranker_from_scorer
+    splits, vocab, meta = load_splits(layout, "3m")
 
     pop = bl.Pop().fit(splits["train"], len(vocab))
     pop_hr = evaluate(ranker_from_scorer(pop.score), make_events(splits["valid"], 20),
@@ -96,14 +102,14 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     assert max(r["valid_HR@20"] for r in rows) > pop_hr
     # save/load round trip gives the same scores
     path = pipeline_data / "models" / "3m" / "model.keras"
-    loaded, cfg = trainer.load_trained(path, meta["vocab_md5"])
+    loaded, cfg = load_trained(path.parent, meta["vocab_md5"])
     x = np.array([[1, 2, 3] + [0] * 17], np.int32)
-    again, _ = trainer.load_trained(path, meta["vocab_md5"])
+    again, _ = load_trained(path.parent, meta["vocab_md5"])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
                                keras.ops.convert_to_numpy(again(x)), rtol=1e-6)
     assert cfg["best_epoch"] >= 1 and json.loads(path.with_name("config.json").read_text())
     with pytest.raises(PipelineError, match="another vocabulary"):
-        trainer.load_trained(path, "0" * 32)
+        load_trained(path.parent, "0" * 32)
     # the evaluation stage picks the model up
     evaluation.main(["--window", "3m", "--n-boot", "50", "--methods", "POP,SR"])
     res = json.loads((pipeline_data / "reports" / "results.json").read_text())
@@ -113,19 +119,19 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     # the evaluation shows the network alone and, with a weight > 0, the hybrid
     t = cfg["transitions"]
     assert [(r["weight"], r["pop_weight"]) for r in t["tried"]] == [
-        (w, v) for w in trainer.TRANSITION_WEIGHTS for v in trainer.POP_WEIGHTS]
+        (w, v) for w in hybrid.WEIGHTS for v in hybrid.POP_WEIGHTS]
     best = next(r for r in t["tried"] if r["valid_MRR@20"] == max(
         q["valid_MRR@20"] for q in t["tried"]))
     assert (t["weight"], t["pop_weight"]) == (best["weight"], best["pop_weight"])
     # the model alone in the grid is exactly the training's best validation figure
     assert t["tried"][0]["valid_MRR@20"] == pytest.approx(cfg["best_valid"], abs=1e-4)
     assert (path.parent / "transitions.npz").exists()
-    hybrid = t["weight"] > 0 or t["pop_weight"] > 0
-    assert ("BiGRU-Att+transitions" in res["methods"]) == hybrid
-    if hybrid:  # the ranker with the chosen weights gives the recorded validation figure
-        trans = trainer.load_transitions(path.parent, cfg)
-        valid = trainer.validation_events(splits["valid"], 20, 20_000, 0)
-        mrr = evaluate(trainer.make_ranker(loaded, transitions=trans), valid,
+    is_hybrid = t["weight"] > 0 or t["pop_weight"] > 0
+    assert ("BiGRU-Att+transitions" in res["methods"]) == is_hybrid
+    if is_hybrid:  # the ranker with the chosen weights gives the recorded validation figure
+        trans = hybrid.load(path.parent, cfg["transitions"])
+        valid = sample_events(make_events(splits["valid"], 20), 20_000, 0)
+        mrr = evaluate(device_ranker(loaded, boost=trans.boost), valid,
                        len(vocab)).summary["MRR@20"]
         assert mrr == pytest.approx(t["valid_MRR@20"], abs=1e-4)
     trainer.main(["--window", "3m", "--transitions-only", "--transitions", "4"])
@@ -134,16 +140,15 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     # An experiment with --out keeps its report beside its model.
     record = (pipeline_data / "reports" / "training.md").read_text()
     exp = pipeline_data / "experiment"
-    trainer.train("3m", trainer.parse_args(
+    trainer.train(*trainer.parse_args(
         ["--window", "3m", "--epochs", "1", "--emb-dim", "8", "--hidden", "8", "--fc-dim", "8",
          "--verbose", "0", "--out", str(exp)]))
     assert (exp / "training.md").exists() and (exp / "training_curves.png").exists()
     assert (pipeline_data / "reports" / "training.md").read_text() == record
 
 
-@pytest.mark.parametrize("successor_output", ["tied", "own"])
-def test_training_loss_is_full_softmax_cross_entropy(successor_output):
-    m = small_model(successor_output=successor_output)
+def test_training_loss_is_full_softmax_cross_entropy():
+    m = small_model()
     w = keras.ops.convert_to_numpy(m.succ_emb.embeddings).copy()
     w[:] = np.random.default_rng(3).normal(size=w.shape)    # successor vectors count too
     m.succ_emb.embeddings.assign(w)
@@ -183,28 +188,14 @@ def test_fused_adam_updates_as_keras_adam(sparse):
     np.testing.assert_allclose(out[1][1], out[0][1], atol=1e-6)
 
 
-def test_sampled_softmax_trains():
-    m = build_model(V, ModelConfig(emb_dim=8, hidden=6, fc_dim=8, sampled=16), seed=2, max_len=4)
-    pop = np.arange(V + 1, dtype=float)
-    m.set_tables(popularity=pop)
-    m.compile(optimizer=keras.optimizers.Adam(0.01))
-    rng = np.random.default_rng(0)
-    x = rng.integers(1, V + 1, size=(256, 4)).astype(np.int32)
-    y = (x[:, -1] % V + 1).astype(np.int32)     # next = last + 1: learnable
-    h = m.fit(x, y, epochs=6, batch_size=64, verbose=0)
-    assert np.isfinite(h.history["loss"]).all()
-    assert h.history["loss"][-1] < h.history["loss"][0]
-
-
 def test_ranker_ranks_and_excludes_seen_tracks():
     m = small_model()
     x = np.array([[3, 4, 0, 0, 0, 0]], np.int32)
     logits = keras.ops.convert_to_numpy(m.logits(m(x)))[0]
     target = int(np.argsort(-logits[1:])[4] + 1)            # the 5th best track
-    ranks, top = trainer.make_ranker(m, max_len=6)(x, np.array([2]), np.array([target]))
+    ranks, top = device_ranker(m)(x, np.array([2]), np.array([target]))
     assert ranks.tolist() == [5] and top[0, 4] == target
-    _, top_ex = trainer.make_ranker(m, exclude_seen=True, max_len=6)(x, np.array([2]),
-                                                                     np.array([target]))
+    _, top_ex = device_ranker(m, exclude_seen=True)(x, np.array([2]), np.array([target]))
     assert 3 not in top_ex[0] and 4 not in top_ex[0]
 
 
@@ -239,14 +230,14 @@ def test_length_buckets_cover_every_example_once_with_tight_widths():
 def test_last_item_embedding_feeds_the_output():
     with_last = small_model()
     without = small_model(last_item=False)
-    assert with_last.last_item and not without.last_item
+    assert with_last.transition is not None and without.transition is None
     assert with_last.fc.kernel.shape[0] == without.fc.kernel.shape[0] + 8
 
 
 def test_successor_vector_of_the_last_track_only():
-    m = small_model()                # default: successor_output="tied"
+    m = small_model()
     off = small_model(successor=False)
-    assert m.successor and off.succ_emb is None
+    assert m.succ_emb is not None and off.succ_emb is None
     w = keras.ops.convert_to_numpy(m.succ_emb.embeddings)
     assert not w.any()  # starts at zero: the path is learnt, not random noise
     x = np.array([[3, 5, 7, 0, 0, 0]], np.int32)
@@ -260,34 +251,21 @@ def test_successor_vector_of_the_last_track_only():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(m(x)), before + 1.0, atol=1e-5)
 
 
-def test_successor_scored_against_its_own_output_vectors():
-    m = small_model(successor_output="own")
-    assert m.succ_own and m.succ_out is not None
-    x = np.array([[3, 5, 7, 0, 0, 0], [2, 0, 0, 0, 0, 0]], np.int32)
-    rep = keras.ops.convert_to_numpy(m(x))
-    assert rep.shape == (2, 16) and not rep[:, 8:].any()   # (B, 2E); successor part zero
-    before = keras.ops.convert_to_numpy(m.logits(m(x)))
-    w = keras.ops.convert_to_numpy(m.succ_emb.embeddings).copy()
-    w[7] = 1.0                       # the first session's last track points somewhere
-    m.succ_emb.embeddings.assign(w)
-    o = keras.ops.convert_to_numpy(m.succ_out.embeddings)
-    after = keras.ops.convert_to_numpy(m.logits(m(x)))
-    # Only the first session moves, by <succ_7, out_j> for every track j; the
-    # session vector (and so the track-embedding scores) is unchanged.
-    np.testing.assert_allclose(after[1], before[1], atol=1e-5)
-    np.testing.assert_allclose(after[0, 1:] - before[0, 1:], o[1:].sum(axis=1), atol=1e-4)
-
-
 def test_top_successors_ranks_next_tracks_by_training_count():
     # sessions (id, tracks): 1: 5 6 5 7 ; 2: 5 7 5 7 ; 3: 9 (a session boundary is no pair)
-    sid = np.array([1, 1, 1, 1, 2, 2, 2, 2, 3])
-    items = np.array([5, 6, 5, 7, 5, 7, 5, 7, 9])
-    ids, counts = trainer.top_successors(sid, items, n_items=10, k=2)
+    import pandas as pd
+
+    train = pd.DataFrame({"session_id": [1, 1, 1, 1, 2, 2, 2, 2, 3],
+                          "item_idx": [5, 6, 5, 7, 5, 7, 5, 7, 9]})
+    table = SequentialRules(steps=1).fit(train, 10).table
+    ids, counts = hybrid.top_successors(table, k=2)
     assert ids.shape == counts.shape == (11, 2) and ids.dtype == np.int32
     assert ids[5].tolist() == [7, 6] and counts[5].tolist() == [3, 1]
     assert ids[6].tolist() == [5, 0] and ids[7].tolist() == [5, 0] and counts[7].tolist() == [1, 0]
     assert not ids[9].any() and not ids[0].any()  # 7->9 crosses sessions: not counted
-    assert trainer.top_successors(sid, items, 10, 1)[0][5].tolist() == [7]
+    assert hybrid.top_successors(table, 1)[0][5].tolist() == [7]
+    t = hybrid.Transitions.from_train(train, 10, 2)
+    assert t.ids.tolist() == ids.tolist() and t.plays[5] == 4 and t.plays[9] == 1
 
 
 def test_ranker_adds_transition_counts_to_the_last_tracks_successors():
@@ -305,10 +283,9 @@ def test_ranker_adds_transition_counts_to_the_last_tracks_successors():
     plays = np.zeros(V + 1, np.float32)
 
     def ranker(w, v=0.0):
-        return trainer.make_ranker(m, max_len=6, transitions=trainer.Transitions(
-            ids, counts, plays, w, v))
+        return device_ranker(m, boost=hybrid.Transitions(ids, counts, plays, w, v).boost)
 
-    plain, _ = trainer.make_ranker(m, max_len=6)(x, lengths, targets)
+    plain, _ = device_ranker(m)(x, lengths, targets)
     same, _ = ranker(0.0)(x, lengths, targets)
     fused, top = ranker(10.0)(x, lengths, targets)
     assert plain[0] == V and same.tolist() == plain.tolist()

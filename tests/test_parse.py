@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import SAMPLE, requires_sample
-from lastfm_parse import FIELDS, parse_file, repair_fields, write_rejects
+from lastfm.parse import FIELDS, parse_file, repair_fields, write_rejects
 
 A = "f1b1cf71-bd35-4e99-8624-24a6e15f133a"
 T = "bc2765af-208c-44c5-b3b0-cf597a646660"

@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import preprocess
-from common import PipelineError, SCHEMAS
+from lastfm.common import PipelineError
+from lastfm.data import SCHEMAS
 from conftest import SAMPLE, requires_sample
 
 

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 import sessionize
-from common import PipelineError, SCHEMAS
+from lastfm.common import PipelineError
+from lastfm.data import SCHEMAS
 from sessionize import SessionConfig, build_sessions, session_starts
 
 
@@ -38,7 +39,7 @@ def test_filters_cap_singletons_repeats_and_users():
     rows += [(0, 10_000, 1)]
     rows += [(0, 20_000, 7), (0, 20_001, 7), (0, 20_002, 8)]
     rows += [(1, 5, 3), (1, 6, 4)]
-    cfg = SessionConfig(max_len=3, min_len=2, min_user_sessions=2, collapse_repeats=True)
+    cfg = SessionConfig(max_session_len=3, min_len=2, min_user_sessions=2, collapse_repeats=True)
     out, counts = build_sessions(plays(rows), cfg)
     assert counts["sessions"] == 4 and counts["collapsed_repeats"] == 1
     assert counts["short_sessions_dropped"] == 1 and counts["users_dropped"] == 1
@@ -100,14 +101,14 @@ def test_unknown_window_and_missing_input(pipeline_data, data_dir):
     with pytest.raises(PipelineError, match="run preprocess.py first"):
         sessionize.main([])
     with pytest.raises(PipelineError, match="unknown window '9m'"):
-        sessionize.main(["--in-dir", str(pipeline_data / "preprocessed"), "--windows", "9m"])
+        sessionize.main(["--data-dir", str(pipeline_data), "--windows", "9m"])
 
 
 def test_window_mode_makes_shorter_sessions(pipeline_data, tmp_path):
     src = pipeline_data / "preprocessed" / "3m.parquet"
     df = pd.read_parquet(src)[["user_idx", "ts_s", "track_idx"]]
-    gap, _ = build_sessions(df, SessionConfig(max_len=0, min_len=1, min_user_sessions=1))
-    win, _ = build_sessions(df, SessionConfig(mode="window", max_len=0, min_len=1,
+    gap, _ = build_sessions(df, SessionConfig(max_session_len=0, min_len=1, min_user_sessions=1))
+    win, _ = build_sessions(df, SessionConfig(mode="window", max_session_len=0, min_len=1,
                                               min_user_sessions=1))
     assert len(gap) == len(win) == len(df)
     assert gap["sess"].nunique() < win["sess"].nunique()

@@ -1,0 +1,212 @@
+"""The structure's contracts: one-way imports, typed configs, one ranking contract."""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lastfm import config as cfgs
+from lastfm.common import PipelineError
+from lastfm.config import option
+from lastfm.metrics import ranker_from_scorer, target_ranks
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["preprocess", "sessionize", "fetch_tags", "train", "test_model"]
+TOP_LIBRARY = ["model", "synth"]          # top-level modules the user named, below the stages
+
+
+def local_imports(path: Path) -> set[str]:
+    """Project modules imported by ``path`` (top-level names and lastfm.<module>)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        mods = []
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for m in mods:
+            if m in STAGES or m in TOP_LIBRARY:
+                names.add(m)
+            elif m.startswith("lastfm.") and (ROOT / "lastfm" / f"{m.split('.')[1]}.py").exists():
+                names.add("lastfm." + m.split(".")[1])
+    return names
+
+
+def graph() -> dict[str, set[str]]:
+    g = {m: local_imports(ROOT / f"{m}.py") for m in STAGES + TOP_LIBRARY}
+    for p in (ROOT / "lastfm").glob("*.py"):
+        if p.stem != "__init__":
+            g["lastfm." + p.stem] = local_imports(p)
+    return g
+
+
+def test_imports_point_one_way_without_cycles():
+    g = graph()
+    for m in STAGES:  # no stage imports another stage
+        assert not (g[m] & set(STAGES)), (m, g[m])
+    for m in TOP_LIBRARY:  # model modules import only the package
+        assert all(d.startswith("lastfm.") for d in g[m]), (m, g[m])
+    for m in (k for k in g if k.startswith("lastfm.")):  # the package never imports upward
+        assert all(d.startswith("lastfm.") for d in g[m]), (m, g[m])
+    state: dict[str, int] = {}
+
+    def visit(m, path):  # depth-first search for a cycle
+        state[m] = 1
+        for d in g.get(m, ()):
+            assert state.get(d) != 1, f"import cycle: {' -> '.join(path + [d])}"
+            if d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in g:
+        if m not in state:
+            visit(m, [m])
+
+
+def test_following_window_from_train_never_enters_test_model():
+    g, seen, todo = graph(), set(), ["train"]
+    while todo:
+        m = todo.pop()
+        seen.add(m)
+        todo += [d for d in g.get(m, ()) if d not in seen]
+    assert "test_model" not in seen and "train" in seen
+
+
+@dataclass
+class Toy:
+    size: int = option(3, "a count")
+    rate: float = option(0.5, "a rate")
+    name: str = option("a", "a choice", choices=["a", "b"])
+    on: bool = option(True, "a switch that defaults on")
+    off: bool = option(False, "a switch that defaults off")
+    path: str | None = option(None, "optional")
+
+    def check(self):
+        if self.size < 1:
+            raise PipelineError("--size must be at least 1")
+
+
+def parse(argv):
+    ap = argparse.ArgumentParser()
+    cfgs.add_flags(ap, Toy)
+    return cfgs.from_args(Toy, ap.parse_args(argv))
+
+
+def test_flags_come_from_the_dataclass():
+    assert parse([]) == Toy()
+    got = parse(["--size", "7", "--rate", "2", "--name", "b", "--no-on", "--off", "--path", "x"])
+    assert got == Toy(7, 2.0, "b", False, True, "x")
+    with pytest.raises(SystemExit):
+        parse(["--name", "c"])
+    with pytest.raises(PipelineError, match="at least 1"):
+        parse(["--size", "0"])
+
+
+def test_saved_configs_load_strictly():
+    assert cfgs.load(Toy, cfgs.as_dict(Toy(size=4)), "x.json") == Toy(size=4)
+    with pytest.raises(PipelineError, match="unknown \\['extra'\\]"):
+        cfgs.load(Toy, {**cfgs.as_dict(Toy()), "extra": 1}, "x.json")
+    saved = cfgs.as_dict(Toy())
+    del saved["rate"]
+    with pytest.raises(PipelineError, match="missing \\['rate'\\].*retrain"):
+        cfgs.load(Toy, saved, "x.json")
+
+
+def test_every_stage_takes_data_dir_and_its_config_flags():
+    import fetch_tags
+    import preprocess
+    import sessionize
+    import test_model
+    import train
+
+    layout, cfg = preprocess.parse_args(["--data-dir", "/x", "--months", "1"])
+    assert layout.root == Path("/x") and cfg.month_list() == [1]
+    layout, cfg, _ = sessionize.parse_args(["--data-dir", "/y", "--max-session-len", "9"])
+    assert layout.sessions("1m") == Path("/y/sessions/1m") and cfg.max_session_len == 9
+    layout, cfg = fetch_tags.parse_args(["--data-dir", "/z", "--workers", "2"])
+    assert layout.tags("1m") == Path("/z/tags/1m") and cfg.workers == 2
+    layout, mc, tc = train.parse_args(["--data-dir", "/w", "--emb-dim", "16", "--no-tags"])
+    assert mc.emb_dim == 16 and not mc.tags and layout.models("1m") == Path("/w/models/1m")
+    layout, ec = test_model.parse_args(["--data-dir", "/v", "--prefix-len", "30", "--no-model"])
+    assert ec.prefix_len == 30 and not ec.model
+    for bad in (["--workers", "0"], ["--rate", "-5"]):
+        with pytest.raises(PipelineError):
+            fetch_tags.parse_args(bad)
+    for bad in (["--epochs", "0"], ["--batch-size", "0"], ["--input-len", "0"]):
+        with pytest.raises(PipelineError):
+            train.parse_args(bad)
+    for bad in (["--gap-minutes", "-5"], ["--max-session-len", "-1"]):
+        with pytest.raises(PipelineError):
+            sessionize.parse_args(bad)
+    with pytest.raises(PipelineError, match="a date"):
+        preprocess.parse_args(["--valid-from", "notadate"])
+
+
+# Deliberately tied scores, NaNs and a padding column that outscores everything.
+TIED = np.array([[9.0, 0.5, 0.9, 0.1, 0.9, 0.9],
+                 [9.0, 0.2, 0.2, 0.2, 0.2, 0.2],
+                 [9.0, 0.3, np.nan, 0.1, 0.3, 0.0],
+                 [np.nan, np.nan, np.nan, np.nan, np.nan, np.nan],
+                 [9.0, 1.0, 0.5, np.nan, 0.5, 0.2]], np.float32)
+TARGETS = np.array([2, 3, 2, 1, 4])
+EXPECTED = [1, 1, 5, 5, 2]  # ties optimistic; a NaN target ranks last (V = 5)
+
+
+def test_tie_policy_and_nan_on_the_numpy_path():
+    assert target_ranks(TIED, TARGETS).tolist() == EXPECTED
+    ranks, top = ranker_from_scorer(lambda p, n: TIED)(np.zeros((5, 1), np.int32),
+                                                       np.ones(5, np.int32), TARGETS)
+    assert ranks.tolist() == EXPECTED
+    assert (top[:, 0] != 0).all()  # padding never recommended
+
+
+class FixedScores:
+    """A stand-in model whose logits are given (the device ranker's interface)."""
+    input_len = 1
+
+    def __init__(self, scores):
+        self.scores, self.n_items = scores, scores.shape[1] - 1
+
+    def predict_on_batch(self, x):
+        return np.arange(len(x), dtype=np.float32)
+
+    def logits(self, rep):
+        from keras import ops
+        return ops.convert_to_tensor(self.scores)
+
+
+def test_numpy_and_device_paths_rank_identically():
+    pytest.importorskip("keras")
+    from keras import ops
+
+    from lastfm.metrics import device_ranker
+
+    assert ops.convert_to_numpy(target_ranks(ops.convert_to_tensor(TIED), TARGETS, ops)
+                                ).tolist() == EXPECTED
+    x, n = np.zeros((5, 1), np.int32), np.ones(5, np.int32)
+    dev, _ = device_ranker(FixedScores(TIED))(x, n, TARGETS)
+    cpu, _ = ranker_from_scorer(lambda p, n: TIED)(x, n, TARGETS)
+    assert dev.tolist() == cpu.tolist() == EXPECTED
+    rng = np.random.default_rng(0)  # random scores with many ties
+    scores = rng.integers(0, 4, size=(64, 40)).astype(np.float32)
+    targets = rng.integers(1, 40, size=64)
+    dev, _ = device_ranker(FixedScores(scores))(np.zeros((64, 1), np.int32), np.ones(64), targets)
+    cpu, _ = ranker_from_scorer(lambda p, n: scores)(np.zeros((64, 1), np.int32), np.ones(64),
+                                                     targets)
+    assert dev.tolist() == cpu.tolist()
+
+
+def test_an_old_saved_model_asks_for_retraining(tmp_path):
+    pytest.importorskip("keras")
+    from model import load_trained
+
+    (tmp_path / "model.keras").write_bytes(b"x")
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"emb_dim": 64, "output": "tied"},
+                                                      "vocab_md5": "a"}))
+    with pytest.raises(PipelineError, match="retrain"):
+        load_trained(tmp_path)
