@@ -24,6 +24,7 @@ vocabulary: normalised tags used by at least ``--min-tag-count`` tracks),
 ``track_tags.parquet`` (top ``--top-k`` tags per track with weights),
 ``meta.json``; and ``<data>/reports/tags.md`` with the study's figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,7 @@ from lastfm.data import SPLITS, read_table
 from lastfm.paths import Layout, make
 
 RETRY_CODES = {"8", "11", "16", "29"}
-PERMANENT_CODES = {"4": "authentication failed", "10": "invalid API key",
-                   "26": "API key suspended"}
+PERMANENT_CODES = {"4": "authentication failed", "10": "invalid API key", "26": "API key suspended"}
 NOT_FOUND = "6"
 STUDY_1M = {"tracks_with_tags": 130_009, "distinct_tags": 16_141}
 
@@ -62,43 +62,42 @@ STUDY_1M = {"tracks_with_tags": 130_009, "distinct_tags": 16_141}
 @dataclass
 class TagsConfig:
     """Where tags come from, how they are fetched and how the tables are cut."""
+
     windows: str = option("1m", "comma-separated windows")
-    api_key: str | None = option(None, "Last.fm API key (default $LASTFM_API_KEY; a flag shows "
-                                 "in the process list, the variable does not)")
+    api_key: str | None = option(
+        None,
+        "Last.fm API key (default $LASTFM_API_KEY; a flag shows "
+        "in the process list, the variable does not)",
+    )
     tags_file: str | None = option(None, "offline: TSV/CSV with artist, track, tag, weight")
     rate: float = option(5.0, "requests per second (0: no limit, for local servers)")
     workers: int = option(4, "concurrent requests")
     max_retries: int = option(5, "retries of a transient failure")
     backoff: float = option(1.0, "first retry delay, seconds")
-    refresh_older_than: float = option(0.0, "ask again for answers older than this many days "
-                                       "(0: never)")
+    refresh_older_than: float = option(
+        0.0, "ask again for answers older than this many days (0: never)"
+    )
     artist_fallback: bool = option(False, "artist top tags for tracks without tags")
     top_k: int = option(5, "tags kept per track")
     min_tag_count: int = option(2, "tags used by fewer tracks are dropped")
-    require_tags: bool = option(False, "report what dropping untagged tracks (the study's "
-                                "filter) does")
+    require_tags: bool = option(
+        False, "report what dropping untagged tracks (the study's filter) does"
+    )
     cache: str | None = option(None, "SQLite cache path (default <data>/tags/cache.sqlite)")
     ws_server: str | None = option(None, "API host:port/path (default Last.fm's)")
     ca_file: str | None = option(None, "extra certificate authority to trust (PEM)")
     seed: int = option(0, "seed of the retry jitter")
 
     def check(self) -> None:
-        for name in ("workers", "top_k", "min_tag_count"):
-            if getattr(self, name) < 1:
-                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
-                                    "must be at least 1")
-        for name in ("rate", "max_retries", "backoff", "refresh_older_than"):
-            if getattr(self, name) < 0:
-                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
-                                    "must be at least 0")
+        cfgs.require_at_least(self, 1, "workers", "top_k", "min_tag_count")
+        cfgs.require_at_least(self, 0, "rate", "max_retries", "backoff", "refresh_older_than")
 
 
 class TokenBucket:
     """Thread-safe token bucket: at most ``rate`` acquisitions per second on average,
     bursts of at most ``capacity``. ``slow_down`` halves the rate for a while."""
 
-    def __init__(self, rate: float, capacity: float = 1.0, clock=time.monotonic,
-                 sleep=time.sleep):
+    def __init__(self, rate: float, capacity: float = 1.0, clock=time.monotonic, sleep=time.sleep):
         self.rate, self.base_rate, self.capacity = rate, rate, capacity
         self.tokens, self.clock, self.sleep = capacity, clock, sleep
         self.last = clock()
@@ -155,17 +154,27 @@ class TagCache:
                 out.append(k)
         return out
 
-    def put(self, key: str, kind: str, status: str, tags: list | None, error: str | None,
-            attempts: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?)",
-                        (key, kind, status, json.dumps(tags) if tags is not None else None,
-                         error, time.time(), attempts))
+    def put(
+        self, key: str, kind: str, status: str, tags: list | None, error: str | None, attempts: int
+    ) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?)",
+            (
+                key,
+                kind,
+                status,
+                json.dumps(tags) if tags is not None else None,
+                error,
+                time.time(),
+                attempts,
+            ),
+        )
         self.db.commit()
 
     def answers(self, keys: list[str]) -> dict[str, tuple[str, list]]:
         out = {}
         for i in range(0, len(keys), 900):
-            chunk = keys[i:i + 900]
+            chunk = keys[i : i + 900]
             q = f"SELECT key, status, tags FROM answers WHERE key IN ({','.join('?' * len(chunk))})"
             for key, status, tags in self.db.execute(q, chunk):
                 out[key] = (status, json.loads(tags) if tags else [])
@@ -178,8 +187,8 @@ class TagCache:
 # --------------------------------------------------------------------------- fetching
 @dataclass
 class Job:
-    key: str          # cache key: "track:<mbid>", "track:<artist>\t<title>" or "artist:<name>"
-    kind: str         # "track" or "artist"
+    key: str  # cache key: "track:<mbid>", "track:<artist>\t<title>" or "artist:<name>"
+    kind: str  # "track" or "artist"
     mbid: str
     artist: str
     title: str
@@ -222,8 +231,15 @@ class PermanentError(Exception):
     pass
 
 
-def fetch_one(network, job: Job, bucket: TokenBucket, max_retries: int, backoff_s: float,
-              rng: random.Random, request=request_tags):
+def fetch_one(
+    network,
+    job: Job,
+    bucket: TokenBucket,
+    max_retries: int,
+    backoff_s: float,
+    rng: random.Random,
+    request=request_tags,
+):
     """(status, tags, error, attempts) for one job, retrying transient failures."""
     attempt = 0
     while True:
@@ -248,9 +264,19 @@ def fetch_one(network, job: Job, bucket: TokenBucket, max_retries: int, backoff_
         time.sleep(min(30.0, backoff_s * 2 ** (attempt - 1)) * (0.5 + rng.random()))
 
 
-def run_fetch(jobs: list[Job], cache: TagCache, network, rate: float, workers: int,
-              max_retries: int = 5, backoff_s: float = 1.0, seed: int = 0,
-              stop_after: int | None = None, request=request_tags, progress: bool = True) -> dict:
+def run_fetch(
+    jobs: list[Job],
+    cache: TagCache,
+    network,
+    rate: float,
+    workers: int,
+    max_retries: int = 5,
+    backoff_s: float = 1.0,
+    seed: int = 0,
+    stop_after: int | None = None,
+    request=request_tags,
+    progress: bool = True,
+) -> dict:
     """Fetch ``jobs`` with ``workers`` threads sharing one bucket; write each answer."""
     from tqdm import tqdm
 
@@ -266,8 +292,11 @@ def run_fetch(jobs: list[Job], cache: TagCache, network, rate: float, workers: i
                 job = next(it, None)
                 if job is None:
                     break
-                pending.add(pool.submit(_run_job, network, job, bucket, max_retries, backoff_s,
-                                        rng, request))
+                pending.add(
+                    pool.submit(
+                        _run_job, network, job, bucket, max_retries, backoff_s, rng, request
+                    )
+                )
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -280,13 +309,18 @@ def run_fetch(jobs: list[Job], cache: TagCache, network, rate: float, workers: i
                         raise KeyboardInterrupt
                     nxt = next(it, None)
                     if nxt is not None:
-                        pending.add(pool.submit(_run_job, network, nxt, bucket, max_retries,
-                                                backoff_s, rng, request))
+                        pending.add(
+                            pool.submit(
+                                _run_job, network, nxt, bucket, max_retries, backoff_s, rng, request
+                            )
+                        )
         except PermanentError as err:
             for f in pending:
                 f.cancel()
-            raise PipelineError(f"{err}: stopping. Check LASTFM_API_KEY (or --api-key); "
-                                f"{done:,} answers so far are saved in the cache") from None
+            raise PipelineError(
+                f"{err}: stopping. Check LASTFM_API_KEY (or --api-key); "
+                f"{done:,} answers so far are saved in the cache"
+            ) from None
         except KeyboardInterrupt:
             for f in pending:
                 f.cancel()
@@ -294,6 +328,20 @@ def run_fetch(jobs: list[Job], cache: TagCache, network, rate: float, workers: i
             raise
     bar.close()
     return counts
+
+
+def fetch_todo(jobs: list[Job], todo: set[str], cache: TagCache, network, cfg: TagsConfig) -> dict:
+    """``run_fetch`` of the jobs whose keys are in ``todo``, with ``cfg``'s limits."""
+    return run_fetch(
+        [j for j in jobs if j.key in todo],
+        cache,
+        network,
+        cfg.rate,
+        cfg.workers,
+        cfg.max_retries,
+        cfg.backoff,
+        cfg.seed,
+    )
 
 
 def _run_job(network, job, bucket, max_retries, backoff_s, rng, request):
@@ -307,16 +355,22 @@ def normalise_tag(tag: str) -> str:
 
 def track_jobs(vocab: pd.DataFrame) -> list[Job]:
     jobs = []
-    for mbid, artist, title in zip(vocab["track_mbid"].fillna("").astype(str),
-                                   vocab["artist_name"].astype(str),
-                                   vocab["track_name"].astype(str)):
+    for mbid, artist, title in zip(
+        vocab["track_mbid"].fillna("").astype(str),
+        vocab["artist_name"].astype(str),
+        vocab["track_name"].astype(str),
+    ):
         key = f"track:{mbid}" if mbid else f"track:{artist}\t{title}"
         jobs.append(Job(key, "track", mbid, artist, title))
     return jobs
 
 
-def build_tables(vocab: pd.DataFrame, tags_per_item: dict[int, list[tuple[str, float]]],
-                 top_k: int, min_tag_count: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_tables(
+    vocab: pd.DataFrame,
+    tags_per_item: dict[int, list[tuple[str, float]]],
+    top_k: int,
+    min_tag_count: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Tag vocabulary and top-K track->tag table from raw (tag, weight) lists."""
     rows = []
     for item, tags in tags_per_item.items():
@@ -330,15 +384,24 @@ def build_tables(vocab: pd.DataFrame, tags_per_item: dict[int, list[tuple[str, f
     df = pd.DataFrame(rows, columns=["item_idx", "tag", "weight"])
     counts = df.groupby("tag")["item_idx"].nunique() if len(df) else pd.Series(dtype=int)
     keep = counts[counts >= min_tag_count].sort_values(ascending=False, kind="stable")
-    tags = pd.DataFrame({"tag_idx": np.arange(1, len(keep) + 1, dtype=np.int32),
-                         "tag": keep.index.astype(str), "tracks": keep.to_numpy().astype(np.int64)})
+    tags = pd.DataFrame(
+        {
+            "tag_idx": np.arange(1, len(keep) + 1, dtype=np.int32),
+            "tag": keep.index.astype(str),
+            "tracks": keep.to_numpy().astype(np.int64),
+        }
+    )
     df = df[df["tag"].isin(keep.index)]
     df = df.sort_values(["item_idx", "weight", "tag"], ascending=[True, False, True], kind="stable")
     df = df.groupby("item_idx").head(top_k)
     lookup = dict(zip(tags["tag"], tags["tag_idx"]))
-    track_tags = pd.DataFrame({"item_idx": df["item_idx"].astype(np.int32).to_numpy(),
-                               "tag_idx": df["tag"].map(lookup).astype(np.int32).to_numpy(),
-                               "weight": df["weight"].astype(np.float32).to_numpy()})
+    track_tags = pd.DataFrame(
+        {
+            "item_idx": df["item_idx"].astype(np.int32).to_numpy(),
+            "tag_idx": df["tag"].map(lookup).astype(np.int32).to_numpy(),
+            "weight": df["weight"].astype(np.float32).to_numpy(),
+        }
+    )
     return tags, track_tags
 
 
@@ -346,14 +409,20 @@ def read_tags_file(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise PipelineError(f"--tags-file {path}: no such file")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
-    df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, quoting=3 if sep == "\t" else 0)
+    df = pd.read_csv(
+        path, sep=sep, dtype=str, keep_default_na=False, quoting=3 if sep == "\t" else 0
+    )
     missing = [c for c in ("artist", "track", "tag", "weight") if c not in df.columns]
     if missing:
-        raise PipelineError(f"{path}: missing column(s) {missing}; expected artist, track, tag, weight")
+        raise PipelineError(
+            f"{path}: missing column(s) {missing}; expected artist, track, tag, weight"
+        )
     w = pd.to_numeric(df["weight"], errors="coerce")
     if w.isna().any():
         bad = int(np.flatnonzero(w.isna().to_numpy())[0]) + 2
-        raise PipelineError(f"{path}, line {bad}: weight {df['weight'].iloc[bad - 2]!r} is not a number")
+        raise PipelineError(
+            f"{path}, line {bad}: weight {df['weight'].iloc[bad - 2]!r} is not a number"
+        )
     df["weight"] = w
     return df
 
@@ -368,14 +437,17 @@ def require_tags_effect(layout: Layout, window: str, tagged_items: set[int]) -> 
         lens = kept.groupby("session_id").size()
         ok = lens[lens >= 2].index
         kept = kept[kept["session_id"].isin(ok)]
-        out[split] = {"plays": [len(df), len(kept)],
-                      "sessions": [int(df["session_id"].nunique()), int(len(ok))],
-                      "users": [int(df["user_idx"].nunique()), int(kept["user_idx"].nunique())]}
+        out[split] = {
+            "plays": [len(df), len(kept)],
+            "sessions": [int(df["session_id"].nunique()), int(len(ok))],
+            "users": [int(df["user_idx"].nunique()), int(kept["user_idx"].nunique())],
+        }
     return out
 
 
-def tags_for_window(layout: Layout, window: str, args: TagsConfig,
-                    api_key: str | None) -> dict | None:
+def tags_for_window(
+    layout: Layout, window: str, args: TagsConfig, api_key: str | None
+) -> dict | None:
     d = layout.sessions(window)
     vocab = read_table(d / "vocab.parquet", "vocab", "sessionize.py")
     items = vocab["item_idx"].to_numpy()
@@ -383,9 +455,13 @@ def tags_for_window(layout: Layout, window: str, args: TagsConfig,
     source = None
     if args.tags_file:
         df = read_tags_file(Path(args.tags_file))
-        grouped = {k: list(zip(g["tag"], g["weight"]))
-                   for k, g in df.groupby(["artist", "track"], sort=False)}
-        for item, a, t in zip(items, vocab["artist_name"].astype(str), vocab["track_name"].astype(str)):
+        grouped = {
+            k: list(zip(g["tag"], g["weight"]))
+            for k, g in df.groupby(["artist", "track"], sort=False)
+        }
+        for item, a, t in zip(
+            items, vocab["artist_name"].astype(str), vocab["track_name"].astype(str)
+        ):
             if (a, t) in grouped:
                 per_item[int(item)] = grouped[(a, t)]
         source = f"file {args.tags_file}"
@@ -393,14 +469,17 @@ def tags_for_window(layout: Layout, window: str, args: TagsConfig,
         cache = TagCache(Path(args.cache) if args.cache else layout.tag_cache())
         try:
             jobs = track_jobs(vocab)
-            refresh = time.time() - args.refresh_older_than * 86400 if args.refresh_older_than else None
+            refresh = (
+                time.time() - args.refresh_older_than * 86400 if args.refresh_older_than else None
+            )
             todo = set(cache.todo([j.key for j in jobs], refresh))
             network = make_network(api_key, args.ws_server, args.ca_file)
-            log(f"window {window}: {len(jobs):,} tracks, {len(todo):,} to ask "
+            log(
+                f"window {window}: {len(jobs):,} tracks, {len(todo):,} to ask "
                 f"({len(jobs) - len(todo):,} cached); {args.workers} workers at "
-                f"{args.rate:g} requests/s")
-            counts = run_fetch([j for j in jobs if j.key in todo], cache, network, args.rate,
-                               args.workers, args.max_retries, args.backoff, args.seed)
+                f"{args.rate:g} requests/s"
+            )
+            counts = fetch_todo(jobs, todo, cache, network, args)
             log(f"answers this run: {counts}")
             answers = cache.answers([j.key for j in jobs])
             for item, job in zip(items, jobs):
@@ -413,17 +492,27 @@ def tags_for_window(layout: Layout, window: str, args: TagsConfig,
             cache.close()
         source = "Last.fm API (pylast)"
     else:
-        print("No Last.fm API key (set LASTFM_API_KEY or pass --api-key) and no --tags-file: "
-              "skipping tags; train.py will train the model without tags.")
+        print(
+            "No Last.fm API key (set LASTFM_API_KEY or pass --api-key) and no --tags-file: "
+            "skipping tags; train.py will train the model without tags."
+        )
         return None
     tags, track_tags = build_tables(vocab, per_item, args.top_k, args.min_tag_count)
     out = make(layout.tags(window))
     pq.write_table(pa.Table.from_pandas(tags, preserve_index=False), out / "tags.parquet")
-    pq.write_table(pa.Table.from_pandas(track_tags, preserve_index=False), out / "track_tags.parquet")
+    pq.write_table(
+        pa.Table.from_pandas(track_tags, preserve_index=False), out / "track_tags.parquet"
+    )
     tagged = set(track_tags["item_idx"].tolist())
-    meta = {"source": source, "tracks": int(len(vocab)), "tracks_with_tags": len(tagged),
-            "distinct_tags": int(len(tags)), "top_k": args.top_k,
-            "min_tag_count": args.min_tag_count, "vocab_md5": read_json(d / "meta.json")["vocab_md5"]}
+    meta = {
+        "source": source,
+        "tracks": int(len(vocab)),
+        "tracks_with_tags": len(tagged),
+        "distinct_tags": int(len(tags)),
+        "top_k": args.top_k,
+        "min_tag_count": args.min_tag_count,
+        "vocab_md5": read_json(d / "meta.json")["vocab_md5"],
+    }
     if args.require_tags:
         meta["require_tags_effect"] = require_tags_effect(layout, window, tagged)
     write_json(out / "meta.json", meta)
@@ -432,32 +521,47 @@ def tags_for_window(layout: Layout, window: str, args: TagsConfig,
 
 def _artist_fallback(vocab, items, per_item, cache, network, args) -> dict[int, list]:
     """Artist top tags for tracks without tags, one request per artist."""
-    need = [(int(i), a) for i, a in zip(items, vocab["artist_name"].astype(str))
-            if int(i) not in per_item]
+    need = [
+        (int(i), a)
+        for i, a in zip(items, vocab["artist_name"].astype(str))
+        if int(i) not in per_item
+    ]
     artists = sorted({a for _, a in need})
     jobs = [Job(f"artist:{a}", "artist", "", a, "") for a in artists]
     todo = set(cache.todo([j.key for j in jobs], None))
-    run_fetch([j for j in jobs if j.key in todo], cache, network, args.rate, args.workers,
-              args.max_retries, args.backoff, args.seed)
+    fetch_todo(jobs, todo, cache, network, args)
     answers = cache.answers([j.key for j in jobs])
-    return {i: answers[f"artist:{a}"][1] for i, a in need
-            if answers.get(f"artist:{a}", ("", []))[0] == "ok" and answers[f"artist:{a}"][1]}
+    return {
+        i: answers[f"artist:{a}"][1]
+        for i, a in need
+        if answers.get(f"artist:{a}", ("", []))[0] == "ok" and answers[f"artist:{a}"][1]
+    }
 
 
 def report(metas: dict[str, dict]) -> str:
-    rows = [[w, m["tracks"], m["tracks_with_tags"], m["distinct_tags"], m["source"]]
-            for w, m in metas.items()]
-    md = ("## Tags\n\n" + markdown_table(["window", "tracks", "tracks with tags", "distinct tags",
-                                         "source"], rows)
-          + f"\n\nThe study's 1-month window: {STUDY_1M['tracks_with_tags']:,} tracks with tags, "
-          f"{STUDY_1M['distinct_tags']:,} distinct tags.\n")
+    rows = [
+        [w, m["tracks"], m["tracks_with_tags"], m["distinct_tags"], m["source"]]
+        for w, m in metas.items()
+    ]
+    md = (
+        "## Tags\n\n"
+        + markdown_table(["window", "tracks", "tracks with tags", "distinct tags", "source"], rows)
+        + f"\n\nThe study's 1-month window: {STUDY_1M['tracks_with_tags']:,} tracks with tags, "
+        f"{STUDY_1M['distinct_tags']:,} distinct tags.\n"
+    )
     for w, m in metas.items():
         if "require_tags_effect" in m:
             eff = m["require_tags_effect"]
-            md += f"\nDropping untagged tracks (window {w}): " + "; ".join(
-                f"{s}: plays {v['plays'][0]:,} -> {v['plays'][1]:,}, sessions "
-                f"{v['sessions'][0]:,} -> {v['sessions'][1]:,}, users {v['users'][0]:,} -> "
-                f"{v['users'][1]:,}" for s, v in eff.items()) + "\n"
+            md += (
+                f"\nDropping untagged tracks (window {w}): "
+                + "; ".join(
+                    f"{s}: plays {v['plays'][0]:,} -> {v['plays'][1]:,}, sessions "
+                    f"{v['sessions'][0]:,} -> {v['sessions'][1]:,}, users {v['users'][0]:,} -> "
+                    f"{v['users'][1]:,}"
+                    for s, v in eff.items()
+                )
+                + "\n"
+            )
     return md
 
 

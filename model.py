@@ -33,6 +33,7 @@ Only Keras layers and ``keras.ops``: the file runs with KERAS_BACKEND
 tensorflow (default), jax or torch. Options removed after losing their
 comparisons are listed in docs/DECISIONS.md.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -53,6 +54,7 @@ NEG = -1e9
 class ModelConfig:
     """The network's hyperparameters: the one place to add one (train.py's flags,
     the saved config.json and the Keras config all come from these fields)."""
+
     input_len: int = option(20, "most recent tracks of a prefix the network reads (L)")
     emb_dim: int = option(64, "track (and tag) embedding size E")
     hidden: int = option(100, "GRU units per direction H")
@@ -64,10 +66,7 @@ class ModelConfig:
     successor: bool = option(True, "per-track successor vectors (FPMC's item-to-item factor)")
 
     def check(self) -> None:
-        for name in ("input_len", "emb_dim", "hidden", "fc_dim", "tags_per_track"):
-            if getattr(self, name) < 1:
-                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
-                                    "must be at least 1")
+        cfgs.require_at_least(self, 1, "input_len", "emb_dim", "hidden", "fc_dim", "tags_per_track")
         if not 0 <= self.dropout < 1:
             raise PipelineError(f"--dropout {self.dropout}: must be in [0, 1)")
 
@@ -76,8 +75,7 @@ class ModelConfig:
 class SessionRecommender(keras.Model):
     """Embedding -> Bi-GRU -> attention -> FC -> scores over all tracks."""
 
-    def __init__(self, n_items: int, config: ModelConfig, n_tags: int = 0, seed: int = 0,
-                 **kwargs):
+    def __init__(self, n_items: int, config: ModelConfig, n_tags: int = 0, seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         self.n_items, self.config, self.n_tags, self.seed = n_items, config, n_tags, seed
         c = config
@@ -89,29 +87,43 @@ class SessionRecommender(keras.Model):
         self.in_drop = layers.Dropout(c.dropout, seed=seed)
         # reset_after=True and tanh/sigmoid defaults keep the cuDNN kernel on GPU.
         self.bigru = layers.Bidirectional(
-            layers.GRU(c.hidden, return_sequences=True, return_state=True), name="bigru")
+            layers.GRU(c.hidden, return_sequences=True, return_state=True), name="bigru"
+        )
         self.att_keys = layers.Dense(c.hidden, use_bias=False, name="att_keys")
         self.att_query = layers.Dense(c.hidden, name="att_query")
         self.att_v = layers.Dense(1, use_bias=False, name="att_v")
         self.fc_drop = layers.Dropout(c.dropout, seed=seed + 1)
         self.fc = layers.Dense(c.fc_dim, activation="tanh", name="fc")
         self.to_item_space = layers.Dense(c.emb_dim, use_bias=False, name="to_item_space")
-        self.transition = (layers.Dense(c.emb_dim, use_bias=False, name="transition")
-                           if c.last_item else None)
+        self.transition = (
+            layers.Dense(c.emb_dim, use_bias=False, name="transition") if c.last_item else None
+        )
         # Unlike the shared linear map above, a track's own successor vector can
         # memorise that track's successors (score(j | last i) = <succ_i, emb_j>).
-        self.succ_emb = (layers.Embedding(n_items + 1, c.emb_dim, embeddings_initializer="zeros",
-                                          name="succ_emb") if c.successor else None)
+        self.succ_emb = (
+            layers.Embedding(
+                n_items + 1, c.emb_dim, embeddings_initializer="zeros", name="succ_emb"
+            )
+            if c.successor
+            else None
+        )
 
     def build(self, input_shape=None):
-        self.out_bias = self.add_weight(shape=(self.n_items + 1,), initializer="zeros",
-                                        name="out_bias")
+        self.out_bias = self.add_weight(
+            shape=(self.n_items + 1,), initializer="zeros", name="out_bias"
+        )
         k = max(self.tags_per_track, 1)
         # Constant lookup tables (filled by set_tags): track -> top-K tags, weights.
-        self.track_tags = self.add_weight(shape=(self.n_items + 1, k), dtype="int32",
-                                          initializer="zeros", trainable=False, name="track_tags")
-        self.track_tag_w = self.add_weight(shape=(self.n_items + 1, k), initializer="zeros",
-                                           trainable=False, name="track_tag_w")
+        self.track_tags = self.add_weight(
+            shape=(self.n_items + 1, k),
+            dtype="int32",
+            initializer="zeros",
+            trainable=False,
+            name="track_tags",
+        )
+        self.track_tag_w = self.add_weight(
+            shape=(self.n_items + 1, k), initializer="zeros", trainable=False, name="track_tag_w"
+        )
         for emb in (self.item_emb, self.tag_emb, self.succ_emb):
             if emb is not None:
                 emb.build((None,))
@@ -127,36 +139,37 @@ class SessionRecommender(keras.Model):
         self.track_tag_w.assign(tag_weights.astype(np.float32))
 
     def embed(self, items):
-        x = self.item_emb(items)                                    # (B, L, E)
+        x = self.item_emb(items)  # (B, L, E)
         if self.tag_emb is not None:
-            tags = ops.take(self.track_tags, items, axis=0)         # (B, L, K)
-            w = ops.take(self.track_tag_w, items, axis=0)           # (B, L, K)
-            t = self.tag_emb(tags)                                  # (B, L, K, E)
+            tags = ops.take(self.track_tags, items, axis=0)  # (B, L, K)
+            w = ops.take(self.track_tag_w, items, axis=0)  # (B, L, K)
+            t = self.tag_emb(tags)  # (B, L, K, E)
             t = ops.sum(t * w[..., None], axis=2) / (ops.sum(w, axis=2, keepdims=True) + 1e-6)
-            x = x + ops.cast(t, x.dtype)                            # (B, L, E)
+            x = x + ops.cast(t, x.dtype)  # (B, L, E)
         return x
 
     def call(self, items, training=False):
         items = ops.cast(items, "int32")
-        mask = ops.not_equal(items, 0)                              # (B, L) True = real play
+        mask = ops.not_equal(items, 0)  # (B, L) True = real play
         x = self.in_drop(self.embed(items), training=training)
         seq, fwd, bwd = self.bigru(x, mask=mask, training=training)  # (B,L,2H), (B,H), (B,H)
-        last = ops.concatenate([fwd, bwd], axis=-1)                 # (B, 2H) global encoder
-        e = self.att_v(ops.sigmoid(self.att_keys(seq)
-                                   + self.att_query(last)[:, None, :]))[..., 0]  # (B, L)
+        last = ops.concatenate([fwd, bwd], axis=-1)  # (B, 2H) global encoder
+        e = self.att_v(ops.sigmoid(self.att_keys(seq) + self.att_query(last)[:, None, :]))[
+            ..., 0
+        ]  # (B, L)
         e = ops.where(mask, e, ops.cast(NEG, e.dtype))
-        alpha = ops.softmax(e, axis=-1)                             # (B, L)
-        local = ops.sum(alpha[..., None] * seq, axis=1)             # (B, 2H) local encoder
+        alpha = ops.softmax(e, axis=-1)  # (B, L)
+        local = ops.sum(alpha[..., None] * seq, axis=1)  # (B, 2H) local encoder
         parts = [last, local]
         n = ops.maximum(ops.sum(ops.cast(mask, "int32"), axis=1) - 1, 0)  # (B,) last position
         if self.transition is not None:  # the last real play's embedding, STAMP's m_t
             m_t = ops.take_along_axis(x, n[:, None, None], axis=1)[:, 0]
-            parts.append(m_t)                                       # (B, E)
-        h = ops.concatenate(parts, axis=-1)                         # (B, 4H [+ E])
-        h = self.fc(self.fc_drop(h, training=training))             # (B, D)
-        rep = self.to_item_space(h)                                 # (B, E)
+            parts.append(m_t)  # (B, E)
+        h = ops.concatenate(parts, axis=-1)  # (B, 4H [+ E])
+        h = self.fc(self.fc_drop(h, training=training))  # (B, D)
+        rep = self.to_item_space(h)  # (B, E)
         if self.transition is not None:  # linear path: factorised transition (FPMC)
-            rep = rep + self.transition(m_t)                        # (B, E)
+            rep = rep + self.transition(m_t)  # (B, E)
         if self.succ_emb is not None:  # the last real play's own successor vector
             last_id = ops.take_along_axis(items, n[:, None], axis=1)[:, 0]  # (B,)
             rep = rep + ops.cast(self.succ_emb(last_id), rep.dtype)  # (B, E)
@@ -170,7 +183,7 @@ class SessionRecommender(keras.Model):
         """
         w = ops.cast(self.item_emb.embeddings, rep.dtype)
         s = ops.cast(ops.matmul(rep, ops.transpose(w)), "float32")
-        pad = ops.convert_to_tensor(self._pad)                     # (V+1,) NEG at 0
+        pad = ops.convert_to_tensor(self._pad)  # (V+1,) NEG at 0
         return s + (ops.cast(self.out_bias, "float32") + pad)[None, :]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -191,28 +204,36 @@ class SessionRecommender(keras.Model):
         (B, E) product), so the backward pass builds no (B, V+1) one-hot
         (bench/bench_step_parts.py compares the two).
         """
-        logits = self.logits(rep)                                       # (B, V+1)
-        m = ops.stop_gradient(ops.max(logits, axis=-1))                 # (B,)
+        logits = self.logits(rep)  # (B, V+1)
+        m = ops.stop_gradient(ops.max(logits, axis=-1))  # (B,)
         lse = ops.log(ops.sum(ops.exp(logits - m[:, None]), axis=-1)) + m
         return lse - self.target_logits(rep, y)
 
     def get_config(self):
-        return {**super().get_config(), "n_items": self.n_items, "n_tags": self.n_tags,
-                "seed": self.seed, "config": asdict(self.config)}
+        return {
+            **super().get_config(),
+            "n_items": self.n_items,
+            "n_tags": self.n_tags,
+            "seed": self.seed,
+            "config": asdict(self.config),
+        }
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
         saved = config.pop("config", None)
         if saved is None:
-            raise PipelineError("a model saved by an older version of the code (no 'config' "
-                                "in its Keras config): retrain it with train.py")
+            raise PipelineError(
+                "a model saved by an older version of the code (no 'config' "
+                "in its Keras config): retrain it with train.py"
+            )
         model_config = cfgs.load(ModelConfig, saved, "the saved model")
         return cls(config.pop("n_items"), model_config, **config)
 
 
-def build_model(n_items: int, config: ModelConfig, n_tags: int = 0,
-                seed: int = 0) -> SessionRecommender:
+def build_model(
+    n_items: int, config: ModelConfig, n_tags: int = 0, seed: int = 0
+) -> SessionRecommender:
     """Create and build the model for ``n_items`` tracks (ids 1..n_items); ``n_tags``
     > 0 adds the tag path (when ``config.tags``)."""
     model = SessionRecommender(n_items, config, n_tags if config.tags else 0, seed)
@@ -233,22 +254,27 @@ def load_trained(model_dir: Path, expected_vocab_md5: str | None = None):
         raise PipelineError(f"{path} or its config.json not found: run train.py first")
     record = read_json(cfg_path)
     if "model" not in record:
-        raise PipelineError(f"{cfg_path}: no 'model' section (written by another version of "
-                            "the code); retrain with train.py")
+        raise PipelineError(
+            f"{cfg_path}: no 'model' section (written by another version of "
+            "the code); retrain with train.py"
+        )
     model_config = cfgs.load(ModelConfig, record["model"], str(cfg_path))
     if expected_vocab_md5 is not None and record.get("vocab_md5") != expected_vocab_md5:
         raise PipelineError(
             f"{path} was trained on another vocabulary (window {record.get('window')}, "
             f"vocab {record.get('vocab_md5')}) than the current splits ({expected_vocab_md5}); "
-            "rerun train.py on the current splits")
+            "rerun train.py on the current splits"
+        )
     try:
         model = keras.saving.load_model(path, compile=False)
     except PipelineError:
         raise
     except Exception as err:  # Keras wraps what from_config raises; one line, not a traceback
-        raise PipelineError(f"{path}: cannot be loaded ({type(err).__name__}: "
-                            f"{str(err).splitlines()[0] if str(err) else ''}); "
-                            "retrain with train.py") from None
+        raise PipelineError(
+            f"{path}: cannot be loaded ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); "
+            "retrain with train.py"
+        ) from None
     if asdict(model.config) != asdict(model_config):
         raise PipelineError(f"{path}: its Keras config and {cfg_path} disagree; retrain")
     return model, record

@@ -11,6 +11,7 @@ Outputs (under the data root, ``lastfm.paths.Layout``):
   each window, next to the study's published figures) and
   ``reports/plays_per_user.png``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lastfm import config as cfgs
-from lastfm.common import (PipelineError, file_md5, fingerprint, log, markdown_table,
-                           params_match, read_json, run_main, write_json)
+from lastfm.common import (
+    PipelineError,
+    file_md5,
+    fingerprint,
+    log,
+    markdown_table,
+    params_match,
+    read_json,
+    run_main,
+    write_json,
+)
 from lastfm.config import option
 from lastfm.parse import parse_file, write_rejects
 from lastfm.paths import Layout, make
@@ -44,16 +54,26 @@ URL = "http://mtg.upf.edu/static/datasets/last.fm/lastfm-dataset-1K.tar.gz"
 MIRROR = "https://zenodo.org/records/6090214/files/lastfm-dataset-1K.tar.gz"
 ARCHIVE = "lastfm-dataset-1K.tar.gz"
 TSV = "lastfm-dataset-1K/userid-timestamp-artid-artname-traid-traname.tsv"
-KNOWN_MD5 = {"userid-timestamp-artid-artname-traid-traname.tsv": "64747b21563e3d2aa95751e0ddc46b68",
-             "userid-profile.tsv": "c53608b6b445db201098c1489ea497df"}
+KNOWN_MD5 = {
+    "userid-timestamp-artid-artname-traid-traname.tsv": "64747b21563e3d2aa95751e0ddc46b68",
+    "userid-profile.tsv": "c53608b6b445db201098c1489ea497df",
+}
 # Plausible play times: Last.fm's scrobbles start in 2005; the crawl ended on 2009-05-05.
 VALID_FROM, VALID_TO = "2005-02-01", "2009-05-06"
 
 # The study's published statistics (raw read with pandas defaults; then dropna; windows).
 STUDY = {
-    "raw": {"rows": 19_098_853, "user_id": 992, "timestamp": 17_454_730,
-            "artist_id": 107_295, "artist_id_count": 18_498_005, "artist_name": 173_921,
-            "track_id": 960_402, "track_id_count": 16_936_134, "track_name": 1_083_471},
+    "raw": {
+        "rows": 19_098_853,
+        "user_id": 992,
+        "timestamp": 17_454_730,
+        "artist_id": 107_295,
+        "artist_id_count": 18_498_005,
+        "artist_name": 173_921,
+        "track_id": 960_402,
+        "track_id_count": 16_936_134,
+        "track_name": 1_083_471,
+    },
     "clean": {"rows": 16_936_134, "user_id": 992, "artist_id": 83_905, "track_id": 960_402},
     "6m": {"rows": 3_052_646, "user_id": 923, "track_id": 465_798},
     "3m": {"rows": 1_645_146, "user_id": 902, "track_id": 339_118},
@@ -63,20 +83,21 @@ STUDY = {
 STAT_COLUMNS = ["user_id", "timestamp", "artist_id", "artist_name", "track_id", "track_name"]
 
 
-
-
 @dataclass
 class PreprocessConfig:
     """Where the plays come from and how they are cleaned and windowed."""
+
     input: Path | None = option(None, "plays TSV (or its folder): skip the download")
     url: str = option(URL, "archive URL or local path (default: MTG)")
     md5: str | None = option(None, "expected archive MD5 (verification)")
     size: int | None = option(None, "expected archive size in bytes")
     months: str = option("1,2,3,6", "window lengths in months")
-    anchor: str = option("end", "windows end at the last play (end) or start at the first",
-                         choices=["end", "start"])
-    keep_missing_mbid: bool = option(False, "keep rows without MBIDs; tracks keyed by "
-                                     "(artist, title)")
+    anchor: str = option(
+        "end", "windows end at the last play (end) or start at the first", choices=["end", "start"]
+    )
+    keep_missing_mbid: bool = option(
+        False, "keep rows without MBIDs; tracks keyed by (artist, title)"
+    )
     valid_from: str = option(VALID_FROM, "first plausible play date (earlier plays excluded)")
     valid_to: str = option(VALID_TO, "end of plausible play dates (excluded from there)")
     write_all: bool = option(False, "also write all.parquet (every month, cleaned)")
@@ -86,8 +107,9 @@ class PreprocessConfig:
         try:
             months = sorted({int(m) for m in self.months.split(",") if m.strip()})
         except ValueError:
-            raise PipelineError(f"--months {self.months!r}: expected integers like 1,2,3,6") \
-                from None
+            raise PipelineError(
+                f"--months {self.months!r}: expected integers like 1,2,3,6"
+            ) from None
         if not months or min(months) < 1:
             raise PipelineError(f"--months {self.months!r}: windows must be >= 1 month")
         return months
@@ -98,20 +120,32 @@ class PreprocessConfig:
             try:
                 np.datetime64(value, "s")
             except ValueError:
-                raise PipelineError(f"{flag} {value!r}: expected a date like 2005-02-01") \
-                    from None
+                raise PipelineError(f"{flag} {value!r}: expected a date like 2005-02-01") from None
 
 
 # --------------------------------------------------------------------------- download
 def _progress(total: int | None, initial: int, desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, desc=desc,
-                disable=None, file=sys.stderr)
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        desc=desc,
+        disable=None,
+        file=sys.stderr,
+    )
 
 
-def download(url: str, dest: Path, md5: str | None = None, size: int | None = None,
-             timeout: float = 30.0, chunk: int = 1 << 20) -> Path:
+def download(
+    url: str,
+    dest: Path,
+    md5: str | None = None,
+    size: int | None = None,
+    timeout: float = 30.0,
+    chunk: int = 1 << 20,
+) -> Path:
     """Fetch ``url`` to ``dest`` resumably; verify; rename atomically.
 
     A partial download lives in ``dest.part`` and is resumed with an HTTP
@@ -149,13 +183,17 @@ def download(url: str, dest: Path, md5: str | None = None, size: int | None = No
     got = part.stat().st_size
     want = size if size is not None else expected
     if want is not None and got != want:
-        raise PipelineError(f"{url}: downloaded {got:,} bytes, expected {want:,}; "
-                            f"rerun to resume (partial file kept at {part})")
+        raise PipelineError(
+            f"{url}: downloaded {got:,} bytes, expected {want:,}; "
+            f"rerun to resume (partial file kept at {part})"
+        )
     digest = file_md5(part)
     if md5 and digest != md5.lower():
         part.unlink()
-        raise PipelineError(f"{url}: MD5 {digest} does not match the expected {md5}; "
-                            "the corrupt download was deleted, rerun to fetch it again")
+        raise PipelineError(
+            f"{url}: MD5 {digest} does not match the expected {md5}; "
+            "the corrupt download was deleted, rerun to fetch it again"
+        )
     os.replace(part, dest)
     write_json(marker, {"url": url, "bytes": got, "md5": digest})
     return dest
@@ -175,7 +213,8 @@ def _http_fetch(url: str, part: Path, timeout: float, chunk: int) -> int | None:
             f"cannot reach {url} ({getattr(err, 'reason', err)}). Without network, place "
             f"the archive by hand at <data>/raw/{ARCHIVE} (mirror: {MIRROR}), or run "
             "offline on synthetic data: python synth.py && python preprocess.py "
-            "--input data/synthetic/lastfm-dataset-1K") from None
+            "--input data/synthetic/lastfm-dataset-1K"
+        ) from None
     with resp:
         resumed = resp.status == 206
         if have and not resumed:
@@ -183,16 +222,20 @@ def _http_fetch(url: str, part: Path, timeout: float, chunk: int) -> int | None:
             have = 0
         length = resp.headers.get("Content-Length")
         total = (int(length) + have) if length is not None else None
-        with open(part, "ab" if resumed else "wb") as fh, \
-                _progress(total, have, Path(url).name) as bar:
+        with (
+            open(part, "ab" if resumed else "wb") as fh,
+            _progress(total, have, Path(url).name) as bar,
+        ):
             try:
                 while block := resp.read(chunk):
                     fh.write(block)
                     bar.update(len(block))
             except (OSError, http.client.IncompleteRead) as err:
-                raise PipelineError(f"{url}: connection lost after "
-                                    f"{part.stat().st_size:,} bytes ({err}); "
-                                    "rerun to resume") from None
+                raise PipelineError(
+                    f"{url}: connection lost after "
+                    f"{part.stat().st_size:,} bytes ({err}); "
+                    "rerun to resume"
+                ) from None
     return total
 
 
@@ -208,8 +251,10 @@ def extract(archive: Path, target: Path) -> Path:
                     raise PipelineError(f"{archive}: unsafe member {m.name!r} refused")
             tar.extractall(target, members=members, filter="data")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
-        raise PipelineError(f"{archive}: corrupt or truncated archive ({err}); delete it "
-                            "and rerun to download it again") from None
+        raise PipelineError(
+            f"{archive}: corrupt or truncated archive ({err}); delete it "
+            "and rerun to download it again"
+        ) from None
     tsv = target / TSV
     if not tsv.exists():
         raise PipelineError(f"{archive}: no {TSV} inside")
@@ -227,19 +272,26 @@ def encode(table: pa.Table) -> dict[str, np.ndarray]:
     the dictionaries (pyarrow string arrays) under ``dict_<name>``.
     """
     out: dict = {}
-    for col, name in [("user", "user_id"), ("artist_mbid", "artist_id"),
-                      ("artist_name", "artist_name"), ("track_mbid", "track_id"),
-                      ("track_name", "track_name")]:
+    for col, name in [
+        ("user", "user_id"),
+        ("artist_mbid", "artist_id"),
+        ("artist_name", "artist_name"),
+        ("track_mbid", "track_id"),
+        ("track_name", "track_name"),
+    ]:
         chunks = table[col].chunks
         dictionary = chunks[0].dictionary if chunks else pa.array([], pa.string())
-        codes = (np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
-                 if chunks else np.zeros(0, np.int32)).astype(np.int32, copy=False)
+        codes = (
+            np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
+            if chunks
+            else np.zeros(0, np.int32)
+        ).astype(np.int32, copy=False)
         order = pc.sort_indices(dictionary).to_numpy()
         remap = np.empty(len(order), np.int32)
         remap[order] = np.arange(len(order), dtype=np.int32)
         words = dictionary.take(pa.array(order))
         codes = remap[codes] if len(codes) else codes
-        if len(words) and words[0].as_py() == "":      # "" sorts first: missing value
+        if len(words) and words[0].as_py() == "":  # "" sorts first: missing value
             codes -= 1
             words = words.slice(1)
         out[name], out[f"dict_{name}"] = codes, words
@@ -279,8 +331,12 @@ def column_stats(enc: dict, mask: np.ndarray | None) -> dict[str, dict]:
                 stats[name] = {"count": 0, "unique": 0, "top": None, "freq": 0}
                 continue
             unique, top, freq = _timestamp_stats(ts)
-            stats[name] = {"count": int(len(ts)), "unique": unique,
-                           "top": str(np.datetime64(top, "s")) + "Z", "freq": freq}
+            stats[name] = {
+                "count": int(len(ts)),
+                "unique": unique,
+                "top": str(np.datetime64(top, "s")) + "Z",
+                "freq": freq,
+            }
             continue
         sel = enc[name] if mask is None else enc[name][mask]
         sel = sel[sel >= 0]
@@ -289,18 +345,24 @@ def column_stats(enc: dict, mask: np.ndarray | None) -> dict[str, dict]:
             continue
         counts = np.bincount(sel)
         top = int(np.argmax(counts))
-        stats[name] = {"count": int(len(sel)), "unique": int(np.count_nonzero(counts)),
-                       "top": enc[f"dict_{name}"][top].as_py(), "freq": int(counts[top])}
+        stats[name] = {
+            "count": int(len(sel)),
+            "unique": int(np.count_nonzero(counts)),
+            "top": enc[f"dict_{name}"][top].as_py(),
+            "freq": int(counts[top]),
+        }
     return stats
 
 
-def month_windows(ts_s: np.ndarray, in_range: np.ndarray, months: list[int],
-                  anchor: str) -> dict[str, tuple[int, int]]:
+def month_windows(
+    ts_s: np.ndarray, in_range: np.ndarray, months: list[int], anchor: str
+) -> dict[str, tuple[int, int]]:
     """[start, end) seconds of each window, anchored at the last (or first) play."""
     valid = ts_s[in_range]
     if len(valid) == 0:
-        raise PipelineError("no play falls inside the plausible time range; "
-                            "check --valid-from/--valid-to")
+        raise PipelineError(
+            "no play falls inside the plausible time range; check --valid-from/--valid-to"
+        )
     out = {}
     for m in months:
         if anchor == "end":
@@ -331,21 +393,24 @@ def plays_table(enc: dict, rows: np.ndarray, keep_missing_mbid: bool) -> pa.Tabl
         compact = np.where(codes >= 0, remap[np.maximum(codes, 0)], -1).astype(np.int32)
         return pa.DictionaryArray.from_arrays(
             pa.array(compact, pa.int32(), mask=compact < 0),
-            enc[f"dict_{name}"].filter(pa.array(used)))
+            enc[f"dict_{name}"].filter(pa.array(used)),
+        )
 
     if keep_missing_mbid:
         artist_idx, track_idx = enc["artist_name"][rows], enc["track_key"][rows]
     else:
         artist_idx, track_idx = enc["artist_id"][rows], enc["track_id"][rows]
-    return pa.table({
-        "user_idx": pa.array(enc["user_id"][rows], pa.int32()),
-        "ts_s": pa.array(enc["ts_s"][rows], pa.int64()),
-        "artist_idx": pa.array(artist_idx, pa.int32()),
-        "track_idx": pa.array(track_idx, pa.int32()),
-        "artist_name": dict_col("artist_name"),
-        "track_name": dict_col("track_name"),
-        "track_mbid": dict_col("track_id"),
-    })
+    return pa.table(
+        {
+            "user_idx": pa.array(enc["user_id"][rows], pa.int32()),
+            "ts_s": pa.array(enc["ts_s"][rows], pa.int64()),
+            "artist_idx": pa.array(artist_idx, pa.int32()),
+            "track_idx": pa.array(track_idx, pa.int32()),
+            "artist_name": dict_col("artist_name"),
+            "track_name": dict_col("track_name"),
+            "track_mbid": dict_col("track_id"),
+        }
+    )
 
 
 def add_track_key(enc: dict) -> None:
@@ -362,22 +427,43 @@ def stats_markdown(stats: dict[str, dict], extra: dict[str, dict]) -> str:
     parts = []
     for table_name, cols in stats.items():
         rows = [[c, s["count"], s["unique"], s["top"], s["freq"]] for c, s in cols.items()]
-        parts.append(f"### {table_name} ({extra[table_name]['rows']:,} rows, "
-                     f"{extra[table_name]['users']:,} users)\n\n"
-                     + markdown_table(["column", "count", "unique", "top", "freq"], rows))
+        parts.append(
+            f"### {table_name} ({extra[table_name]['rows']:,} rows, "
+            f"{extra[table_name]['users']:,} users)\n\n"
+            + markdown_table(["column", "count", "unique", "top", "freq"], rows)
+        )
     study_rows = []
     for name, fig in STUDY.items():
         ours = extra.get(name if name != "clean" else "clean", {})
         ours_stats = stats.get(name, {})
-        study_rows.append([name, fig.get("rows"), ours.get("rows"), fig.get("user_id"),
-                           ours.get("users"), fig.get("track_id"),
-                           ours_stats.get("track_id", {}).get("unique")])
-    parts.append("### ours next to the study's published figures\n\n"
-                 "The study read the file with pandas defaults (quote processing on), "
-                 "which lost 52,015 plays; ours is the exact parse.\n\n"
-                 + markdown_table(["table", "study rows", "our rows", "study users",
-                                   "our users", "study track ids", "our track ids"],
-                                  study_rows))
+        study_rows.append(
+            [
+                name,
+                fig.get("rows"),
+                ours.get("rows"),
+                fig.get("user_id"),
+                ours.get("users"),
+                fig.get("track_id"),
+                ours_stats.get("track_id", {}).get("unique"),
+            ]
+        )
+    parts.append(
+        "### ours next to the study's published figures\n\n"
+        "The study read the file with pandas defaults (quote processing on), "
+        "which lost 52,015 plays; ours is the exact parse.\n\n"
+        + markdown_table(
+            [
+                "table",
+                "study rows",
+                "our rows",
+                "study users",
+                "our users",
+                "study track ids",
+                "our track ids",
+            ],
+            study_rows,
+        )
+    )
     return "\n\n".join(parts) + "\n"
 
 
@@ -409,8 +495,10 @@ def resolve_input(layout: Layout, cfg: PreprocessConfig) -> Path:
             cands = [p / Path(TSV).name, p / TSV]
             p = next((c for c in cands if c.exists()), cands[0])
         if not p.exists():
-            raise PipelineError(f"--input {cfg.input}: no such file (expected the plays TSV "
-                                f"or a folder holding {Path(TSV).name})")
+            raise PipelineError(
+                f"--input {cfg.input}: no such file (expected the plays TSV "
+                f"or a folder holding {Path(TSV).name})"
+            )
         return p
     raw = make(layout.raw())
     archive = download(cfg.url, raw / ARCHIVE, md5=cfg.md5, size=cfg.size)
@@ -441,8 +529,10 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> di
     if res.table.num_rows == 0:
         raise PipelineError(f"{tsv}: no valid play among {res.lines:,} lines; see rejects")
     write_rejects(out / "rejects.tsv", res.rejects)
-    log(f"parsed {res.lines:,} lines in {t_parse:.1f}s: {res.table.num_rows:,} rows, "
-        f"{len(res.rejects):,} rejects {res.reject_counts}, {res.repaired:,} repaired")
+    log(
+        f"parsed {res.lines:,} lines in {t_parse:.1f}s: {res.table.num_rows:,} rows, "
+        f"{len(res.rejects):,} rejects {res.reject_counts}, {res.repaired:,} repaired"
+    )
     enc = encode(res.table)
     del res.table
     n = len(enc["ts_s"])
@@ -453,8 +543,12 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> di
         add_track_key(enc)
         clean = (enc["artist_name"] >= 0) & (enc["track_name"] >= 0)
     else:
-        clean = ((enc["artist_id"] >= 0) & (enc["artist_name"] >= 0)
-                 & (enc["track_id"] >= 0) & (enc["track_name"] >= 0))
+        clean = (
+            (enc["artist_id"] >= 0)
+            & (enc["artist_name"] >= 0)
+            & (enc["track_id"] >= 0)
+            & (enc["track_name"] >= 0)
+        )
     kept = clean & in_range
     windows = month_windows(enc["ts_s"], in_range, months, anchor)
     masks = {"raw": None, "clean": clean}
@@ -462,36 +556,51 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> di
         masks[name] = kept & (enc["ts_s"] >= start) & (enc["ts_s"] < end)
     for name, mask in masks.items():
         if name in windows and not mask.any():
-            raise PipelineError(f"window {name} holds no play (anchor {anchor}); "
-                                "choose other --months or --anchor")
+            raise PipelineError(
+                f"window {name} holds no play (anchor {anchor}); choose other --months or --anchor"
+            )
+
     # Window files are built and written in a thread while the statistics, the
     # report and the plot are made (Parquet writing releases the GIL).
     def write_window(name: str) -> dict:
         rows = np.flatnonzero(masks[name] if name != "all" else kept)
         table = plays_table(enc, rows, keep_missing_mbid)
         pq.write_table(table, out / f"{name}.parquet", compression="zstd")
-        return {"rows": table.num_rows,
-                "tracks": distinct_count(table["track_idx"].to_numpy()),
-                "users": distinct_count(table["user_idx"].to_numpy())}
+        return {
+            "rows": table.num_rows,
+            "tracks": distinct_count(table["track_idx"].to_numpy()),
+            "users": distinct_count(table["user_idx"].to_numpy()),
+        }
 
     with ThreadPoolExecutor(max_workers=1) as pool:
-        futures = {name: pool.submit(write_window, name)
-                   for name in list(windows) + (["all"] if write_all else [])}
+        futures = {
+            name: pool.submit(write_window, name)
+            for name in list(windows) + (["all"] if write_all else [])
+        }
         _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to)
         written = {name: f.result() for name, f in futures.items()}
     name = Path(tsv).name
     if name in KNOWN_MD5 and res.md5 != KNOWN_MD5[name]:
-        log(f"warning: {name} MD5 {res.md5} differs from the published "
-            f"{KNOWN_MD5[name]} (not the original file)")
+        log(
+            f"warning: {name} MD5 {res.md5} differs from the published "
+            f"{KNOWN_MD5[name]} (not the original file)"
+        )
     return {
-        "input": {**fingerprint(tsv), "md5": res.md5, "lines": res.lines,
-                  "md5_reused": known is not None},
-        "rows_parsed": int(n), "rejects": res.reject_counts, "repaired": res.repaired,
+        "input": {
+            **fingerprint(tsv),
+            "md5": res.md5,
+            "lines": res.lines,
+            "md5_reused": known is not None,
+        },
+        "rows_parsed": int(n),
+        "rejects": res.reject_counts,
+        "repaired": res.repaired,
         "lines_accounted": int(n) + len(res.rejects),
-        "out_of_range": int((~in_range).sum()), "dropped_missing": int((~clean).sum()),
-        "windows": {k: {"start_s": v[0], "end_s": v[1], **written[k]}
-                    for k, v in windows.items()},
-        "all": written.get("all"), "users": enc["dict_user_id"].to_pylist(),
+        "out_of_range": int((~in_range).sum()),
+        "dropped_missing": int((~clean).sum()),
+        "windows": {k: {"start_s": v[0], "end_s": v[1], **written[k]} for k, v in windows.items()},
+        "all": written.get("all"),
+        "users": enc["dict_user_id"].to_pylist(),
         "seconds": {"parse": round(t_parse, 2), "total": round(time.perf_counter() - t0, 2)},
     }
 
@@ -502,15 +611,17 @@ def _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to
     stats, extra = {}, {}
     for name, mask in masks.items():
         stats[name] = column_stats(enc, mask)
-        extra[name] = {"rows": int(n if mask is None else mask.sum()),
-                       "users": stats[name]["user_id"]["unique"]}
+        extra[name] = {
+            "rows": int(n if mask is None else mask.sum()),
+            "users": stats[name]["user_id"]["unique"],
+        }
     md = stats_markdown(stats, extra)
     (reports / "preprocess_stats.md").write_text(
         f"## Preprocessing statistics\n\nInput: `{tsv}` ({res.lines:,} lines; "
         f"{len(res.rejects):,} rejects; {res.repaired:,} repaired; "
-        f"{int((~in_range).sum()):,} plays outside {valid_from}..{valid_to} excluded)\n\n" + md)
-    write_json(reports / "preprocess_stats.json", {"tables": stats, "sizes": extra,
-                                                    "study": STUDY})
+        f"{int((~in_range).sum()):,} plays outside {valid_from}..{valid_to} excluded)\n\n" + md
+    )
+    write_json(reports / "preprocess_stats.json", {"tables": stats, "sizes": extra, "study": STUDY})
     plot_plays_per_user(enc, clean, reports / "plays_per_user.png")
     print(md)
 
@@ -529,14 +640,26 @@ def main(argv=None) -> None:
     tsv = resolve_input(layout, cfg)
     out = make(layout.preprocessed())
     reports = make(layout.reports())
-    params = {"months": months, "anchor": cfg.anchor, "keep_missing_mbid": cfg.keep_missing_mbid,
-              "write_all": cfg.write_all, "valid_from": cfg.valid_from,
-              "valid_to": cfg.valid_to, "input": fingerprint(tsv)}
-    if not cfg.force and params_match(out / "meta.json", params) and all(
-            (out / f"{m}m.parquet").exists() for m in months):
+    params = {
+        "months": months,
+        "anchor": cfg.anchor,
+        "keep_missing_mbid": cfg.keep_missing_mbid,
+        "write_all": cfg.write_all,
+        "valid_from": cfg.valid_from,
+        "valid_to": cfg.valid_to,
+        "input": fingerprint(tsv),
+    }
+    if (
+        not cfg.force
+        and params_match(out / "meta.json", params)
+        and all((out / f"{m}m.parquet").exists() for m in months)
+    ):
         log(f"{out} is current for these parameters; skipping (use --force to redo)")
-        print((reports / "preprocess_stats.md").read_text() if
-              (reports / "preprocess_stats.md").exists() else "")
+        print(
+            (reports / "preprocess_stats.md").read_text()
+            if (reports / "preprocess_stats.md").exists()
+            else ""
+        )
         return
     meta = preprocess(tsv, out, reports, cfg)
     write_json(out / "meta.json", {"params": params, **meta})

@@ -16,10 +16,11 @@ Sessions: a new session starts after an inactivity gap of more than
 assigned to a split by the time of its *last* play, so no training play is
 later than the start of the validation period (GRU4Rec's rule).
 """
+
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,21 +28,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lastfm import common
 from lastfm import config as cfgs
-from lastfm.common import (PipelineError, fingerprint, log, markdown_table, params_match,
-                           read_json, run_main, write_json)
+from lastfm.common import PipelineError, log, markdown_table, read_json, run_main
 from lastfm.config import option
 from lastfm.data import SPLITS, read_table
 from lastfm.paths import Layout, make
+
 STUDY_1M = {"sessions": 173_327, "users": 742, "plays_per_session": 3.4}
 
 
 @dataclass
 class SessionConfig:
     """How plays become sessions and splits (recorded in each window's meta.json)."""
+
     gap_minutes: float = option(20.0, "inactivity gap (mode gap) or window length (mode window)")
-    mode: str = option("gap", "gap: a new session after an inactivity gap; window: fixed "
-                       "clock windows (the study's figures)", choices=["gap", "window"])
+    mode: str = option(
+        "gap",
+        "gap: a new session after an inactivity gap; window: fixed "
+        "clock windows (the study's figures)",
+        choices=["gap", "window"],
+    )
     collapse_repeats: bool = option(False, "merge a track repeated back-to-back")
     max_session_len: int = option(50, "keep the most recent N plays of a session (0: no cap)")
     min_len: int = option(2, "drop shorter sessions (2: drop length-1 sessions)")
@@ -52,10 +59,7 @@ class SessionConfig:
     def check(self) -> None:
         if self.gap_minutes <= 0:
             raise PipelineError(f"--gap-minutes {self.gap_minutes}: must be positive")
-        for name in ("max_session_len", "min_len", "min_user_sessions"):
-            if getattr(self, name) < 0:
-                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
-                                    "must be at least 0")
+        cfgs.require_at_least(self, 0, "max_session_len", "min_len", "min_user_sessions")
         check_fracs(self.valid_frac, self.test_frac)
 
 
@@ -88,8 +92,7 @@ def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFram
     """
     order = np.lexsort((plays["ts_s"].to_numpy(), plays["user_idx"].to_numpy()))
     df = plays.iloc[order].reset_index(drop=True)
-    user, ts, track = (df["user_idx"].to_numpy(), df["ts_s"].to_numpy(),
-                       df["track_idx"].to_numpy())
+    user, ts, track = (df["user_idx"].to_numpy(), df["ts_s"].to_numpy(), df["track_idx"].to_numpy())
     new = session_starts(user, ts, cfg)
     sess = np.cumsum(new) - 1
     counts = {"plays": len(df), "sessions": int(new.sum()), "users": int(len(np.unique(user)))}
@@ -123,9 +126,15 @@ def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFram
     m = ok_user[df["user_idx"].to_numpy()]
     df, sess, pos = df[m], sess[m], pos[m]
     # Renumber sessions by start time (ties: user).
-    out = pd.DataFrame({"user_idx": df["user_idx"].to_numpy(), "ts_s": df["ts_s"].to_numpy(),
-                        "track_idx": df["track_idx"].to_numpy(), "old": sess,
-                        "position": pos.astype(np.int16)})
+    out = pd.DataFrame(
+        {
+            "user_idx": df["user_idx"].to_numpy(),
+            "ts_s": df["ts_s"].to_numpy(),
+            "track_idx": df["track_idx"].to_numpy(),
+            "old": sess,
+            "position": pos.astype(np.int16),
+        }
+    )
     start_ts = out.groupby("old", sort=True)["ts_s"].transform("min").to_numpy()
     first = out["position"].to_numpy() == 0
     order = np.lexsort((out["user_idx"].to_numpy()[first], start_ts[first]))
@@ -133,8 +142,9 @@ def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFram
     rank[order] = np.arange(len(order))
     out["sess"] = rank[np.cumsum(first) - 1]
     out = out.drop(columns="old").sort_values(["sess", "position"], kind="stable")
-    counts.update(kept_plays=len(out), kept_sessions=int(first.sum()),
-                  kept_users=int(ok_user.sum()))
+    counts.update(
+        kept_plays=len(out), kept_sessions=int(first.sum()), kept_users=int(ok_user.sum())
+    )
     return out.reset_index(drop=True), counts
 
 
@@ -158,16 +168,22 @@ def build_vocab(train: pd.DataFrame, plays: pd.DataFrame) -> pd.DataFrame:
     """Training tracks by descending count: item_idx 1..V, with names."""
     counts = train["track_idx"].value_counts(sort=False)
     vocab = pd.DataFrame({"track_idx": counts.index.to_numpy(), "train_count": counts.to_numpy()})
-    vocab = vocab.sort_values(["train_count", "track_idx"], ascending=[False, True],
-                              kind="stable").reset_index(drop=True)
+    vocab = vocab.sort_values(
+        ["train_count", "track_idx"], ascending=[False, True], kind="stable"
+    ).reset_index(drop=True)
     vocab.insert(0, "item_idx", np.arange(1, len(vocab) + 1, dtype=np.int32))
     names = plays.drop_duplicates("track_idx").set_index("track_idx")
     for col in ("artist_idx", "artist_name", "track_name", "track_mbid"):
-        vocab[col] = names[col].reindex(vocab["track_idx"]).astype(
-            object if col not in ("artist_idx",) else np.int32).to_numpy()
+        vocab[col] = (
+            names[col]
+            .reindex(vocab["track_idx"])
+            .astype(object if col not in ("artist_idx",) else np.int32)
+            .to_numpy()
+        )
     mbid = vocab["track_mbid"].fillna("").astype(str)
-    vocab["track_key"] = np.where(mbid != "", mbid, vocab["artist_name"].astype(str) + "\t"
-                                  + vocab["track_name"].astype(str))
+    vocab["track_key"] = np.where(
+        mbid != "", mbid, vocab["artist_name"].astype(str) + "\t" + vocab["track_name"].astype(str)
+    )
     return vocab
 
 
@@ -182,8 +198,10 @@ def apply_vocab(part: pd.DataFrame, vocab: pd.DataFrame, min_len: int) -> tuple[
     n_before = part["sess"].nunique()
     out = out[lens.to_numpy() >= max(2, min_len)].copy()
     out["position"] = out.groupby("sess").cumcount().astype(np.int16)
-    dropped = {"unseen_plays": int((~seen).sum()),
-               "sessions_dropped": int(n_before - out["sess"].nunique())}
+    dropped = {
+        "unseen_plays": int((~seen).sum()),
+        "sessions_dropped": int(n_before - out["sess"].nunique()),
+    }
     return out.reset_index(drop=True), dropped
 
 
@@ -192,10 +210,14 @@ def split_stats(parts: dict[str, pd.DataFrame]) -> dict[str, dict]:
     for name, df in parts.items():
         lens = df.groupby("session_id").size().to_numpy() if len(df) else np.zeros(1)
         stats[name] = {
-            "sessions": int(df["session_id"].nunique()), "plays": int(len(df)),
-            "users": int(df["user_idx"].nunique()), "tracks": int(df["item_idx"].nunique()),
-            "len_mean": float(lens.mean()), "len_median": float(np.median(lens)),
-            "len_p90": float(np.percentile(lens, 90)), "len_max": int(lens.max()),
+            "sessions": int(df["session_id"].nunique()),
+            "plays": int(len(df)),
+            "users": int(df["user_idx"].nunique()),
+            "tracks": int(df["item_idx"].nunique()),
+            "len_mean": float(lens.mean()),
+            "len_median": float(np.median(lens)),
+            "len_p90": float(np.percentile(lens, 90)),
+            "len_max": int(lens.max()),
             "first": str(pd.Timestamp(int(df["ts_s"].min()), unit="s")) if len(df) else "",
             "last": str(pd.Timestamp(int(df["ts_s"].max()), unit="s")) if len(df) else "",
         }
@@ -209,13 +231,18 @@ def sessionize_window(src: Path, out: Path, cfg: SessionConfig) -> dict:
         raise PipelineError(f"{src}: the window holds no play")
     sessions, counts = build_sessions(plays[["user_idx", "ts_s", "track_idx"]], cfg)
     if len(sessions) == 0:
-        raise PipelineError(f"{src}: no session left after filtering ({counts}); "
-                            "lower --min-user-sessions or --min-len")
+        raise PipelineError(
+            f"{src}: no session left after filtering ({counts}); "
+            "lower --min-user-sessions or --min-len"
+        )
     parts, bounds = split_by_time(sessions, cfg.valid_frac, cfg.test_frac)
     vocab = build_vocab(parts["train"], plays)
-    parts["train"]["item_idx"] = pd.Series(
-        vocab["item_idx"].to_numpy(), index=vocab["track_idx"].to_numpy()
-    ).reindex(parts["train"]["track_idx"].to_numpy()).to_numpy().astype(np.int32)
+    parts["train"]["item_idx"] = (
+        pd.Series(vocab["item_idx"].to_numpy(), index=vocab["track_idx"].to_numpy())
+        .reindex(parts["train"]["track_idx"].to_numpy())
+        .to_numpy()
+        .astype(np.int32)
+    )
     dropped = {}
     for name in ("valid", "test"):
         parts[name], dropped[name] = apply_vocab(parts[name], vocab, cfg.min_len)
@@ -225,20 +252,52 @@ def sessionize_window(src: Path, out: Path, cfg: SessionConfig) -> dict:
         parts[name] = df
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), out / f"{name}.parquet")
         df.rename(columns={"session_id": "SessionId", "item_idx": "ItemId", "ts_s": "Time"})[
-            ["SessionId", "ItemId", "Time"]].to_csv(out / f"{name}.tsv", sep="\t", index=False)
+            ["SessionId", "ItemId", "Time"]
+        ].to_csv(out / f"{name}.tsv", sep="\t", index=False)
     vocab.to_parquet(out / "vocab.parquet", index=False)
     stats = split_stats(parts)
-    rows = [[n, s["sessions"], s["plays"], s["users"], s["tracks"], s["len_mean"],
-             s["len_median"], s["len_p90"], s["len_max"], s["first"], s["last"]]
-            for n, s in stats.items()]
-    md = (f"### sessions of `{src.name}` ({cfg.mode}, {cfg.gap_minutes:g} min)\n\n"
-          + markdown_table(["split", "sessions", "plays", "users", "tracks", "mean len",
-                            "median len", "p90 len", "max len", "first", "last"], rows))
+    rows = [
+        [
+            n,
+            s["sessions"],
+            s["plays"],
+            s["users"],
+            s["tracks"],
+            s["len_mean"],
+            s["len_median"],
+            s["len_p90"],
+            s["len_max"],
+            s["first"],
+            s["last"],
+        ]
+        for n, s in stats.items()
+    ]
+    md = f"### sessions of `{src.name}` ({cfg.mode}, {cfg.gap_minutes:g} min)\n\n" + markdown_table(
+        [
+            "split",
+            "sessions",
+            "plays",
+            "users",
+            "tracks",
+            "mean len",
+            "median len",
+            "p90 len",
+            "max len",
+            "first",
+            "last",
+        ],
+        rows,
+    )
     (out / "stats.md").write_text(md + "\n")
-    manifest = {"counts": counts, "split_bounds": bounds, "unseen_dropped": dropped,
-                "splits": stats, "vocab_size": int(len(vocab)),
-                "vocab_md5": vocab_checksum(vocab)}
-    write_json(out / "stats.json", manifest)
+    manifest = {
+        "counts": counts,
+        "split_bounds": bounds,
+        "unseen_dropped": dropped,
+        "splits": stats,
+        "vocab_size": int(len(vocab)),
+        "vocab_md5": vocab_checksum(vocab),
+    }
+    common.write_json(out / "stats.json", manifest)
     return manifest
 
 
@@ -254,20 +313,48 @@ def study_table(results: dict[str, dict]) -> str:
     rows = []
     for window, m in results.items():
         c = m["counts"]
-        rows.append([window, c["plays"], c["sessions"], round(c["plays"] / max(1, c["sessions"]), 2),
-                     c["kept_sessions"], c["kept_users"], c["users_dropped"],
-                     m["vocab_size"]])
-    note = (f"\nThe study's 1-month window: {STUDY_1M['sessions']:,} sessions of about "
-            f"{STUDY_1M['plays_per_session']} plays; {STUDY_1M['users']} users kept.\n")
-    return markdown_table(["window", "plays", "sessions", "plays/session", "kept sessions",
-                           "kept users", "users dropped", "train tracks"], rows) + note
+        rows.append(
+            [
+                window,
+                c["plays"],
+                c["sessions"],
+                round(c["plays"] / max(1, c["sessions"]), 2),
+                c["kept_sessions"],
+                c["kept_users"],
+                c["users_dropped"],
+                m["vocab_size"],
+            ]
+        )
+    note = (
+        f"\nThe study's 1-month window: {STUDY_1M['sessions']:,} sessions of about "
+        f"{STUDY_1M['plays_per_session']} plays; {STUDY_1M['users']} users kept.\n"
+    )
+    return (
+        markdown_table(
+            [
+                "window",
+                "plays",
+                "sessions",
+                "plays/session",
+                "kept sessions",
+                "kept users",
+                "users dropped",
+                "train tracks",
+            ],
+            rows,
+        )
+        + note
+    )
 
 
 def parse_args(argv=None) -> tuple[Layout, SessionConfig, argparse.Namespace]:
     ap = argparse.ArgumentParser(description="Sessionize and split the preprocessed windows.")
     cfgs.add_data_dir(ap)
-    ap.add_argument("--windows", default=None,
-                    help="comma-separated window names (default: every window preprocess wrote)")
+    ap.add_argument(
+        "--windows",
+        default=None,
+        help="comma-separated window names (default: every window preprocess wrote)",
+    )
     ap.add_argument("--force", action="store_true", help="redo windows that are current")
     cfgs.add_flags(ap, SessionConfig, "sessions")
     args = ap.parse_args(argv)
@@ -289,20 +376,24 @@ def main(argv=None) -> None:
     for w in windows:
         src = src_dir / f"{w}.parquet"
         out = make(layout.sessions(w))
-        params = {**cfgs.as_dict(cfg), "input": fingerprint(src)}
-        if not args.force and params_match(out / "meta.json", params):
+        params = {**cfgs.as_dict(cfg), "input": common.fingerprint(src)}
+        if not args.force and common.params_match(out / "meta.json", params):
             log(f"{out} is current; skipping")
             results[w] = read_json(out / "meta.json")
             continue
         log(f"sessionizing {src}")
         manifest = sessionize_window(src, out, cfg)
-        write_json(out / "meta.json", {"params": params, **manifest})
+        common.write_json(out / "meta.json", {"params": params, **manifest})
         results[w] = manifest
         print((out / "stats.md").read_text())
     table = study_table(results)
     reports = make(layout.reports())
-    (reports / "sessions.md").write_text("## Sessions per window\n\n" + table + "\n\n" + "\n\n".join(
-        (layout.sessions(w) / "stats.md").read_text() for w in windows))
+    (reports / "sessions.md").write_text(
+        "## Sessions per window\n\n"
+        + table
+        + "\n\n"
+        + "\n\n".join((layout.sessions(w) / "stats.md").read_text() for w in windows)
+    )
     print(table)
 
 

@@ -21,6 +21,7 @@ real from it:
 
 Usage: ``python synth.py --out data/synthetic --users 40 --plays 200000``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,31 +57,90 @@ GENRES = [
     ("trip-hop", ["downtempo", "chillout", "lounge", "bristol"]),
     ("country", ["alt-country", "bluegrass", "outlaw country", "honky tonk"]),
 ]
-EXTRA_TAGS = ["seen live", "favorites", "awesome", "beautiful", "mellow", "love",
-              "00s", "90s", "german", "swedish", "canadian", "french", "instrumental",
-              "male vocalists", "chill", "party", "sad", "epic", "experimental", "cover"]
-SYLLABLES = ["ka", "lo", "mi", "ra", "ven", "dor", "the", "sun", "el", "tri", "on", "ax",
-             "mo", "ni", "ber", "sta", "qu", "ill", "ro", "za", "pe", "lix", "gra", "vu"]
-UNICODE_WORDS = ["坂本", "龍一", "Björk", "Sigur Rós", "Мумий", "Тролль", "Mötley", "Café",
-                 "東京", "Niño", "Zoë", "Œuvre", "Ærø", "Süß", "Ελλάδα", "Ñu"]
+EXTRA_TAGS = [
+    "seen live",
+    "favorites",
+    "awesome",
+    "beautiful",
+    "mellow",
+    "love",
+    "00s",
+    "90s",
+    "german",
+    "swedish",
+    "canadian",
+    "french",
+    "instrumental",
+    "male vocalists",
+    "chill",
+    "party",
+    "sad",
+    "epic",
+    "experimental",
+    "cover",
+]
+SYLLABLES = [
+    "ka",
+    "lo",
+    "mi",
+    "ra",
+    "ven",
+    "dor",
+    "the",
+    "sun",
+    "el",
+    "tri",
+    "on",
+    "ax",
+    "mo",
+    "ni",
+    "ber",
+    "sta",
+    "qu",
+    "ill",
+    "ro",
+    "za",
+    "pe",
+    "lix",
+    "gra",
+    "vu",
+]
+UNICODE_WORDS = [
+    "坂本",
+    "龍一",
+    "Björk",
+    "Sigur Rós",
+    "Мумий",
+    "Тролль",
+    "Mötley",
+    "Café",
+    "東京",
+    "Niño",
+    "Zoë",
+    "Œuvre",
+    "Ærø",
+    "Süß",
+    "Ελλάδα",
+    "Ñu",
+]
 
 
 @dataclass
 class SynthConfig:
     users: int = 992
-    plays: int = 19_150_000          # approximate total (rounded per user)
-    months: int = 51                 # history length before END (Feb 2005 .. May 2009)
+    plays: int = 19_150_000  # approximate total (rounded per user)
+    months: int = 51  # history length before END (Feb 2005 .. May 2009)
     clusters: int = 16
-    artists: int = 0                 # 0: plays // 110 (the real ratio), at least 60
-    tracks_per_artist: float = 6.0   # mean
-    session_plays: float = 13.0      # mean plays per session (20-minute gaps)
-    same_artist: float = 0.75        # P(next play by the same artist)
-    album_order: float = 0.6         # P(next same-artist track is the following one)
+    artists: int = 0  # 0: plays // 110 (the real ratio), at least 60
+    tracks_per_artist: float = 6.0  # mean
+    session_plays: float = 13.0  # mean plays per session (20-minute gaps)
+    same_artist: float = 0.75  # P(next play by the same artist)
+    album_order: float = 0.6  # P(next same-artist track is the following one)
     missing_artist_mbid: float = 0.03
     missing_track_mbid: float = 0.11
-    stray_tabs: int = -1             # lines with a tab inside a name; -1: 1 per 2M plays, >= 2
-    bad_timestamps: int = -1         # plays dated outside 2005-2009; -1: 1 per 1M plays, >= 1
-    untagged_tracks: float = 0.3     # share of tracks with no planted tags
+    stray_tabs: int = -1  # lines with a tab inside a name; -1: 1 per 2M plays, >= 2
+    bad_timestamps: int = -1  # plays dated outside 2005-2009; -1: 1 per 1M plays, >= 1
+    untagged_tracks: float = 0.3  # share of tracks with no planted tags
     seed: int = 0
 
 
@@ -103,15 +163,17 @@ def _names(rng: np.random.Generator, n: int, words: tuple[int, int]) -> list[str
     uni = rng.integers(0, len(UNICODE_WORDS), size=n)
     names = []
     for i in range(n):
-        ws = ["".join(SYLLABLES[s] for s in syl[i, w, :nsyl[i, w]]).capitalize()
-              for w in range(counts[i])]
+        ws = [
+            "".join(SYLLABLES[s] for s in syl[i, w, : nsyl[i, w]]).capitalize()
+            for w in range(counts[i])
+        ]
         if kind[i] < 0.06:
             ws.insert(0, UNICODE_WORDS[uni[i]])
         name = " ".join(ws)
         if 0.06 <= kind[i] < 0.07:
-            name = f'"{name}"'                  # starts with a quote
+            name = f'"{name}"'  # starts with a quote
         elif 0.07 <= kind[i] < 0.08:
-            name = f'{name} ("{ws[0]}" Mix)'    # contains quotes
+            name = f'{name} ("{ws[0]}" Mix)'  # contains quotes
         names.append(name)
     return names
 
@@ -139,13 +201,14 @@ class Catalogue:
         tr_mbid[rng.random(n_tracks) < cfg.missing_track_mbid] = ""
         art_name = np.array(_names(rng, n_art, (1, 3)), dtype=object)
         tr_name = np.array(_names(rng, n_tracks, (1, 4)), dtype=object)
-        tr_name[rng.random(n_tracks) < 2e-4] = ""   # a few tracks without a title
+        tr_name[rng.random(n_tracks) < 2e-4] = ""  # a few tracks without a title
         self.art_mbid, self.art_name = art_mbid, art_name
         self.tr_mbid, self.tr_name = tr_mbid, tr_name
         ta = self.track_artist
         self.suffix = np.array(
-            [f"{art_mbid[a]}\t{art_name[a]}\t{tr_mbid[t]}\t{tr_name[t]}"
-             for t, a in enumerate(ta)], dtype=object)
+            [f"{art_mbid[a]}\t{art_name[a]}\t{tr_mbid[t]}\t{tr_name[t]}" for t, a in enumerate(ta)],
+            dtype=object,
+        )
         self.by_cluster = [np.flatnonzero(self.cluster == c) for c in range(cfg.clusters)]
 
     def stray_tab_suffix(self, t: int, rng: np.random.Generator) -> str:
@@ -263,7 +326,7 @@ def generate(out: Path, cfg: SynthConfig, archive: bool = False) -> dict:
                     lines[i] = f"{user}\t{ts_str[i]}Z\t{cat.stray_tab_suffix(tracks[i], rng)}"
                 if g in badts:
                     i = g - offset
-                    bogus = "1970-01-01T00:00:%02dZ" % rng.integers(0, 60)
+                    bogus = f"1970-01-01T00:00:{int(rng.integers(0, 60)):02d}Z"
                     lines[i] = f"{user}\t{bogus}\t{suffix[i]}"
             offset += len(lines)
             lines.reverse()  # the real file lists each user's plays newest first
@@ -275,13 +338,21 @@ def generate(out: Path, cfg: SynthConfig, archive: bool = False) -> dict:
         "lastfm-dataset-1K (SYNTHETIC, generated by synth.py)\n\n"
         "userid \\t timestamp \\t musicbrainz-artist-id \\t artist-name \\t "
         "musicbrainz-track-id \\t track-name\n\n"
-        f"Total Lines: {n_lines:,}\nUnique Users: {cfg.users:,}\nConfig: {asdict(cfg)}\n")
+        f"Total Lines: {n_lines:,}\nUnique Users: {cfg.users:,}\nConfig: {asdict(cfg)}\n"
+    )
     gt = _write_ground_truth(Path(out) / "ground_truth", cat, played, cfg, rng)
-    summary = {"config": asdict(cfg), "lines": n_lines, "users": cfg.users,
-               "artists": len(cat.art_name), "tracks": len(cat.suffix),
-               "tracks_played": int(played.sum()), "stray_tab_lines": n_stray,
-               "bad_timestamp_lines": n_badts,
-               "same_artist_next": n_same / max(1, n_lines - cfg.users), **gt}
+    summary = {
+        "config": asdict(cfg),
+        "lines": n_lines,
+        "users": cfg.users,
+        "artists": len(cat.art_name),
+        "tracks": len(cat.suffix),
+        "tracks_played": int(played.sum()),
+        "stray_tab_lines": n_stray,
+        "bad_timestamp_lines": n_badts,
+        "same_artist_next": n_same / max(1, n_lines - cfg.users),
+        **gt,
+    }
     if archive:
         with tarfile.open(Path(out) / "lastfm-dataset-1K.tar.gz", "w:gz", compresslevel=1) as tar:
             tar.add(root, arcname="lastfm-dataset-1K")
@@ -290,8 +361,19 @@ def generate(out: Path, cfg: SynthConfig, archive: bool = False) -> dict:
 
 
 def _write_profiles(path: Path, n_users: int, rng: np.random.Generator) -> None:
-    countries = ["Japan", "Peru", "United States", "Germany", "United Kingdom", "Brazil",
-                 "Poland", "Sweden", "Canada", "Finland", ""]
+    countries = [
+        "Japan",
+        "Peru",
+        "United States",
+        "Germany",
+        "United Kingdom",
+        "Brazil",
+        "Poland",
+        "Sweden",
+        "Canada",
+        "Finland",
+        "",
+    ]
     rows = ["#id\tgender\tage\tcountry\tregistered"]
     months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
     for u in range(n_users):
@@ -303,13 +385,16 @@ def _write_profiles(path: Path, n_users: int, rng: np.random.Generator) -> None:
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
 
 
-def _write_ground_truth(out: Path, cat: Catalogue, played: np.ndarray, cfg: SynthConfig,
-                        rng: np.random.Generator) -> dict:
+def _write_ground_truth(
+    out: Path, cat: Catalogue, played: np.ndarray, cfg: SynthConfig, rng: np.random.Generator
+) -> dict:
     """Each track's taste cluster, and planted tags (artist, track, tag, weight)."""
     out.mkdir(parents=True, exist_ok=True)
     n_tags = 0
-    with open(out / "tracks.tsv", "w", encoding="utf-8") as ft, \
-            open(out / "track_tags.tsv", "w", encoding="utf-8") as fg:
+    with (
+        open(out / "tracks.tsv", "w", encoding="utf-8") as ft,
+        open(out / "track_tags.tsv", "w", encoding="utf-8") as fg,
+    ):
         ft.write("track_mbid\tartist_name\ttrack_name\tcluster\n")
         fg.write("artist\ttrack\ttag\tweight\n")
         for t in np.flatnonzero(played):
@@ -320,8 +405,9 @@ def _write_ground_truth(out: Path, cat: Catalogue, played: np.ndarray, cfg: Synt
             if not name or "\t" in art or rng.random() < cfg.untagged_tracks:
                 continue
             genre, sub = GENRES[c]
-            tags = [(genre, 100)] + [(s, int(rng.integers(20, 90)))
-                                     for s in rng.choice(sub, size=2, replace=False)]
+            tags = [(genre, 100)] + [
+                (s, int(rng.integers(20, 90))) for s in rng.choice(sub, size=2, replace=False)
+            ]
             tags.append((EXTRA_TAGS[(a * 7) % len(EXTRA_TAGS)], int(rng.integers(5, 40))))
             for tag, w in tags:
                 fg.write(f"{art}\t{name}\t{tag}\t{w}\n")
@@ -342,8 +428,10 @@ def main(argv=None) -> None:
     out, cfg, archive = parse_args(argv)
     log(f"generating {cfg.users} users, ~{cfg.plays:,} plays into {out}")
     summary = generate(out, cfg, archive=archive)
-    log(f"wrote {summary['lines']:,} lines, {summary['tracks_played']:,} tracks played; "
-        f"next play by the same artist {summary['same_artist_next']:.0%}")
+    log(
+        f"wrote {summary['lines']:,} lines, {summary['tracks_played']:,} tracks played; "
+        f"next play by the same artist {summary['same_artist_next']:.0%}"
+    )
 
 
 if __name__ == "__main__":

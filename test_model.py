@@ -15,6 +15,7 @@ For a window's splits (``<data>/sessions/<window>/``) it
 for tracks given by name (``--tracks "Artist - Title; Artist - Title"``), next
 to what was played next.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,17 @@ from lastfm import config as cfgs
 from lastfm.common import PipelineError, log, markdown_table, run_main, write_json
 from lastfm.config import option
 from lastfm.data import Events, load_splits, make_events, popularity, sample_events
-from lastfm.metrics import (CUTOFFS, TIE_POLICY, EvalResult, bootstrap_ci, by_prefix_length,
-                            evaluate, ranker_from_scorer, summarise)
-from lastfm.paths import Layout, ROOT, make
+from lastfm.metrics import (
+    CUTOFFS,
+    TIE_POLICY,
+    EvalResult,
+    bootstrap_ci,
+    by_prefix_length,
+    evaluate,
+    ranker_from_scorer,
+    summarise,
+)
+from lastfm.paths import ROOT, Layout, make
 
 REPORT_METRICS = [f"{m}@{n}" for n in CUTOFFS for m in ("HR", "MRR", "NDCG")]
 
@@ -45,15 +54,22 @@ REPORT_METRICS = [f"{m}@{n}" for n in CUTOFFS for m in ("HR", "MRR", "NDCG")]
 @dataclass
 class EvalConfig:
     """What is evaluated and how (``--recommend``: which recommendations are shown)."""
+
     window: str = option("1m", "window to evaluate (sessionize.py's folder name)")
     methods: str = option("POP,S-POP,SR,Item-kNN,V-SKNN", "baselines (comma-separated)")
     model: bool = option(True, "evaluate the trained model(s) too")
-    models: str | None = option(None, "comma-separated model folders "
-                                "(default <data>/models/<window>)")
-    save_ranks: str | None = option(None, "also save every method's per-event ranks and top-20 "
-                                    "(to merge with --ranks-from, e.g. from a GPU machine)")
-    ranks_from: str | None = option(None, "comma-separated --save-ranks files of the same test "
-                                    "events: their methods join the table")
+    models: str | None = option(
+        None, "comma-separated model folders (default <data>/models/<window>)"
+    )
+    save_ranks: str | None = option(
+        None,
+        "also save every method's per-event ranks and top-20 "
+        "(to merge with --ranks-from, e.g. from a GPU machine)",
+    )
+    ranks_from: str | None = option(
+        None,
+        "comma-separated --save-ranks files of the same test events: their methods join the table",
+    )
     exclude_seen: bool = option(False, "never recommend a track already in the session")
     prefix_len: int = option(50, "most recent tracks of a prefix every method sees")
     n_boot: int = option(1000, "bootstrap resamples for the intervals")
@@ -65,10 +81,7 @@ class EvalConfig:
     n: int = option(10, "recommendations to show")
 
     def check(self) -> None:
-        for name in ("prefix_len", "n_boot", "tune_events", "n"):
-            if getattr(self, name) < 1:
-                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
-                                    "must be at least 1")
+        cfgs.require_at_least(self, 1, "prefix_len", "n_boot", "tune_events", "n")
         known = [g.cls.name for g in bl.GRIDS]
         for m in self.method_list():
             if m not in known:
@@ -84,8 +97,9 @@ class EvalConfig:
         return [Path(p) for p in self.ranks_from.split(",")] if self.ranks_from else []
 
 
-def tune_baselines(train: pd.DataFrame, valid_events: Events, n_items: int, names: list[str],
-                   log_fn=log) -> list[tuple[bl.Baseline, dict]]:
+def tune_baselines(
+    train: pd.DataFrame, valid_events: Events, n_items: int, names: list[str], log_fn=log
+) -> list[tuple[bl.Baseline, dict]]:
     """Fit each grid point on train, keep the best by validation MRR@20 (then HR@20)."""
     chosen = []
     for grid in bl.GRIDS:
@@ -152,9 +166,12 @@ def events_md5(events: Events, vocab_md5: str, exclude_seen: bool, prefix_len: i
 def save_ranks(path: Path, raw: dict, results: dict, fingerprint: str) -> None:
     """Per-event ranks and top-20 of every method evaluated, to merge elsewhere."""
     names = list(raw)
-    meta = {"events_md5": fingerprint, "methods": names,
-            "params": {n: results[n]["params"] for n in names},
-            "seconds": {n: raw[n].seconds for n in names}}
+    meta = {
+        "events_md5": fingerprint,
+        "methods": names,
+        "params": {n: results[n]["params"] for n in names},
+        "seconds": {n: raw[n].seconds for n in names},
+    }
     arrays = {}
     for i, n in enumerate(names):
         arrays[f"ranks_{i}"] = raw[n].ranks.astype(np.int32)
@@ -176,20 +193,28 @@ def load_ranks(path: Path, fingerprint: str, events: Events) -> dict[str, tuple[
     except (OSError, ValueError, KeyError, TypeError) as e:  # not a --save-ranks file
         if z is not None:
             z.close()
-        raise PipelineError(f"--ranks-from {path}: not a file written by --save-ranks "
-                            f"({type(e).__name__}: {e})") from e
+        raise PipelineError(
+            f"--ranks-from {path}: not a file written by --save-ranks ({type(e).__name__}: {e})"
+        ) from e
     with z:
         if saved_md5 != fingerprint:
             raise PipelineError(
                 f"--ranks-from {path}: saved for other test events, vocabulary, --max-len or "
-                "--exclude-seen than this evaluation; evaluate on the same splits and options")
+                "--exclude-seen than this evaluation; evaluate on the same splits and options"
+            )
         out = {}
         for i, n in enumerate(names):
-            res = EvalResult(z[f"ranks_{i}"].astype(np.int64), events.sessions, events.positions,
-                             z[f"topk_{i}"].astype(np.int64), float(meta["seconds"][n]))
+            res = EvalResult(
+                z[f"ranks_{i}"].astype(np.int64),
+                events.sessions,
+                events.positions,
+                z[f"topk_{i}"].astype(np.int64),
+                float(meta["seconds"][n]),
+            )
             if len(res.ranks) != len(events):
-                raise PipelineError(f"--ranks-from {path}: {n} has {len(res.ranks)} events, "
-                                    f"expected {len(events)}")
+                raise PipelineError(
+                    f"--ranks-from {path}: {n} has {len(res.ranks)} events, expected {len(events)}"
+                )
             out[n] = (res, meta["params"][n])
     return out
 
@@ -201,8 +226,9 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
     test_events = make_events(splits["test"], ec.prefix_len)
     if len(test_events) == 0:
         raise PipelineError(f"window {ec.window}: the test split has no event")
-    valid_events = sample_events(make_events(splits["valid"], ec.prefix_len), ec.tune_events,
-                                 ec.seed)
+    valid_events = sample_events(
+        make_events(splits["valid"], ec.prefix_len), ec.tune_events, ec.seed
+    )
     t0 = time.perf_counter()
     chosen = tune_baselines(splits["train"], valid_events, n_items, ec.method_list())
     t_tune = time.perf_counter() - t0
@@ -212,23 +238,28 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
         res = evaluate(ranker_from_scorer(model.score, ec.exclude_seen), test_events, n_items, pop)
         results[model.name] = {"params": model.params, **res.summary, "tuning": info["tried"]}
         raw[model.name] = res
-        log(f"{model!r}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 "
-            f"{res.summary['MRR@20']:.4f} ({res.summary['events_per_s']:,.0f} events/s)")
+        log(
+            f"{model!r}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 "
+            f"{res.summary['MRR@20']:.4f} ({res.summary['events_per_s']:,.0f} events/s)"
+        )
     for model_dir in default_model_dirs(layout, ec) if ec.model else []:
         rankers, record = model_rankers(model_dir, meta["vocab_md5"], ec.exclude_seen)
-        name = "BiGRU-Att" + ("+tags" if record["model"]["tags"] and record.get("n_tags")
-                              else "")
+        name = "BiGRU-Att" + ("+tags" if record["model"]["tags"] and record.get("n_tags") else "")
         suffix = f" ({model_dir.name})" if ec.models else ""  # --models: by folder
-        params = {"model": record["model"], "best_epoch": record.get("best_epoch"),
-                  "seed": record["train"]["seed"]}
+        params = {
+            "model": record["model"],
+            "best_epoch": record.get("best_epoch"),
+            "seed": record["train"]["seed"],
+        }
         for variant, ranker in rankers:  # the network alone, then the hybrid if any
             label = name + variant + suffix
             res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
             p = {**params, "transitions": hybrid_weights(record)} if variant else params
             results[label] = {"params": p, **res.summary}
             raw[label] = res
-            log(f"{label}: test HR@20 {res.summary['HR@20']:.4f} "
-                f"MRR@20 {res.summary['MRR@20']:.4f}")
+            log(
+                f"{label}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}"
+            )
     fingerprint = events_md5(test_events, meta["vocab_md5"], ec.exclude_seen, ec.prefix_len)
     if ec.save_ranks:
         save_ranks(Path(ec.save_ranks), raw, results, fingerprint)
@@ -239,48 +270,86 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
                 if np.array_equal(raw[name].ranks, res.ranks):
                     log(f"{name} (from {path}): same ranks as evaluated here; kept once")
                     continue
-                raise PipelineError(f"--ranks-from {path}: {name} was also evaluated here, "
-                                    "with other ranks; rename or drop one")
+                raise PipelineError(
+                    f"--ranks-from {path}: {name} was also evaluated here, "
+                    "with other ranks; rename or drop one"
+                )
             res.summary = summarise(res, n_items, pop)
             results[name] = {"params": params, **res.summary, "ranks_from": str(path)}
             raw[name] = res
-            log(f"{name} (from {path}): test HR@20 {res.summary['HR@20']:.4f} "
-                f"MRR@20 {res.summary['MRR@20']:.4f}")
+            log(
+                f"{name} (from {path}): test HR@20 {res.summary['HR@20']:.4f} "
+                f"MRR@20 {res.summary['MRR@20']:.4f}"
+            )
     # Intervals, and differences to the best baseline (paired: same resamples).
     # Baselines evaluated here or merged from --ranks-from files.
     base_names = [n for n in results if n in {g.cls.name for g in bl.GRIDS}]
     best_base = max(base_names, key=lambda n: results[n]["MRR@20"]) if base_names else None
     for name, res in raw.items():
-        results[name]["ci"] = bootstrap_ci(res.ranks, res.sessions, REPORT_METRICS,
-                                           n_boot=ec.n_boot, seed=ec.seed)
+        results[name]["ci"] = bootstrap_ci(
+            res.ranks, res.sessions, REPORT_METRICS, n_boot=ec.n_boot, seed=ec.seed
+        )
         if best_base and name != best_base:
             results[name]["diff_vs_best_baseline"] = {
                 "baseline": best_base,
-                **{m: [results[name][m] - results[best_base][m], *bootstrap_ci(
-                    res.ranks, res.sessions, (m,), n_boot=ec.n_boot, seed=ec.seed,
-                    other_ranks=raw[best_base].ranks)[m]] for m in ("HR@20", "MRR@20")}}
-    return {"window": ec.window, "exclude_seen": ec.exclude_seen, "prefix_len": ec.prefix_len,
-            "n_boot": ec.n_boot, "tie_policy": TIE_POLICY,
-            "n_items": n_items, "test_events": len(test_events),
-            "test_sessions": int(len(np.unique(test_events.sessions))),
-            "valid_events_for_tuning": len(valid_events), "tuning_seconds": round(t_tune, 1),
-            "best_baseline": best_base, "methods": results, "_raw": raw}
+                **{
+                    m: [
+                        results[name][m] - results[best_base][m],
+                        *bootstrap_ci(
+                            res.ranks,
+                            res.sessions,
+                            (m,),
+                            n_boot=ec.n_boot,
+                            seed=ec.seed,
+                            other_ranks=raw[best_base].ranks,
+                        )[m],
+                    ]
+                    for m in ("HR@20", "MRR@20")
+                },
+            }
+    return {
+        "window": ec.window,
+        "exclude_seen": ec.exclude_seen,
+        "prefix_len": ec.prefix_len,
+        "n_boot": ec.n_boot,
+        "tie_policy": TIE_POLICY,
+        "n_items": n_items,
+        "test_events": len(test_events),
+        "test_sessions": int(len(np.unique(test_events.sessions))),
+        "valid_events_for_tuning": len(valid_events),
+        "tuning_seconds": round(t_tune, 1),
+        "best_baseline": best_base,
+        "methods": results,
+        "_raw": raw,
+    }
 
 
 def provenance(argv: list[str] | None, ec: EvalConfig) -> dict:
     """The command, commit and date of a results file (docs/RESULTS.md shows them)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                                capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, text=True, capture_output=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            text=True,
+            capture_output=True,
+        ).stdout.strip()
         commit += "+changes" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
     command = "python test_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    return {"command": command.strip(), "commit": commit,
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "config": cfgs.as_dict(ec)}
+    return {
+        "command": command.strip(),
+        "commit": commit,
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "config": cfgs.as_dict(ec),
+    }
 
 
 def results_markdown(res: dict) -> str:
@@ -292,24 +361,33 @@ def results_markdown(res: dict) -> str:
             row.append(f"{r[m]:.4f} [{lo:.4f}, {hi:.4f}]")
         row += [f"{r['coverage@20']:.3f}", f"{r.get('mean_pop@20', float('nan')):,.0f}"]
         rows.append(row)
-    head = ["method", "HR@1", "HR@5", "HR@10", "HR@20", "MRR@20", "NDCG@20", "cov@20",
-            "pop@20"]
-    diffs = [[n, r["diff_vs_best_baseline"]["baseline"],
-              "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r["diff_vs_best_baseline"]["HR@20"]),
-              "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r["diff_vs_best_baseline"]["MRR@20"])]
-             for n, r in res["methods"].items() if "diff_vs_best_baseline" in r]
+    head = ["method", "HR@1", "HR@5", "HR@10", "HR@20", "MRR@20", "NDCG@20", "cov@20", "pop@20"]
+    diffs = [
+        [
+            n,
+            r["diff_vs_best_baseline"]["baseline"],
+            "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r["diff_vs_best_baseline"]["HR@20"]),
+            "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r["diff_vs_best_baseline"]["MRR@20"]),
+        ]
+        for n, r in res["methods"].items()
+        if "diff_vs_best_baseline" in r
+    ]
     params = [[n, json.dumps(r["params"])] for n, r in res["methods"].items()]
     seen = "included (re-listening counts)" if not res["exclude_seen"] else "excluded"
-    return (f"## Results: window {res['window']}, test split\n\n"
-            f"Full ranking over {res['n_items']:,} tracks; {res['test_events']:,} events of "
-            f"{res['test_sessions']:,} sessions; tracks already in the session {seen}; "
-            f"tie policy {res['tie_policy']}; 95% bootstrap intervals over sessions "
-            f"({res['n_boot']} resamples). Baseline parameters chosen on validation "
-            f"MRR@20.\n\n" + markdown_table(head, rows)
-            + "\n\nDifference to the best baseline (paired bootstrap):\n\n"
-            + markdown_table(["method", "vs", "HR@20 diff [95% CI]", "MRR@20 diff [95% CI]"],
-                             diffs)
-            + "\n\nParameters:\n\n" + markdown_table(["method", "parameters"], params) + "\n")
+    return (
+        f"## Results: window {res['window']}, test split\n\n"
+        f"Full ranking over {res['n_items']:,} tracks; {res['test_events']:,} events of "
+        f"{res['test_sessions']:,} sessions; tracks already in the session {seen}; "
+        f"tie policy {res['tie_policy']}; 95% bootstrap intervals over sessions "
+        f"({res['n_boot']} resamples). Baseline parameters chosen on validation "
+        f"MRR@20.\n\n"
+        + markdown_table(head, rows)
+        + "\n\nDifference to the best baseline (paired bootstrap):\n\n"
+        + markdown_table(["method", "vs", "HR@20 diff [95% CI]", "MRR@20 diff [95% CI]"], diffs)
+        + "\n\nParameters:\n\n"
+        + markdown_table(["method", "parameters"], params)
+        + "\n"
+    )
 
 
 def plot_results(res: dict, out_dir: Path) -> None:
@@ -347,13 +425,24 @@ def plot_results(res: dict, out_dir: Path) -> None:
 def write_report(reports: Path) -> Path:
     """Gather every stage's tables and plots into ``reports/report.md``."""
     parts = ["# Last.fm-1K session-based next-track recommendation: report\n"]
-    for name in ("preprocess_stats.md", "sessions.md", "tags.md", "training.md",
-                 "training_notags.md", "results.md"):
+    for name in (
+        "preprocess_stats.md",
+        "sessions.md",
+        "tags.md",
+        "training.md",
+        "training_notags.md",
+        "results.md",
+    ):
         p = reports / name
         if p.exists():
             parts.append(p.read_text())
-    for png in ("plays_per_user.png", "training_curves.png", "training_curves_notags.png",
-                "results_bar.png", "results_by_prefix.png"):
+    for png in (
+        "plays_per_user.png",
+        "training_curves.png",
+        "training_curves_notags.png",
+        "results_bar.png",
+        "results_by_prefix.png",
+    ):
         if (reports / png).exists():
             parts.append(f"![{png}]({png})\n")
     out = reports / "report.md"
@@ -364,14 +453,19 @@ def write_report(reports: Path) -> Path:
 # --------------------------------------------------------------------------- recommend
 def _find_tracks(vocab: pd.DataFrame, spec: str) -> list[int]:
     """Item ids of 'Artist - Title; ...' (exact, case-insensitive)."""
-    key = (vocab["artist_name"].astype(str).str.lower() + " - "
-           + vocab["track_name"].astype(str).str.lower())
+    key = (
+        vocab["artist_name"].astype(str).str.lower()
+        + " - "
+        + vocab["track_name"].astype(str).str.lower()
+    )
     lookup = dict(zip(key, vocab["item_idx"]))
     items = []
     for part in [p.strip() for p in spec.split(";") if p.strip()]:
         if part.lower() not in lookup:
-            raise PipelineError(f"--tracks: {part!r} is not in the training vocabulary "
-                                "(write 'Artist - Title', separated by ';')")
+            raise PipelineError(
+                f"--tracks: {part!r} is not in the training vocabulary "
+                "(write 'Artist - Title', separated by ';')"
+            )
         items.append(int(lookup[part.lower()]))
     return items
 
@@ -379,8 +473,12 @@ def _find_tracks(vocab: pd.DataFrame, spec: str) -> list[int]:
 def recommend(layout: Layout, ec: EvalConfig) -> str:
     splits, vocab, meta = load_splits(layout, ec.window)
     n_items = len(vocab)
-    names = dict(zip(vocab["item_idx"], vocab["artist_name"].astype(str) + " - "
-                     + vocab["track_name"].astype(str)))
+    names = dict(
+        zip(
+            vocab["item_idx"],
+            vocab["artist_name"].astype(str) + " - " + vocab["track_name"].astype(str),
+        )
+    )
     actual = []
     if ec.tracks:
         prefix = _find_tracks(vocab, ec.tracks)
@@ -392,14 +490,16 @@ def recommend(layout: Layout, ec: EvalConfig) -> str:
         sid = int(ids[0]) if ec.session is None else ec.session
         rows = test[test["session_id"] == sid]
         if rows.empty:
-            raise PipelineError(f"--session {sid} is not a test session of window {ec.window} "
-                                f"(ids run {ids.min()}..{ids.max()})")
+            raise PipelineError(
+                f"--session {sid} is not a test session of window {ec.window} "
+                f"(ids run {ids.min()}..{ids.max()})"
+            )
         items = rows["item_idx"].tolist()
         cut = max(1, len(items) // 2)
         prefix, actual = items[:cut], items[cut:]
-    p = prefix[-ec.prefix_len:]
+    p = prefix[-ec.prefix_len :]
     pre = np.zeros((1, ec.prefix_len), np.int32)
-    pre[0, :len(p)] = p
+    pre[0, : len(p)] = p
     lengths = np.array([len(p)], np.int32)
     dirs = default_model_dirs(layout, ec) if ec.model else []
     if dirs:
@@ -413,9 +513,11 @@ def recommend(layout: Layout, ec: EvalConfig) -> str:
     _, top = ranker(pre, lengths, np.array([prefix[-1]], np.int32))
     lines = ["Session so far:"] + [f"  {i + 1:2d}. {names[t]}" for i, t in enumerate(prefix)]
     lines += [f"Top {ec.n} next tracks ({label}):"]
-    lines += [f"  {i + 1:2d}. {names[int(t)]}" + ("   <- played next" if actual and
-                                                   int(t) == actual[0] else "")
-              for i, t in enumerate(top[0][:ec.n])]
+    lines += [
+        f"  {i + 1:2d}. {names[int(t)]}"
+        + ("   <- played next" if actual and int(t) == actual[0] else "")
+        for i, t in enumerate(top[0][: ec.n])
+    ]
     if actual:
         lines += ["Actually played next:"] + [f"      {names[t]}" for t in actual[:5]]
     return "\n".join(lines)
@@ -439,8 +541,10 @@ def main(argv=None) -> None:
     md = results_markdown(res)
     (reports / "results.md").write_text(md)
     plot_results(res, reports)
-    write_json(reports / "results.json", {**{k: v for k, v in res.items() if k != "_raw"},
-                                          "provenance": provenance(argv, ec)})
+    write_json(
+        reports / "results.json",
+        {**{k: v for k, v in res.items() if k != "_raw"}, "provenance": provenance(argv, ec)},
+    )
     report = write_report(reports)
     print(md)
     log(f"wrote {reports / 'results.md'} and {report}")

@@ -18,6 +18,7 @@ logs with the TensorFlow backend); in ``<data>/reports/``:
 Backend: Keras 3 with TensorFlow by default; ``KERAS_BACKEND=jax`` or
 ``torch`` runs the same code. It uses a GPU whenever the backend sees one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,20 +47,27 @@ MODEL_FILES = ("model.keras", "config.json", hybrid.TABLE, "history.csv")
 @dataclass
 class TrainConfig:
     """How the network is trained (its own hyperparameters: ``model.ModelConfig``)."""
+
     window: str = option("1m", "window to train on (sessionize.py's folder name)")
     epochs: int = option(10, "maximum epochs (early stopping may end sooner)")
     batch_size: int = option(256, "examples per batch")
-    bucket_step: int = option(-1, "batches of similar prefix length, cut to a multiple of "
-                              "this width (-1: 1 on TensorFlow, 4 on JAX; 0: full width)")
+    bucket_step: int = option(
+        -1,
+        "batches of similar prefix length, cut to a multiple of "
+        "this width (-1: 1 on TensorFlow, 4 on JAX; 0: full width)",
+    )
     lr: float = option(2e-3, "Adam learning rate")
     cosine: bool = option(False, "cosine learning-rate decay to 0.1 x lr")
     clip_norm: float = option(1.0, "global-norm gradient clip (0: off)")
     patience: int = option(2, "epochs without validation MRR@20 gain before stopping")
     valid_events: int = option(20_000, "validation events (drawn with --seed) per epoch")
     max_train_examples: int = option(0, "use only the most recent N examples (0: all)")
-    transitions: int = option(16, "after training, choose on validation the network + "
-                              "transition counts hybrid over each track's K most frequent "
-                              "successors (0: off)")
+    transitions: int = option(
+        16,
+        "after training, choose on validation the network + "
+        "transition counts hybrid over each track's K most frequent "
+        "successors (0: off)",
+    )
     transitions_only: bool = option(False, "only refit the hybrid of the model in --out")
     mixed_precision: bool = option(False, "float16 compute (GPU)")
     tensorboard: bool = option(True, "TensorBoard logs (TensorFlow backend)")
@@ -68,14 +76,8 @@ class TrainConfig:
     verbose: int = option(2, "Keras progress output (0, 1, 2)")
 
     def check(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "valid_events"):
-            if getattr(self, name) < 1:
-                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
-                                    "must be at least 1")
-        for name in ("max_train_examples", "transitions", "clip_norm"):
-            if getattr(self, name) < 0:
-                raise PipelineError(f"--{name.replace('_', '-')} {getattr(self, name)}: "
-                                    "must be at least 0")
+        cfgs.require_at_least(self, 1, "epochs", "batch_size", "patience", "valid_events")
+        cfgs.require_at_least(self, 0, "max_train_examples", "transitions", "clip_norm")
         if self.lr <= 0:
             raise PipelineError(f"--lr {self.lr}: must be positive")
         if self.transitions_only and not self.transitions:
@@ -107,11 +109,17 @@ class FusedAdam(keras.optimizers.Adam):
         t = tf.cast(self.iterations + 1, dtype)
         b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
         tf.raw_ops.ResourceApplyAdam(
-            var=handle(variable), m=handle(self._momentums[i]), v=handle(self._velocities[i]),
-            beta1_power=tf.pow(b1, t), beta2_power=tf.pow(b2, t),
-            lr=tf.cast(learning_rate, dtype), beta1=b1, beta2=b2,
+            var=handle(variable),
+            m=handle(self._momentums[i]),
+            v=handle(self._velocities[i]),
+            beta1_power=tf.pow(b1, t),
+            beta2_power=tf.pow(b2, t),
+            lr=tf.cast(learning_rate, dtype),
+            beta1=b1,
+            beta2=b2,
             epsilon=tf.cast(self.epsilon, dtype),
-            grad=tf.cast(tf.convert_to_tensor(gradient), dtype))  # IndexedSlices: densified
+            grad=tf.cast(tf.convert_to_tensor(gradient), dtype),
+        )  # IndexedSlices: densified
 
 
 class LengthBuckets(keras.utils.PyDataset):
@@ -129,8 +137,15 @@ class LengthBuckets(keras.utils.PyDataset):
     ``step=0`` keeps the full width (plain shuffled batches).
     """
 
-    def __init__(self, prefixes: np.ndarray, lengths: np.ndarray, targets: np.ndarray,
-                 batch_size: int, seed: int = 0, step: int = 1):
+    def __init__(
+        self,
+        prefixes: np.ndarray,
+        lengths: np.ndarray,
+        targets: np.ndarray,
+        batch_size: int,
+        seed: int = 0,
+        step: int = 1,
+    ):
         super().__init__()
         self.x, self.lengths, self.y = prefixes, np.asarray(lengths), targets
         self.batch_size, self.step = batch_size, step
@@ -142,7 +157,7 @@ class LengthBuckets(keras.utils.PyDataset):
         order = self.rng.permutation(len(self.y))
         if self.step:
             order = order[np.argsort(self.lengths[order], kind="stable")]
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         batches = [batches[i] for i in self.rng.permutation(len(batches))]
         full = self.x.shape[1]
         if self.step:
@@ -164,18 +179,10 @@ class LengthBuckets(keras.utils.PyDataset):
 
     def __getitem__(self, i: int):
         idx = self.batches[i]
-        return self.x[idx, :self.widths[i]], self.y[idx]
+        return self.x[idx, : self.widths[i]], self.y[idx]
 
     def on_epoch_end(self) -> None:
         self.plan()
-
-
-def bucket_step(requested: int = -1) -> int:
-    """Width rounding of LengthBuckets: ``requested`` if >= 0, else the
-    backend's default (4 with JAX, 1 otherwise; see LengthBuckets)."""
-    if requested >= 0:
-        return requested
-    return 4 if keras.backend.backend() == "jax" else 1
 
 
 def bucket_step(requested: int = -1) -> int:
@@ -217,19 +224,41 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
     out = make(model_folder(layout, tc))
     for name in MODEL_FILES:  # never pair an old model with this run's configuration
         (out / name).unlink(missing_ok=True)
-    cb = ValidationCallback(model, valid_ev, n_items, tc.patience, out / "model.keras",
-                            out / "history.csv", len(train_ev))
+    cb = ValidationCallback(
+        model,
+        valid_ev,
+        n_items,
+        tc.patience,
+        out / "model.keras",
+        out / "history.csv",
+        len(train_ev),
+    )
     callbacks = [cb]
     if keras.backend.backend() == "tensorflow" and tc.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
-    batches = LengthBuckets(train_ev.prefixes, train_ev.lengths, train_ev.targets,
-                            tc.batch_size, seed=tc.seed, step=bucket_step(tc.bucket_step))
+    batches = LengthBuckets(
+        train_ev.prefixes,
+        train_ev.lengths,
+        train_ev.targets,
+        tc.batch_size,
+        seed=tc.seed,
+        step=bucket_step(tc.bucket_step),
+    )
     model.fit(batches, epochs=tc.epochs, callbacks=callbacks, verbose=tc.verbose)
-    record = {"window": tc.window, "vocab_md5": meta["vocab_md5"], "n_items": n_items,
-              "n_tags": tags[2] if tags else 0, "backend": keras.backend.backend(),
-              "model": cfgs.as_dict(mc), "train": cfgs.as_dict(tc),
-              "train_examples": len(train_ev), "valid_events": len(valid_ev),
-              "best_epoch": cb.best_epoch, "best_valid": cb.best, "history": cb.rows}
+    record = {
+        "window": tc.window,
+        "vocab_md5": meta["vocab_md5"],
+        "n_items": n_items,
+        "n_tags": tags[2] if tags else 0,
+        "backend": keras.backend.backend(),
+        "model": cfgs.as_dict(mc),
+        "train": cfgs.as_dict(tc),
+        "train_examples": len(train_ev),
+        "valid_events": len(valid_ev),
+        "best_epoch": cb.best_epoch,
+        "best_valid": cb.best,
+        "history": cb.rows,
+    }
     if tc.transitions:
         model.load_weights(out / "model.keras")  # the best epoch's weights
         record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, n_items, tc, out)
@@ -239,18 +268,22 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
     # never overwrites the report of record in <data>/reports/.
     reports = out if tc.out else make(layout.reports())
     plot_history(cb.rows, reports / f"training_curves{suffix}.png")
-    md = (f"## Training{' (without tags)' if suffix else ''}\n\n"
-          + f"Window {tc.window}; {len(train_ev):,} training examples; "
-          f"backend {record['backend']}; tags {'on' if mc.tags else 'off'}; "
-          f"best epoch {cb.best_epoch} (validation MRR@20 {cb.best:.4f}).\n\n"
-          + markdown_table(list(cb.rows[0].keys()), [list(r.values()) for r in cb.rows]) + "\n"
-          + hybrid.markdown(record.get("transitions")))
+    md = (
+        f"## Training{' (without tags)' if suffix else ''}\n\n"
+        + f"Window {tc.window}; {len(train_ev):,} training examples; "
+        f"backend {record['backend']}; tags {'on' if mc.tags else 'off'}; "
+        f"best epoch {cb.best_epoch} (validation MRR@20 {cb.best:.4f}).\n\n"
+        + markdown_table(list(cb.rows[0].keys()), [list(r.values()) for r in cb.rows])
+        + "\n"
+        + hybrid.markdown(record.get("transitions"))
+    )
     (reports / f"training{suffix}.md").write_text(md)
     return record
 
 
-def fit_hybrid(model, train_split, valid_ev: Events, n_items: int, tc: TrainConfig,
-               out: Path) -> dict:
+def fit_hybrid(
+    model, train_split, valid_ev: Events, n_items: int, tc: TrainConfig, out: Path
+) -> dict:
     """Choose the hybrid's weights for ``model`` and save its tables in ``out``."""
     trans = hybrid.Transitions.from_train(train_split, n_items, tc.transitions)
     record = hybrid.fit(model, trans, valid_ev)
@@ -265,8 +298,9 @@ def transitions_only(layout: Layout, tc: TrainConfig) -> dict:
     splits, vocab, meta = load_splits(layout, tc.window)
     model, record = load_trained(out, expected_vocab_md5=meta["vocab_md5"])
     saved = cfgs.load(TrainConfig, record["train"], str(out / "config.json"))
-    valid_ev = sample_events(make_events(splits["valid"], model.input_len), saved.valid_events,
-                             saved.seed)
+    valid_ev = sample_events(
+        make_events(splits["valid"], model.input_len), saved.valid_events, saved.seed
+    )
     record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, len(vocab), tc, out)
     write_json(out / "config.json", record)
     return record
@@ -275,8 +309,16 @@ def transitions_only(layout: Layout, tc: TrainConfig) -> dict:
 class ValidationCallback(keras.callbacks.Callback):
     """Per epoch: validation HR@20/MRR@20, timing; early stopping; best model saved."""
 
-    def __init__(self, rec_model, valid: Events, n_items: int, patience: int, path: Path,
-                 csv_path: Path, n_train: int):
+    def __init__(
+        self,
+        rec_model,
+        valid: Events,
+        n_items: int,
+        patience: int,
+        path: Path,
+        csv_path: Path,
+        n_train: int,
+    ):
         super().__init__()
         self.rec_model, self.valid, self.n_items = rec_model, valid, n_items
         self.patience, self.path, self.csv_path, self.n_train = patience, path, csv_path, n_train
@@ -288,11 +330,15 @@ class ValidationCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         secs = time.perf_counter() - self.t0
         res = evaluate(device_ranker(self.rec_model), self.valid, self.n_items, batch_size=512)
-        row = {"epoch": epoch + 1, "loss": round(float(logs.get("loss", np.nan)), 4),
-               "valid_HR@20": round(res.summary["HR@20"], 4),
-               "valid_MRR@20": round(res.summary["MRR@20"], 4),
-               "train_s": round(secs, 1), "examples_per_s": round(self.n_train / secs, 0),
-               "valid_s": round(res.seconds, 1)}
+        row = {
+            "epoch": epoch + 1,
+            "loss": round(float(logs.get("loss", np.nan)), 4),
+            "valid_HR@20": round(res.summary["HR@20"], 4),
+            "valid_MRR@20": round(res.summary["MRR@20"], 4),
+            "train_s": round(secs, 1),
+            "examples_per_s": round(self.n_train / secs, 0),
+            "valid_s": round(res.seconds, 1),
+        }
         self.rows.append(row)
         log(json.dumps(row))
         with open(self.csv_path, "w", newline="") as fh:
@@ -336,8 +382,11 @@ def parse_args(argv=None) -> tuple[Layout, ModelConfig, TrainConfig]:
     cfgs.add_flags(ap, TrainConfig, "training")
     cfgs.add_flags(ap, ModelConfig, "model (model.ModelConfig)")
     args = ap.parse_args(argv)
-    return (Layout.at(args.data_dir), cfgs.from_args(ModelConfig, args),
-            cfgs.from_args(TrainConfig, args))
+    return (
+        Layout.at(args.data_dir),
+        cfgs.from_args(ModelConfig, args),
+        cfgs.from_args(TrainConfig, args),
+    )
 
 
 def main(argv=None) -> None:
@@ -345,12 +394,16 @@ def main(argv=None) -> None:
     out = model_folder(layout, tc)
     if tc.transitions_only:
         t = transitions_only(layout, tc)["transitions"]
-        log(f"transition weights {t['weight']}, {t['pop_weight']} (validation MRR@20 "
-            f"{t['valid_MRR@20']:.4f}) recorded in {out / 'config.json'}")
+        log(
+            f"transition weights {t['weight']}, {t['pop_weight']} (validation MRR@20 "
+            f"{t['valid_MRR@20']:.4f}) recorded in {out / 'config.json'}"
+        )
         return
     record = train(layout, mc, tc)
-    log(f"best epoch {record['best_epoch']}: validation MRR@20 {record['best_valid']:.4f}; "
-        f"saved {out / 'model.keras'}")
+    log(
+        f"best epoch {record['best_epoch']}: validation MRR@20 {record['best_valid']:.4f}; "
+        f"saved {out / 'model.keras'}"
+    )
 
 
 if __name__ == "__main__":

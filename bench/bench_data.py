@@ -6,6 +6,7 @@ times, and prints medians of wall time and peak RSS.
 
     python bench/bench_data.py --plays 19150000 --repeats 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,11 +61,14 @@ print("SESSIONIZE_S", time.perf_counter() - t, len(df), counts["kept_sessions"])
 
 def run(code: str, *args: str) -> tuple[float, float, str]:
     """Wall seconds, peak RSS in GB and stdout of ``python -c code args``."""
-    wrapper = ("import resource, runpy, sys; code = sys.argv.pop(1); exec(compile(code, 'bench', "
-               "'exec')); print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    wrapper = (
+        "import resource, runpy, sys; code = sys.argv.pop(1); exec(compile(code, 'bench', "
+        "'exec')); print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", wrapper, code, *args],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, code, *args], capture_output=True, text=True
+    )
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
@@ -89,33 +93,44 @@ def main() -> None:
     size_gb = tsv.stat().st_size / 1e9
     work = base / "out"
     results = {}
-    steps = [("ours, first run (computes the MD5)", OURS,
-              (str(tsv), str(ROOT), str(work), "--cold-md5")),
-             ("ours, rerun (MD5 of the unchanged input reused)", OURS,
-              (str(tsv), str(ROOT), str(work)))]
+    steps = [
+        (
+            "ours, first run (computes the MD5)",
+            OURS,
+            (str(tsv), str(ROOT), str(work), "--cold-md5"),
+        ),
+        ("ours, rerun (MD5 of the unchanged input reused)", OURS, (str(tsv), str(ROOT), str(work))),
+    ]
     if not args.skip_study:
         steps.append(("study: read_csv+describe+dropna+windows", STUDY_WAY, (str(tsv),)))
     for name, code, argv in steps:
         runs = [run(code, *argv) for _ in range(args.repeats)]
-        results[name] = {"wall_s": statistics.median(r[0] for r in runs),
-                         "peak_rss_gb": statistics.median(r[1] for r in runs),
-                         "runs_s": [round(r[0], 1) for r in runs]}
+        results[name] = {
+            "wall_s": statistics.median(r[0] for r in runs),
+            "peak_rss_gb": statistics.median(r[1] for r in runs),
+            "runs_s": [round(r[0], 1) for r in runs],
+        }
     run(OURS, str(tsv), str(ROOT), str(work), "--write-all")  # the full table, untimed
     all_parquet = work / "preprocessed" / "all.parquet"
     runs = [run(SESSIONIZE, str(all_parquet), str(ROOT)) for _ in range(args.repeats)]
     sess_s = [float(r[2].split("SESSIONIZE_S")[1].split()[0]) for r in runs]
     n_rows = int(runs[0][2].split("SESSIONIZE_S")[1].split()[1])
     results["sessionize (build_sessions on all.parquet)"] = {
-        "wall_s": statistics.median(sess_s), "peak_rss_gb": statistics.median(r[1] for r in runs),
-        "rows": n_rows}
-    print(f"\ninput: {args.plays:,} plays requested, {size_gb:.2f} GB TSV; "
-          f"medians of {args.repeats} runs\n")
+        "wall_s": statistics.median(sess_s),
+        "peak_rss_gb": statistics.median(r[1] for r in runs),
+        "rows": n_rows,
+    }
+    print(
+        f"\ninput: {args.plays:,} plays requested, {size_gb:.2f} GB TSV; "
+        f"medians of {args.repeats} runs\n"
+    )
     print(f"{'step':48s} {'wall s':>8s} {'peak GB':>8s}")
     for name, r in results.items():
         print(f"{name:48s} {r['wall_s']:8.1f} {r['peak_rss_gb']:8.2f}")
     (ROOT / "data" / "bench").mkdir(parents=True, exist_ok=True)
     (ROOT / "data" / "bench" / f"bench_data_{args.plays}.json").write_text(
-        json.dumps(results, indent=2))
+        json.dumps(results, indent=2)
+    )
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ evaluator alone (ranks and top-20 of precomputed scores: events scored per s).
 
     python bench/bench_eval.py --data data --window 1m [--repeats 3] [--evaluator-only]
 """
+
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -27,11 +27,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--evaluator-only", action="store_true", help="skip the baselines' runs")
     args = ap.parse_args()
-    os.environ["LASTFM_DATA_DIR"] = str(args.data.resolve())
     import test_model
-    from metrics import evaluate, make_events, ranker_from_scorer
+    from lastfm.data import load_splits, make_events
+    from lastfm.metrics import evaluate, ranker_from_scorer
+    from lastfm.paths import Layout
 
-    splits, vocab, _ = test_model.load_splits(args.window)
+    layout = Layout.at(args.data.resolve())
+    splits, vocab, _ = load_splits(layout, args.window)
     n = len(vocab)
     ev = make_events(splits["test"], 50)
     rng = np.random.default_rng(0)
@@ -51,15 +53,20 @@ def main() -> None:
     walls = []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        out = test_model.run_evaluation(args.window, ["POP", "S-POP", "SR", "Item-kNN", "V-SKNN"],
-                                        False, 50, 1000, 20_000, 0, use_model=False)
+        out = test_model.run_evaluation(
+            layout, test_model.EvalConfig(window=args.window, model=False)
+        )
         walls.append(time.perf_counter() - t)
-    print(f"all baselines (tuning + test + 1000 bootstrap resamples): "
-          f"{statistics.median(walls):.0f} s (median of {args.repeats}; runs "
-          f"{', '.join(f'{w:.0f}' for w in walls)})")
+    print(
+        f"all baselines (tuning + test + 1000 bootstrap resamples): "
+        f"{statistics.median(walls):.0f} s (median of {args.repeats}; runs "
+        f"{', '.join(f'{w:.0f}' for w in walls)})"
+    )
     for name, r in out["methods"].items():
-        print(f"  {name:9s} HR@20 {r['HR@20']:.4f} MRR@20 {r['MRR@20']:.4f} "
-              f"{r['events_per_s']:,.0f} events/s")
+        print(
+            f"  {name:9s} HR@20 {r['HR@20']:.4f} MRR@20 {r['MRR@20']:.4f} "
+            f"{r['events_per_s']:,.0f} events/s"
+        )
 
 
 if __name__ == "__main__":

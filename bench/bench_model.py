@@ -3,7 +3,7 @@
 On a GPU (JAX): device name and peak device memory too; see bench/gpu_run.sh.
 
 Random sessions over ``--items`` tracks (Zipf popularity), prefix lengths
-uniform in 1..``--max-len`` (mean 10.5 at 20; the generated 1-month window's
+uniform in 1..``--input-len`` (mean 10.5 at 20; the generated 1-month window's
 training prefixes average 9.1), the sizes as flags so that a comparison with
 a peer (e.g. RecBole's NARM at 30K items, embedding 64, hidden 100, batch 256,
 prefixes up to 20) can be rerun. Batches come from ``train.LengthBuckets``
@@ -16,6 +16,7 @@ the number of batches of that width, median over epochs.
     python bench/bench_model.py --items 30000 --examples 60000 --epochs 4
     KERAS_BACKEND=jax python bench/bench_model.py ...     # same code on JAX
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,30 +54,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=30_000)
     ap.add_argument("--examples", type=int, default=60_000)
-    ap.add_argument("--emb-dim", type=int, default=64)
-    ap.add_argument("--hidden", type=int, default=100)
-    ap.add_argument("--fc-dim", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--max-len", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--sampled", type=int, default=0)
-    ap.add_argument("--output", default="tied")
-    ap.add_argument("--tags", type=int, default=0, help="tag vocabulary size (0: no tags)")
+    ap.add_argument("--n-tags", type=int, default=0, help="tag vocabulary size (0: no tags)")
     ap.add_argument("--jit", default="auto", help="jit_compile: auto, true or false")
     ap.add_argument("--mixed-precision", action="store_true", help="mixed_float16 (GPU)")
     ap.add_argument("--bf16", action="store_true", help="mixed_bfloat16 (CPUs with AVX512_BF16)")
-    ap.add_argument("--unroll", action="store_true")
-    ap.add_argument("--bucket-step", type=int, default=-1,
-                    help="train.py's length-bucketed batches (-1: backend default, 0: off)")
-    ap.add_argument("--no-last-item", action="store_true")
-    ap.add_argument("--no-successor", action="store_true")
-    ap.add_argument("--keras-adam", action="store_true",
-                    help="Keras' own Adam instead of train.FusedAdam (for comparison)")
-    args = ap.parse_args()
+    ap.add_argument(
+        "--bucket-step",
+        type=int,
+        default=-1,
+        help="as train.py (-1: the backend's default; 0: full-width batches)",
+    )
+    ap.add_argument(
+        "--keras-adam", action="store_true", help="Keras' own Adam instead of train.FusedAdam"
+    )
+    from lastfm import config as cfgs
+    from model import ModelConfig, build_model
 
+    cfgs.add_flags(ap, ModelConfig, "model (model.ModelConfig)")
+    args = ap.parse_args()
+    cfg = cfgs.from_args(ModelConfig, args)
     import keras
 
-    from model import ModelConfig, build_model
     from train import FusedAdam, LengthBuckets, bucket_step
 
     if args.mixed_precision or args.bf16:
@@ -85,24 +85,17 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pop = 1.0 / np.arange(1, args.items + 1) ** 0.9
     pop /= pop.sum()
-    lengths = rng.integers(1, args.max_len + 1, size=args.examples)
-    x = rng.choice(np.arange(1, args.items + 1), p=pop, size=(args.examples, args.max_len))
-    x[np.arange(args.max_len)[None, :] >= lengths[:, None]] = 0
+    L = cfg.input_len
+    lengths = rng.integers(1, L + 1, size=args.examples)
+    x = rng.choice(np.arange(1, args.items + 1), p=pop, size=(args.examples, L))
+    x[np.arange(L)[None, :] >= lengths[:, None]] = 0
     x = x.astype(np.int32)
     y = rng.choice(np.arange(1, args.items + 1), p=pop, size=args.examples).astype(np.int32)
-    cfg = ModelConfig(emb_dim=args.emb_dim, hidden=args.hidden, fc_dim=args.fc_dim,
-                      output=args.output, sampled=args.sampled, use_tags=args.tags > 0,
-                      unroll=args.unroll, last_item=not args.no_last_item,
-                      successor=not args.no_successor)
-    model = build_model(args.items, cfg, n_tags=args.tags, tags_per_track=5 if args.tags else 0,
-                        max_len=args.max_len)
-    counts = np.zeros(args.items + 1)
-    counts[1:] = pop * 1e6
-    if args.tags:
-        ids = rng.integers(1, args.tags + 1, size=(args.items + 1, 5)).astype(np.int32)
-        model.set_tables(ids, rng.random((args.items + 1, 5)).astype(np.float32), counts)
-    else:
-        model.set_tables(popularity=counts)
+    model = build_model(args.items, cfg, n_tags=args.n_tags)
+    if args.n_tags and cfg.tags:
+        k = cfg.tags_per_track
+        ids = rng.integers(1, args.n_tags + 1, size=(args.items + 1, k)).astype(np.int32)
+        model.set_tags(ids, rng.random((args.items + 1, k)).astype(np.float32))
     jit = {"auto": "auto", "true": True, "false": False}[args.jit.lower()]
     adam = keras.optimizers.Adam if args.keras_adam else FusedAdam
     model.compile(optimizer=adam(1e-3, global_clipnorm=1.0), jit_compile=jit)
@@ -126,7 +119,7 @@ def main() -> None:
 
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.t)
-            w, b = self.widths[:len(self.batch_s)], np.array(self.batch_s)
+            w, b = self.widths[: len(self.batch_s)], np.array(self.batch_s)
             robust.append(sum((w == u).sum() * np.median(b[w == u]) for u in np.unique(w)))
 
     model.fit(batches, epochs=args.epochs, verbose=0, callbacks=[Timer()])
@@ -135,15 +128,23 @@ def main() -> None:
     eps_robust = args.examples / statistics.median(robust[1:] or robust)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     device, device_peak_gb = device_info(keras)
-    result = {"backend": keras.backend.backend(), "items": args.items,
-              "emb": args.emb_dim, "hidden": args.hidden, "batch": args.batch_size,
-              "max_len": args.max_len, "sampled": args.sampled, "tags": args.tags,
-              "jit": args.jit, "unroll": args.unroll, "bucket_step": step,
-              "last_item": not args.no_last_item, "successor": not args.no_successor,
-              "output": args.output, "bf16": args.bf16, "keras_adam": args.keras_adam,
-              "examples_per_s": round(eps), "examples_per_s_batch_medians": round(eps_robust),
-              "epoch_s": [round(t, 1) for t in times], "peak_rss_gb": round(peak_gb, 2),
-              "device": device, "device_peak_gb": device_peak_gb}
+    result = {
+        "backend": keras.backend.backend(),
+        "items": args.items,
+        "batch": args.batch_size,
+        "n_tags": args.n_tags,
+        "jit": args.jit,
+        "bucket_step": step,
+        "bf16": args.bf16,
+        "keras_adam": args.keras_adam,
+        "model": cfgs.as_dict(cfg),
+        "examples_per_s": round(eps),
+        "examples_per_s_batch_medians": round(eps_robust),
+        "epoch_s": [round(t, 1) for t in times],
+        "peak_rss_gb": round(peak_gb, 2),
+        "device": device,
+        "device_peak_gb": device_peak_gb,
+    }
     print(json.dumps(result))
 
 

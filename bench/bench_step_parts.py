@@ -12,6 +12,7 @@ Prints one JSON line.
     python bench/bench_step_parts.py [--items 30000] [--emb-dim 64] [--hidden 100]
                                      [--batch-size 256] [--steps 10] [--repeats 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def timed(fn, steps: int, repeats: int) -> float:
         t = time.perf_counter()
         for _ in range(steps):
             out = fn()
-        keras.ops.convert_to_numpy(out[0])          # the results are ready
+        keras.ops.convert_to_numpy(out[0])  # the results are ready
         ts.append((time.perf_counter() - t) / steps * 1e3)
     return round(statistics.median(ts), 2)
 
@@ -50,6 +51,7 @@ def compiled_grad(loss_fn, variables):
         with tf.GradientTape() as tape:
             loss = loss_fn()
         return tape.gradient(loss, [v.value for v in variables])
+
     return step
 
 
@@ -61,6 +63,7 @@ def adam_step(opt, g, var):
     def step():
         opt.apply([g], [var])
         return [var.value]
+
     return step
 
 
@@ -79,15 +82,17 @@ def main() -> None:
     from keras import layers, ops
 
     if keras.backend.backend() != "tensorflow":
-        raise SystemExit("bench_step_parts.py profiles the TensorFlow backend; "
-                         "unset KERAS_BACKEND or set it to tensorflow")
+        raise SystemExit(
+            "bench_step_parts.py profiles the TensorFlow backend; "
+            "unset KERAS_BACKEND or set it to tensorflow"
+        )
 
     from model import ModelConfig, build_model
     from train import FusedAdam
 
     rng = np.random.default_rng(0)
     B, V, E = args.batch_size, args.items, args.emb_dim
-    model = build_model(V, ModelConfig(emb_dim=E, hidden=args.hidden), max_len=args.length)
+    model = build_model(V, ModelConfig(input_len=args.length, emb_dim=E, hidden=args.hidden))
     model.out_bias.assign(rng.normal(size=V + 1).astype(np.float32) * 0.1)
     rep = keras.Variable(rng.normal(size=(B, E)).astype(np.float32), name="rep")
     y = ops.convert_to_tensor(rng.integers(1, V + 1, size=B).astype(np.int32))
@@ -95,16 +100,21 @@ def main() -> None:
     res = {"backend": keras.backend.backend(), "items": V, "emb": E, "batch": B}
 
     def model_loss():
-        return ops.mean(model._full_softmax_nll(rep.value, y))
+        return ops.mean(model.full_softmax_nll(rep.value, y))
 
     def keras_loss():
-        return ops.mean(keras.losses.sparse_categorical_crossentropy(
-            y, model.logits(rep.value), from_logits=True))
+        return ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                y, model.logits(rep.value), from_logits=True
+            )
+        )
 
-    res["output_model_loss_ms"] = timed(compiled_grad(model_loss, out_vars), args.steps,
-                                        args.repeats)
-    res["output_keras_sparse_ce_ms"] = timed(compiled_grad(keras_loss, out_vars), args.steps,
-                                             args.repeats)
+    res["output_model_loss_ms"] = timed(
+        compiled_grad(model_loss, out_vars), args.steps, args.repeats
+    )
+    res["output_keras_sparse_ce_ms"] = timed(
+        compiled_grad(keras_loss, out_vars), args.steps, args.repeats
+    )
 
     L, H = args.length, args.hidden
     x = ops.convert_to_tensor(rng.normal(size=(B, L, E)).astype(np.float32))
@@ -117,8 +127,9 @@ def main() -> None:
         seq, fwd, bwd = bigru(x, mask=mask, training=True)
         return ops.sum(seq) + ops.sum(fwd) + ops.sum(bwd)
 
-    res["bigru_ms"] = timed(compiled_grad(gru_loss, bigru.trainable_variables), args.steps,
-                            args.repeats)
+    res["bigru_ms"] = timed(
+        compiled_grad(gru_loss, bigru.trainable_variables), args.steps, args.repeats
+    )
     res["bigru_length"] = L
 
     g = ops.convert_to_tensor(rng.normal(size=(V + 1, E)).astype(np.float32))

@@ -6,6 +6,7 @@ written for the same parameters. ``run_main`` is the one error path: a
 ``PipelineError`` (or an OS error such as a missing file or a full disk)
 becomes one line on stderr and exit code 2.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,8 +14,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 
 class PipelineError(RuntimeError):
@@ -46,8 +48,9 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(Path(path).read_text())
     except ValueError as err:
-        raise PipelineError(f"{path}: not valid JSON ({err}); delete it and rerun the stage "
-                            "that wrote it") from None
+        raise PipelineError(
+            f"{path}: not valid JSON ({err}); delete it and rerun the stage that wrote it"
+        ) from None
 
 
 def _json_default(obj: Any) -> Any:
@@ -97,6 +100,8 @@ def params_match(meta_path: Path, params: Mapping[str, Any]) -> bool:
     if not Path(meta_path).exists():
         return False
     try:
-        return read_json(meta_path).get("params") == json.loads(json.dumps(dict(params), default=_json_default))
+        return read_json(meta_path).get("params") == json.loads(
+            json.dumps(dict(params), default=_json_default)
+        )
     except (PipelineError, OSError):
         return False

@@ -7,6 +7,7 @@ that defaults to False -> ``--name``), ``from_args`` reads them back, and
 ``load`` rebuilds a dataclass from a saved ``config.json`` section, refusing
 unknown or missing keys (a file written by another version of the code).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,13 +39,19 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
         help_text = meta.pop("help", None)
         kind = hints[f.name]
         if kind is bool:
-            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction,
-                               default=f.default, help=help_text, dest=f.name)
+            group.add_argument(
+                _flag(f.name),
+                action=argparse.BooleanOptionalAction,
+                default=f.default,
+                help=help_text,
+                dest=f.name,
+            )
             continue
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        group.add_argument(_flag(f.name), type=kind, default=f.default, help=help_text,
-                           dest=f.name, **meta)
+        group.add_argument(
+            _flag(f.name), type=kind, default=f.default, help=help_text, dest=f.name, **meta
+        )
 
 
 def from_args(cls: type[T], args: argparse.Namespace) -> T:
@@ -63,7 +70,8 @@ def load(cls: type[T], saved: dict, source: str) -> T:
     if unknown or missing:
         raise PipelineError(
             f"{source}: saved by another version of the code ({cls.__name__} keys unknown "
-            f"{unknown}, missing {missing}); retrain or rerun the stage that wrote it")
+            f"{unknown}, missing {missing}); retrain or rerun the stage that wrote it"
+        )
     return cls(**saved)
 
 
@@ -73,5 +81,16 @@ def as_dict(obj: Any) -> dict:
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
     """The one flag every stage shares: the data root (``paths.Layout``)."""
-    parser.add_argument("--data-dir", default=None,
-                        help="data root (default $LASTFM_DATA_DIR, else data/ beside the scripts)")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="data root (default $LASTFM_DATA_DIR, else data/ beside the scripts)",
+    )
+
+
+def require_at_least(obj: Any, minimum: float, *names: str) -> None:
+    """PipelineError naming the flag when a field of ``obj`` is below ``minimum``."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and value < minimum:
+            raise PipelineError(f"{_flag(name)} {value}: must be at least {minimum}")

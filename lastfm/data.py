@@ -5,11 +5,12 @@ checked by ``read_table`` when read; the readers of one stage's outputs that a
 later stage uses (``load_splits``, ``load_tag_tables``) live here, beside the
 events every method is trained and scored on (``make_events``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -68,7 +69,8 @@ def require_columns(columns: Iterable[str], schema: str, source: str | Path) -> 
     if missing:
         raise PipelineError(
             f"{source}: missing column(s) {missing} of the '{schema}' table; "
-            f"it was written by an older or different stage, rerun that stage")
+            f"it was written by an older or different stage, rerun that stage"
+        )
 
 
 def read_table(path: Path, schema: str, hint: str) -> pd.DataFrame:
@@ -78,8 +80,9 @@ def read_table(path: Path, schema: str, hint: str) -> pd.DataFrame:
     try:
         frame = pd.read_parquet(path)
     except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        raise PipelineError(f"{path}: unreadable ({type(err).__name__}: {err}); "
-                            f"rerun {hint}") from None
+        raise PipelineError(
+            f"{path}: unreadable ({type(err).__name__}: {err}); rerun {hint}"
+        ) from None
     require_columns(frame.columns, schema, path)
     return frame
 
@@ -101,8 +104,9 @@ def popularity(vocab: pd.DataFrame) -> np.ndarray:
     return pop
 
 
-def load_tag_tables(layout: Layout, window: str, n_items: int,
-                    k: int) -> tuple[np.ndarray, np.ndarray, int] | None:
+def load_tag_tables(
+    layout: Layout, window: str, n_items: int, k: int
+) -> tuple[np.ndarray, np.ndarray, int] | None:
     """(V+1, K) tag ids and weights and the tag count (fetch_tags.py), or None."""
     d = layout.tags(window)
     path = d / "track_tags.parquet"
@@ -124,18 +128,24 @@ def load_tag_tables(layout: Layout, window: str, n_items: int,
 @dataclass
 class Events:
     """All next-item events of a split: right-padded prefixes and targets."""
-    prefixes: np.ndarray   # (E, L) int32, items in play order, 0-padded on the right
-    lengths: np.ndarray    # (E,) int32, real prefix length (<= L)
-    targets: np.ndarray    # (E,) int32
-    sessions: np.ndarray   # (E,) int64 session id of each event
+
+    prefixes: np.ndarray  # (E, L) int32, items in play order, 0-padded on the right
+    lengths: np.ndarray  # (E,) int32, real prefix length (<= L)
+    targets: np.ndarray  # (E,) int32
+    sessions: np.ndarray  # (E,) int64 session id of each event
     positions: np.ndarray  # (E,) int32 position t of the target in its session
 
     def __len__(self) -> int:
         return len(self.targets)
 
-    def subset(self, idx: np.ndarray) -> "Events":
-        return Events(self.prefixes[idx], self.lengths[idx], self.targets[idx],
-                      self.sessions[idx], self.positions[idx])
+    def subset(self, idx: np.ndarray) -> Events:
+        return Events(
+            self.prefixes[idx],
+            self.lengths[idx],
+            self.targets[idx],
+            self.sessions[idx],
+            self.positions[idx],
+        )
 
 
 def make_events(split: pd.DataFrame, prefix_len: int) -> Events:
@@ -168,7 +178,7 @@ def recent(prefixes: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarra
     """The most recent ``max_len`` items of right-padded prefixes, right-padded."""
     out = np.zeros((len(prefixes), max_len), np.int32)
     if prefixes.shape[1] <= max_len:
-        out[:, :prefixes.shape[1]] = prefixes
+        out[:, : prefixes.shape[1]] = prefixes
         return out
     keep = np.minimum(lengths, max_len)
     for j in range(max_len):

@@ -11,6 +11,7 @@ The counts are sequential rules with one step (``baselines.SequentialRules``,
 ``steps=1``). ``fit`` chooses both weights on validation MRR@20 over a grid
 that contains (0, 0), the network alone.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ def top_successors(counts: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarra
     t = counts.tocsr()
     src = np.repeat(np.arange(t.shape[0]), np.diff(t.indptr))
     dst, cnt = t.indices.astype(np.int64), t.data
-    order = np.lexsort((dst, -cnt, src))                          # by track, most frequent first
+    order = np.lexsort((dst, -cnt, src))  # by track, most frequent first
     src, dst, cnt = src[order], dst[order], cnt[order]
     first = np.r_[0, np.flatnonzero(src[1:] != src[:-1]) + 1] if len(src) else np.zeros(0, int)
     rank = np.arange(len(src)) - np.repeat(first, np.diff(np.r_[first, len(src)]))
@@ -55,25 +56,27 @@ def top_successors(counts: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarra
 @dataclass
 class Transitions:
     """The hybrid's tables and weights (see the module docstring)."""
-    ids: np.ndarray        # (V+1, K) int32 successors, 0 = empty slot
-    counts: np.ndarray     # (V+1, K) float32 training counts of (track -> successor)
-    plays: np.ndarray      # (V+1,) training plays of each track
+
+    ids: np.ndarray  # (V+1, K) int32 successors, 0 = empty slot
+    counts: np.ndarray  # (V+1, K) float32 training counts of (track -> successor)
+    plays: np.ndarray  # (V+1,) training plays of each track
     weight: float = 0.0
     pop_weight: float = 0.0
 
     @classmethod
-    def from_train(cls, train: pd.DataFrame, n_items: int, k: int) -> "Transitions":
+    def from_train(cls, train: pd.DataFrame, n_items: int, k: int) -> Transitions:
         rules = SequentialRules(steps=1).fit(train, n_items)
         ids, counts = top_successors(rules.table, k)
         return cls(ids, counts, rules.pop.astype(np.float32))
 
-    def boost(self, x: np.ndarray, weight: float | None = None,
-              pop_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def boost(
+        self, x: np.ndarray, weight: float | None = None, pop_weight: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scatter indices (B*K, 2) and values (B*K,) for prefixes ``x`` (B, L)."""
         w = self.weight if weight is None else weight
         v = self.pop_weight if pop_weight is None else pop_weight
         last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
-        succ, cnt = self.ids[last], self.counts[last]                # (B, K)
+        succ, cnt = self.ids[last], self.counts[last]  # (B, K)
         rows = np.repeat(np.arange(len(x)), succ.shape[1])
         idx = np.stack([rows, succ.ravel()], axis=1).astype(np.int32)
         add = (w * np.log1p(cnt) + v * np.log1p(self.plays[succ])) * (succ > 0)
@@ -83,12 +86,19 @@ class Transitions:
         return bool(self.weight or self.pop_weight)
 
     def save(self, folder: Path) -> None:
-        np.savez_compressed(Path(folder) / TABLE, ids=self.ids, counts=self.counts,
-                            plays=self.plays)
+        np.savez_compressed(
+            Path(folder) / TABLE, ids=self.ids, counts=self.counts, plays=self.plays
+        )
 
 
-def fit(model, transitions: Transitions, valid: Events, weights=WEIGHTS,
-        pop_weights=POP_WEIGHTS, batch_size: int = 512) -> dict:
+def fit(
+    model,
+    transitions: Transitions,
+    valid: Events,
+    weights=WEIGHTS,
+    pop_weights=POP_WEIGHTS,
+    batch_size: int = 512,
+) -> dict:
     """Choose ``transitions``' two weights for ``model`` on validation MRR@20.
 
     Ties go to the first grid point, so (0, 0), the network alone, unless a
@@ -111,18 +121,30 @@ def fit(model, transitions: Transitions, valid: Events, weights=WEIGHTS,
     rows = []
     for g, (w, v) in enumerate(grid):
         m = metric_values(ranks[g])
-        rows.append({"weight": w, "pop_weight": v,
-                     "valid_HR@20": round(float(m["HR@20"].mean()), 4),
-                     "valid_MRR@20": round(float(m["MRR@20"].mean()), 4)})
+        rows.append(
+            {
+                "weight": w,
+                "pop_weight": v,
+                "valid_HR@20": round(float(m["HR@20"].mean()), 4),
+                "valid_MRR@20": round(float(m["MRR@20"].mean()), 4),
+            }
+        )
     best = max(range(len(grid)), key=lambda g: (rows[g]["valid_MRR@20"], -g))
     chosen = rows[best]
     transitions.weight, transitions.pop_weight = chosen["weight"], chosen["pop_weight"]
-    log(f"transitions: weight {chosen['weight']}, pop_weight {chosen['pop_weight']} chosen "
+    log(
+        f"transitions: weight {chosen['weight']}, pop_weight {chosen['pop_weight']} chosen "
         f"(validation MRR@20 {chosen['valid_MRR@20']:.4f}; the model alone "
-        f"{rows[0]['valid_MRR@20']:.4f})")
-    return {"k": int(transitions.ids.shape[1]), "weight": chosen["weight"],
-            "pop_weight": chosen["pop_weight"], "valid_MRR@20": chosen["valid_MRR@20"],
-            "tried": rows, "table": TABLE}
+        f"{rows[0]['valid_MRR@20']:.4f})"
+    )
+    return {
+        "k": int(transitions.ids.shape[1]),
+        "weight": chosen["weight"],
+        "pop_weight": chosen["pop_weight"],
+        "valid_MRR@20": chosen["valid_MRR@20"],
+        "tried": rows,
+        "table": TABLE,
+    }
 
 
 def load(model_dir: Path, record: dict | None) -> Transitions | None:
@@ -132,11 +154,14 @@ def load(model_dir: Path, record: dict | None) -> Transitions | None:
         return None
     path = Path(model_dir) / record["table"]
     if not path.exists():
-        raise PipelineError(f"{path} not found, but {model_dir}/config.json gives transition "
-                            f"weights: rerun train.py --transitions-only --out {model_dir}")
+        raise PipelineError(
+            f"{path} not found, but {model_dir}/config.json gives transition "
+            f"weights: rerun train.py --transitions-only --out {model_dir}"
+        )
     z = np.load(path)
-    return Transitions(z["ids"], z["counts"], z["plays"], float(record["weight"]),
-                       float(record["pop_weight"]))
+    return Transitions(
+        z["ids"], z["counts"], z["plays"], float(record["weight"]), float(record["pop_weight"])
+    )
 
 
 def markdown(record: dict | None) -> str:
@@ -144,9 +169,13 @@ def markdown(record: dict | None) -> str:
     if not record:
         return ""
     best = sorted(record["tried"], key=lambda r: -r["valid_MRR@20"])[:10]
-    return (f"\nModel + transition counts (each track's {record['k']} most frequent training "
-            "successors get weight * log(1 + count) + pop_weight * log(1 + plays)); chosen on "
-            f"validation: weight {record['weight']}, pop_weight {record['pop_weight']}. The "
-            "model alone (0, 0) and the ten best of the grid:\n\n"
-            + markdown_table(list(best[0].keys()), [list(r.values()) for r in
-                                                      [record["tried"][0]] + best]) + "\n")
+    return (
+        f"\nModel + transition counts (each track's {record['k']} most frequent training "
+        "successors get weight * log(1 + count) + pop_weight * log(1 + plays)); chosen on "
+        f"validation: weight {record['weight']}, pop_weight {record['pop_weight']}. The "
+        "model alone (0, 0) and the ten best of the grid:\n\n"
+        + markdown_table(
+            list(best[0].keys()), [list(r.values()) for r in [record["tried"][0]] + best]
+        )
+        + "\n"
+    )

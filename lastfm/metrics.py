@@ -22,12 +22,13 @@ mean training popularity of recommended tracks, and the event count.
 Confidence intervals: percentile bootstrap over sessions (events of one
 session stay together), for each metric and for differences between methods.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -41,8 +42,13 @@ TOPK = 20
 TIE_POLICY = "optimistic: rank = 1 + #tracks scoring strictly higher; NaN ranks last"
 
 # numpy under the names of keras.ops, so that target_ranks runs on either.
-NUMPY_OPS = SimpleNamespace(take_along_axis=np.take_along_axis, sum=np.sum, where=np.where,
-                            isnan=np.isnan, cast=lambda x, dtype: x.astype(dtype))
+NUMPY_OPS = SimpleNamespace(
+    take_along_axis=np.take_along_axis,
+    sum=np.sum,
+    where=np.where,
+    isnan=np.isnan,
+    cast=lambda x, dtype: x.astype(dtype),
+)
 
 
 def target_ranks(scores, targets, ops=NUMPY_OPS):
@@ -52,8 +58,10 @@ def target_ranks(scores, targets, ops=NUMPY_OPS):
     (the scores then never leave the device). See the module's contract.
     """
     t = ops.take_along_axis(scores, np.asarray(targets, np.int32)[:, None], axis=1)  # (B, 1)
-    higher = (ops.sum(ops.cast(scores > t, "int32"), axis=1)                     # NaN > t: False
-              - ops.cast(scores[:, 0] > t[:, 0], "int32"))                       # not padding
+    higher = (
+        ops.sum(ops.cast(scores > t, "int32"), axis=1)  # NaN > t: False
+        - ops.cast(scores[:, 0] > t[:, 0], "int32")
+    )  # not padding
     return ops.where(ops.isnan(t[:, 0]), scores.shape[1] - 1, 1 + higher)
 
 
@@ -79,10 +87,10 @@ def topk_from_scores(scores: np.ndarray, k: int = TOPK, block: int = 128) -> np.
         cand = np.broadcast_to(np.arange(v), (b, v))
         vals = s
     else:
-        maxima = np.maximum.reduceat(s, np.arange(0, v, block), axis=1)         # (B, nb)
-        best = np.argpartition(-maxima, k - 1, axis=1)[:, :k]                  # (B, k)
-        cand = (best[:, :, None] * block + np.arange(block)).reshape(b, -1)     # (B, k*block)
-        outside = cand >= v                                                    # last block's tail
+        maxima = np.maximum.reduceat(s, np.arange(0, v, block), axis=1)  # (B, nb)
+        best = np.argpartition(-maxima, k - 1, axis=1)[:, :k]  # (B, k)
+        cand = (best[:, :, None] * block + np.arange(block)).reshape(b, -1)  # (B, k*block)
+        outside = cand >= v  # last block's tail
         cand = np.minimum(cand, v - 1)
         vals = np.take_along_axis(s, cand, axis=1)
         vals[outside] = -np.inf
@@ -99,6 +107,7 @@ Ranker = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.nda
 
 def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False) -> Ranker:
     """The numpy ranker of a scorer (B, V+1 scores per batch of prefixes)."""
+
     def rank(prefixes, lengths, targets):
         s = np.asarray(scorer(prefixes, lengths))
         # A copy (column 0 and seen tracks are overwritten) in the scorer's own float
@@ -109,6 +118,7 @@ def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False) -> Ranker:
         if exclude_seen:
             scores[seen_indices(prefixes)] = -np.inf
         return target_ranks(scores, targets), topk_from_scores(scores)
+
     return rank
 
 
@@ -124,7 +134,7 @@ def device_ranker(model, exclude_seen: bool = False, boost=None) -> Ranker:
 
     def rank(prefixes, lengths, targets):
         x = recent(prefixes, lengths, model.input_len)
-        logits = device_logits(model, x)                            # (B, V+1)
+        logits = device_logits(model, x)  # (B, V+1)
         shape = (len(x), model.n_items + 1)
         if boost is not None:
             logits = logits + ops.scatter(*boost(x), shape)
@@ -150,16 +160,21 @@ def device_logits(model, x: np.ndarray):
 
 @dataclass
 class EvalResult:
-    ranks: np.ndarray          # (E,) int64
-    sessions: np.ndarray       # (E,) session ids
-    positions: np.ndarray      # (E,) target positions
-    topk: np.ndarray           # (E, 20) recommended ids
+    ranks: np.ndarray  # (E,) int64
+    sessions: np.ndarray  # (E,) session ids
+    positions: np.ndarray  # (E,) target positions
+    topk: np.ndarray  # (E, 20) recommended ids
     seconds: float
     summary: dict = field(default_factory=dict)
 
 
-def evaluate(ranker: Ranker, events: Events, n_items: int, popularity: np.ndarray | None = None,
-             batch_size: int = 512) -> EvalResult:
+def evaluate(
+    ranker: Ranker,
+    events: Events,
+    n_items: int,
+    popularity: np.ndarray | None = None,
+    batch_size: int = 512,
+) -> EvalResult:
     """Run ``ranker`` over ``events`` in batches; summarise the metrics."""
     ranks, topk = [], []
     t0 = time.perf_counter()
@@ -200,9 +215,15 @@ def summarise(res: EvalResult, n_items: int, popularity: np.ndarray | None) -> d
     return out
 
 
-def bootstrap_ci(ranks: np.ndarray, sessions: np.ndarray, metrics=("HR@20", "MRR@20"),
-                 n_boot: int = 1000, seed: int = 0, other_ranks: np.ndarray | None = None,
-                 alpha: float = 0.05) -> dict[str, tuple[float, float]]:
+def bootstrap_ci(
+    ranks: np.ndarray,
+    sessions: np.ndarray,
+    metrics=("HR@20", "MRR@20"),
+    n_boot: int = 1000,
+    seed: int = 0,
+    other_ranks: np.ndarray | None = None,
+    alpha: float = 0.05,
+) -> dict[str, tuple[float, float]]:
     """Percentile CI of each metric (or of ``metric(ranks) - metric(other_ranks)``).
 
     Sessions are resampled with replacement; a metric on a resample is the
@@ -212,9 +233,11 @@ def bootstrap_ci(ranks: np.ndarray, sessions: np.ndarray, metrics=("HR@20", "MRR
     vals = metric_values(ranks)
     other = metric_values(other_ranks) if other_ranks is not None else None
     _, inv = np.unique(sessions, return_inverse=True)
-    counts = np.bincount(inv).astype(np.float64)            # events per session
-    sums = {m: np.bincount(inv, weights=vals[m] - (other[m] if other is not None else 0.0))
-            for m in metrics}
+    counts = np.bincount(inv).astype(np.float64)  # events per session
+    sums = {
+        m: np.bincount(inv, weights=vals[m] - (other[m] if other is not None else 0.0))
+        for m in metrics
+    }
     n_sess = len(counts)
     draws = {m: np.empty(n_boot) for m in metrics}
     chunk = max(1, 20_000_000 // max(1, n_sess))
@@ -223,7 +246,7 @@ def bootstrap_ci(ranks: np.ndarray, sessions: np.ndarray, metrics=("HR@20", "MRR
         idx = rng.integers(0, n_sess, size=(b, n_sess))
         w = counts[idx].sum(axis=1)
         for m in metrics:
-            draws[m][b0:b0 + b] = sums[m][idx].sum(axis=1) / w
+            draws[m][b0 : b0 + b] = sums[m][idx].sum(axis=1) / w
     q = (100 * alpha / 2, 100 * (1 - alpha / 2))
     return {m: tuple(float(x) for x in np.percentile(draws[m], q)) for m in metrics}
 
@@ -231,7 +254,15 @@ def bootstrap_ci(ranks: np.ndarray, sessions: np.ndarray, metrics=("HR@20", "MRR
 def by_prefix_length(res: EvalResult, cap: int = 20) -> pd.DataFrame:
     """HR@20 and MRR@20 by prefix length (positions above ``cap`` pooled)."""
     vals = metric_values(res.ranks)
-    df = pd.DataFrame({"prefix_len": np.minimum(res.positions, cap),
-                       "HR@20": vals["HR@20"], "MRR@20": vals["MRR@20"]})
-    return df.groupby("prefix_len").agg(events=("HR@20", "size"), **{
-        "HR@20": ("HR@20", "mean"), "MRR@20": ("MRR@20", "mean")}).reset_index()
+    df = pd.DataFrame(
+        {
+            "prefix_len": np.minimum(res.positions, cap),
+            "HR@20": vals["HR@20"],
+            "MRR@20": vals["MRR@20"],
+        }
+    )
+    return (
+        df.groupby("prefix_len")
+        .agg(events=("HR@20", "size"), **{"HR@20": ("HR@20", "mean"), "MRR@20": ("MRR@20", "mean")})
+        .reset_index()
+    )

@@ -21,14 +21,15 @@ suspect lines are located with numpy and handled by ``handle_lines``.
 The result has dictionary-encoded string columns, ``ts_s`` (int64 UTC
 seconds) and ``line`` (int32, the 1-based physical line number).
 """
+
 from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -37,19 +38,27 @@ import pyarrow.csv as pcsv
 
 FIELDS = ["user", "timestamp", "artist_mbid", "artist_name", "track_mbid", "track_name"]
 TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
 BLOCK_BYTES = 32 << 20
 
 _STRING_TYPES = {name: pa.string() for name in FIELDS}
-_PARSE = dict(delimiter="\t", quote_char=False, escape_char=False, double_quote=False,
-              newlines_in_values=False, ignore_empty_lines=False)
+_PARSE = dict(
+    delimiter="\t",
+    quote_char=False,
+    escape_char=False,
+    double_quote=False,
+    newlines_in_values=False,
+    ignore_empty_lines=False,
+)
 
 
 @dataclass
 class ParseResult:
-    table: pa.Table                      # FIELDS (timestamp as ts_s int64) + line
+    table: pa.Table  # FIELDS (timestamp as ts_s int64) + line
     rejects: list[tuple[int, str, bytes]]  # (line, reason, raw line)
-    lines: int                           # physical lines read
+    lines: int  # physical lines read
     repaired: int = 0
     md5: str = ""
     slow_blocks: int = 0
@@ -70,8 +79,8 @@ def iter_blocks(path: Path, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[by
             if cut < 0:
                 carry += chunk
                 continue
-            head = carry + chunk[:cut + 1] if carry else chunk[:cut + 1]
-            carry = chunk[cut + 1:]
+            head = carry + chunk[: cut + 1] if carry else chunk[: cut + 1]
+            carry = chunk[cut + 1 :]
             yield head, False
 
 
@@ -100,8 +109,12 @@ def _fast_parse(buf: bytes, n_lines: int) -> pa.Table | None:
             parse_options=pcsv.ParseOptions(**_PARSE, invalid_row_handler=on_invalid),
             convert_options=pcsv.ConvertOptions(
                 column_types={**_STRING_TYPES, "timestamp": pa.timestamp("s")},
-                timestamp_parsers=[TS_FORMAT], strings_can_be_null=False,
-                quoted_strings_can_be_null=False, check_utf8=True))
+                timestamp_parsers=[TS_FORMAT],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                check_utf8=True,
+            ),
+        )
     except pa.ArrowInvalid:
         return None
     if invalid or table.num_rows != n_lines:
@@ -159,7 +172,7 @@ def repair_fields(parts: list[str]) -> list[str] | None:
     if len(fits) != 1:
         return None
     k = fits[0]
-    return parts[:3] + ["\t".join(parts[3:4 + k]), parts[4 + k], "\t".join(parts[5 + k:])]
+    return parts[:3] + ["\t".join(parts[3 : 4 + k]), parts[4 + k], "\t".join(parts[5 + k :])]
 
 
 def _check_row(parts: list[str]) -> str | None:
@@ -189,8 +202,11 @@ def handle_lines(lines: list[tuple[int, bytes]], truncated_line: int | None = No
         parts = text.split("\t")
         truncated = line_no == truncated_line
         if len(parts) < len(FIELDS):
-            reason = "truncated_last_line" if truncated else (
-                "empty_line" if text == "" else f"too_few_fields_{len(parts)}")
+            reason = (
+                "truncated_last_line"
+                if truncated
+                else ("empty_line" if text == "" else f"too_few_fields_{len(parts)}")
+            )
             rejects.append((line_no, reason, raw))
             continue
         if len(parts) > len(FIELDS):
@@ -210,10 +226,15 @@ def handle_lines(lines: list[tuple[int, bytes]], truncated_line: int | None = No
 def rows_table(rows: list[list]) -> pa.Table:
     """Table (string fields, timestamp, line) of rows from ``handle_lines``."""
     cols = list(zip(*rows))
-    extra = pa.table({**{n: pa.array(cols[j], pa.string()) for j, n in enumerate(FIELDS)},
-                      "line": pa.array(cols[-1], pa.int64())})
-    return extra.set_column(1, "timestamp", pc.strptime(extra["timestamp"], format=TS_FORMAT,
-                                                         unit="s"))
+    extra = pa.table(
+        {
+            **{n: pa.array(cols[j], pa.string()) for j, n in enumerate(FIELDS)},
+            "line": pa.array(cols[-1], pa.int64()),
+        }
+    )
+    return extra.set_column(
+        1, "timestamp", pc.strptime(extra["timestamp"], format=TS_FORMAT, unit="s")
+    )
 
 
 def _slow_parse(buf: bytes, first_line: int, last_block: bool):
@@ -225,16 +246,18 @@ def _slow_parse(buf: bytes, first_line: int, last_block: bool):
     # Clean lines: parse with pyarrow (strings), then validate user and time.
     if len(good):
         bad = np.flatnonzero(suspect)
-        cuts = np.concatenate([[0], bad + 1])             # good runs start after each bad line
-        stops = np.concatenate([bad, [len(ends)]])         # ... and stop before the next one
-        pieces = [buf[starts[c]:ends[e - 1]] + b"\n" for c, e in zip(cuts, stops) if e > c]
+        cuts = np.concatenate([[0], bad + 1])  # good runs start after each bad line
+        stops = np.concatenate([bad, [len(ends)]])  # ... and stop before the next one
+        pieces = [buf[starts[c] : ends[e - 1]] + b"\n" for c, e in zip(cuts, stops) if e > c]
         clean = b"".join(pieces)
         table = pcsv.read_csv(
             pa.py_buffer(clean),
             read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=1 << 22),
             parse_options=pcsv.ParseOptions(**_PARSE),
-            convert_options=pcsv.ConvertOptions(column_types=_STRING_TYPES,
-                                                strings_can_be_null=False))
+            convert_options=pcsv.ConvertOptions(
+                column_types=_STRING_TYPES, strings_can_be_null=False
+            ),
+        )
         ts = pc.strptime(table["timestamp"], format=TS_FORMAT, unit="s", error_is_null=True)
         ok = pc.and_(pc.is_valid(ts), pc.not_equal(table["user"], ""))
         ok_np = ok.to_numpy(zero_copy_only=False)
@@ -248,7 +271,7 @@ def _slow_parse(buf: bytes, first_line: int, last_block: bool):
         table = None
     # Suspect lines, one by one.
     truncated = (first_line + len(ends) - 1) if last_block and not buf.endswith(b"\n") else None
-    lines = [(first_line + int(i), buf[starts[i]:ends[i]]) for i in np.flatnonzero(suspect)]
+    lines = [(first_line + int(i), buf[starts[i] : ends[i]]) for i in np.flatnonzero(suspect)]
     rows, rej, repaired = handle_lines(lines, truncated)
     rejects += rej
     if rows:
@@ -264,8 +287,9 @@ RETRY_BYTES = 1 << 20
 def _finish(table: pa.Table) -> pa.Table:
     """Typed block: ts_s int64 seconds, line int32, strings dictionary-encoded."""
     table = table.set_column(1, "ts_s", table["timestamp"].cast(pa.int64()))
-    table = table.set_column(table.schema.get_field_index("line"), "line",
-                             table["line"].cast(pa.int32()))
+    table = table.set_column(
+        table.schema.get_field_index("line"), "line", table["line"].cast(pa.int32())
+    )
     for name in STRING_COLUMNS:
         i = table.schema.get_field_index(name)
         table = table.set_column(i, name, pc.dictionary_encode(table[name]))
@@ -287,9 +311,11 @@ def parse_blocks(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = Tr
     feed: queue.Queue = queue.Queue(maxsize=4)
     hasher = None
     if md5 is not None:  # hashing releases the GIL: overlap it with parsing
+
         def _hash():
             while (blk := feed.get()) is not None:
                 md5.update(blk)
+
         hasher = threading.Thread(target=_hash, daemon=True)
         hasher.start()
     tables, rejects = [], []
@@ -300,7 +326,9 @@ def parse_blocks(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = Tr
         n = piece.count(b"\n") + (0 if piece.endswith(b"\n") else 1)
         table = _fast_parse(piece, n) if piece.endswith(b"\n") else None
         if table is not None:
-            table = table.append_column("line", pa.array(np.arange(first, first + n, dtype=np.int64)))
+            table = table.append_column(
+                "line", pa.array(np.arange(first, first + n, dtype=np.int64))
+            )
         else:
             slow += 1
             table, rej, rep, n = _slow_parse(piece, first, last)
@@ -318,7 +346,8 @@ def parse_blocks(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = Tr
             table = _fast_parse(buf, n_lines) if buf.endswith(b"\n") else None
             if table is not None:
                 table = table.append_column(
-                    "line", pa.array(np.arange(line0, line0 + n_lines, dtype=np.int64)))
+                    "line", pa.array(np.arange(line0, line0 + n_lines, dtype=np.int64))
+                )
                 tables.append(_finish(table))
                 line0 += n_lines
                 continue
@@ -336,12 +365,24 @@ def parse_blocks(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = Tr
         table = pa.schema(fields + [pa.field("line", pa.int32())]).empty_table()
     else:
         table = pa.concat_tables(tables).unify_dictionaries()
+    return _result(table, rejects, line0 - 1, repaired, md5, slow)
+
+
+def _result(
+    table: pa.Table, rejects: list, lines: int, repaired: int, md5, slow_blocks: int
+) -> ParseResult:
     counts: dict[str, int] = {}
     for _, reason, _ in rejects:
         counts[reason] = counts.get(reason, 0) + 1
-    return ParseResult(table=table, rejects=sorted(rejects), lines=line0 - 1,
-                       repaired=repaired, md5=md5.hexdigest() if md5 else "",
-                       slow_blocks=slow, reject_counts=counts)
+    return ParseResult(
+        table=table,
+        rejects=sorted(rejects),
+        lines=lines,
+        repaired=repaired,
+        md5=md5.hexdigest() if md5 else "",
+        slow_blocks=slow_blocks,
+        reject_counts=counts,
+    )
 
 
 def escape_line(raw: bytes) -> str:
@@ -387,7 +428,7 @@ class _Scan:
             carry, offset = 0, 0
             with open(self.path, "rb") as fh:
                 while True:
-                    n = fh.readinto(view[carry:carry + self.block])
+                    n = fh.readinto(view[carry : carry + self.block])
                     total = carry + n
                     if self.md5 is not None and n:
                         self.md5.update(view[carry:total])
@@ -402,11 +443,18 @@ class _Scan:
                             continue
                     arr = np.frombuffer(buf, np.uint8, count=cut)
                     lines = int(np.count_nonzero(arr == 10))
-                    if n == 0 and buf[cut - 1:cut] != b"\n":
+                    if n == 0 and buf[cut - 1 : cut] != b"\n":
                         lines += 1
                         self.ends_with_newline = False
-                    self.blocks.append((offset, offset + cut, self.lines + 1, lines,
-                                        int(np.count_nonzero(arr == 9))))
+                    self.blocks.append(
+                        (
+                            offset,
+                            offset + cut,
+                            self.lines + 1,
+                            lines,
+                            int(np.count_nonzero(arr == 9)),
+                        )
+                    )
                     self.lines += lines
                     offset += cut
                     carry = total - cut
@@ -416,7 +464,7 @@ class _Scan:
         except Exception as err:  # re-raised by join()
             self.error = err
 
-    def join(self) -> "_Scan":
+    def join(self) -> _Scan:
         self.thread.join()
         if self.error is not None:
             raise self.error
@@ -435,18 +483,20 @@ def _locate_wrong_field_counts(path: Path, blocks) -> list[tuple[int, bytes]]:
             buf = fh.read(end - start)
             arr = np.frombuffer(buf, np.uint8)
             starts, ends = _line_bounds(buf)
-            per_line = np.bincount(np.searchsorted(ends, np.flatnonzero(arr == 9)),
-                                   minlength=len(ends))
+            per_line = np.bincount(
+                np.searchsorted(ends, np.flatnonzero(arr == 9)), minlength=len(ends)
+            )
             for i in np.flatnonzero(per_line != len(FIELDS) - 1):
-                found.append((line0 + int(i), buf[starts[i]:ends[i]]))
+                found.append((line0 + int(i), buf[starts[i] : ends[i]]))
     return found
 
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 
 
-def parse_file(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = True,
-               force_blocks: bool = False) -> ParseResult:
+def parse_file(
+    path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = True, force_blocks: bool = False
+) -> ParseResult:
     """Parse ``path`` exactly; see the module docstring.
 
     Fast path: one multithreaded ``pyarrow.csv`` pass over the whole file
@@ -471,19 +521,25 @@ def parse_file(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = True
     types["timestamp"] = pa.timestamp("s")
     try:
         table = pcsv.read_csv(
-            path, read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=16 << 20),
+            path,
+            read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=16 << 20),
             parse_options=pcsv.ParseOptions(**_PARSE, invalid_row_handler=on_invalid),
             convert_options=pcsv.ConvertOptions(
-                column_types=types, timestamp_parsers=[TS_FORMAT], strings_can_be_null=False,
-                quoted_strings_can_be_null=False, check_utf8=True))
+                column_types=types,
+                timestamp_parsers=[TS_FORMAT],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                check_utf8=True,
+            ),
+        )
     except pa.ArrowInvalid:
         table = None
     scan.join()
-    exact = (table is not None and scan.ends_with_newline
-             and table.num_rows + len(invalid) == scan.lines)
+    exact = (
+        table is not None and scan.ends_with_newline and table.num_rows + len(invalid) == scan.lines
+    )
     if exact:  # an empty user id (each chunk's dictionary holds only values it uses)
-        exact = not any(pc.any(pc.equal(c.dictionary, "")).as_py()
-                        for c in table["user"].chunks)
+        exact = not any(pc.any(pc.equal(c.dictionary, "")).as_py() for c in table["user"].chunks)
     located: list[tuple[int, bytes]] = []
     if exact and invalid:
         located = _locate_wrong_field_counts(Path(path), scan.blocks)
@@ -501,9 +557,4 @@ def parse_file(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = True
         extra = _finish(rows_table(rows))
         parts.append(extra)
     table = pa.concat_tables(parts).unify_dictionaries()
-    counts: dict[str, int] = {}
-    for _, reason, _ in rejects:
-        counts[reason] = counts.get(reason, 0) + 1
-    return ParseResult(table=table, rejects=sorted(rejects), lines=scan.lines,
-                       repaired=repaired, md5=scan.md5.hexdigest() if scan.md5 else "",
-                       slow_blocks=0, reject_counts=counts)
+    return _result(table, rejects, scan.lines, repaired, scan.md5, 0)

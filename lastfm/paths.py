@@ -4,6 +4,7 @@ Every stage takes ``--data-dir`` (default ``$LASTFM_DATA_DIR``, else ``data/``
 beside the scripts) and finds its inputs and outputs here, so a pipeline run
 in another folder stays consistent from the download to the report.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,10 +22,11 @@ def default_data_root() -> Path:
 @dataclass(frozen=True)
 class Layout:
     """The folders of one data root (created on first use by ``make``)."""
+
     root: Path
 
     @classmethod
-    def at(cls, root: Path | str | None = None) -> "Layout":
+    def at(cls, root: Path | str | None = None) -> Layout:
         return cls(Path(root) if root else default_data_root())
 
     def raw(self) -> Path:

@@ -1,4 +1,5 @@
 """Shared fixtures: small generated datasets and an isolated data directory."""
+
 from __future__ import annotations
 
 import sys
@@ -25,8 +26,9 @@ def data_dir(tmp_path, monkeypatch):
 def small_synth(tmp_path_factory):
     """~60K plays of 24 users over 8 months, with the archive packed."""
     out = tmp_path_factory.mktemp("synth")
-    cfg = synth.SynthConfig(users=24, plays=60_000, months=8, seed=7, stray_tabs=3,
-                            bad_timestamps=2)
+    cfg = synth.SynthConfig(
+        users=24, plays=60_000, months=8, seed=7, stray_tabs=3, bad_timestamps=2
+    )
     summary = synth.generate(out, cfg, archive=True)
     return out, summary
 

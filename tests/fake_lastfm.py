@@ -8,6 +8,7 @@ connections. Every request is recorded (time, method, key) for assertions.
 Certificates come from ``trustme`` (a test certificate authority), so the
 real client verifies TLS as usual.
 """
+
 from __future__ import annotations
 
 import ssl
@@ -20,16 +21,17 @@ from xml.sax.saxutils import escape
 
 
 class FakeLastFM:
-    def __init__(self, tags: dict[str, list[tuple[str, int]]], api_key: str, tmp_dir,
-                 latency_s: float = 0.0):
+    def __init__(
+        self, tags: dict[str, list[tuple[str, int]]], api_key: str, tmp_dir, latency_s: float = 0.0
+    ):
         import trustme
 
         self.tags, self.api_key, self.latency_s = tags, api_key, latency_s
-        self.requests: list[tuple[float, str, str]] = []   # (time, method, key)
+        self.requests: list[tuple[float, str, str]] = []  # (time, method, key)
         self.lock = threading.Lock()
         # failures: key -> list of failure kinds for its next requests, in order
         self.failures: dict[str, list[str]] = defaultdict(list)
-        self.always: str | None = None      # a failure kind for every request
+        self.always: str | None = None  # a failure kind for every request
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         self.ca_file = str(tmp_dir / "fake_lastfm_ca.pem")
@@ -78,20 +80,36 @@ class FakeLastFM:
         if fail in ("500", "503"):
             return self._send(h, int(fail), "<html>server error</html>")
         if fail == "malformed":
-            return self._send(h, 200, "<lfm status=\"ok\"><toptags><tag><name>unclosed")
+            return self._send(h, 200, '<lfm status="ok"><toptags><tag><name>unclosed')
         if fail is not None:  # a Last.fm error code
-            return self._send(h, 200, f'<?xml version="1.0" encoding="UTF-8"?>\n<lfm status='
-                                      f'"failed"><error code="{fail}">Error {fail}</error></lfm>')
+            return self._send(
+                h,
+                200,
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<lfm status='
+                f'"failed"><error code="{fail}">Error {fail}</error></lfm>',
+            )
         if form.get("api_key") != self.api_key:
-            return self._send(h, 200, '<lfm status="failed"><error code="10">Invalid API key - '
-                                      'You must be granted a valid key by last.fm</error></lfm>')
+            return self._send(
+                h,
+                200,
+                '<lfm status="failed"><error code="10">Invalid API key - '
+                "You must be granted a valid key by last.fm</error></lfm>",
+            )
         if key not in self.tags:
-            return self._send(h, 200, '<lfm status="failed"><error code="6">Track not found'
-                                      '</error></lfm>')
-        body = "".join(f"<tag><count>{w}</count><name>{escape(t)}</name><url>https://www.last.fm"
-                       f"/tag/x</url></tag>" for t, w in self.tags[key])
-        self._send(h, 200, f'<?xml version="1.0" encoding="UTF-8"?>\n<lfm status="ok">'
-                           f'<toptags artist="a" track="t">{body}</toptags></lfm>')
+            return self._send(
+                h, 200, '<lfm status="failed"><error code="6">Track not found</error></lfm>'
+            )
+        body = "".join(
+            f"<tag><count>{w}</count><name>{escape(t)}</name><url>https://www.last.fm"
+            f"/tag/x</url></tag>"
+            for t, w in self.tags[key]
+        )
+        self._send(
+            h,
+            200,
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<lfm status="ok">'
+            f'<toptags artist="a" track="t">{body}</toptags></lfm>',
+        )
 
     @staticmethod
     def _send(h, status: int, body: str) -> None:

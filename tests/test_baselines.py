@@ -1,4 +1,5 @@
 """Baselines on hand-made sessions, and against POP on generated data."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,10 +11,12 @@ from lastfm.data import make_events
 from lastfm.metrics import evaluate, ranker_from_scorer
 
 # items 1..6; 1 -> 2 always; 3 and 4 co-occur; 5 popular
-TRAIN = pd.DataFrame({
-    "session_id": [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 5],
-    "item_idx":   [1, 2, 5, 1, 2, 3, 4, 5, 3, 4, 5, 5, 5, 6],
-})
+TRAIN = pd.DataFrame(
+    {
+        "session_id": [0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 4, 4, 5, 5],
+        "item_idx": [1, 2, 5, 1, 2, 3, 4, 5, 3, 4, 5, 5, 5, 6],
+    }
+)
 N = 6
 
 
@@ -34,7 +37,7 @@ def test_sequential_rules_follow_transitions():
     assert top(sr, [3, 1]) == 2
     assert sr.table[1, 2] == 2 and sr.table[2, 1] == 0
     sr2 = bl.SequentialRules(steps=2).fit(TRAIN, N)
-    assert sr2.table[1, 5] == pytest.approx(0.5)          # two steps apart: weight 1/2
+    assert sr2.table[1, 5] == pytest.approx(0.5)  # two steps apart: weight 1/2
 
 
 def test_item_knn_cooccurrence():
@@ -45,9 +48,9 @@ def test_item_knn_cooccurrence():
 def test_vsknn_neighbour_sessions_vote():
     v = bl.VSKNN(k=10).fit(TRAIN, N)
     s3 = v.score(np.array([[3, 0]], np.int32), np.array([1]))
-    assert s3[0, 4] > s3[0, 1] and s3[0, 4] > s3[0, 6]   # 4 shares both sessions of 3
+    assert s3[0, 4] > s3[0, 1] and s3[0, 4] > s3[0, 6]  # 4 shares both sessions of 3
     s = v.score(np.array([[6, 0]], np.int32), np.array([1]))
-    assert s[0, 5] > s[0, 1]          # 5 shares a session with 6; 1 does not
+    assert s[0, 5] > s[0, 1]  # 5 shares a session with 6; 1 does not
 
 
 def test_keep_top_k():
@@ -75,8 +78,9 @@ def test_equal_counts_are_ordered_by_popularity_not_tied():
     # 1 -> 2 and 1 -> 3 once each; 3 has 2 plays, 2 has 1; track 4, 1,000 plays, makes
     # the prior of 2 and 3 tiny (1e-9, 2e-9), which float32 scores lost (an exact tie,
     # and the optimistic tie rule then ranked either target first)
-    train = pd.DataFrame({"session_id": [0, 0, 1, 1, 2] + [3] * 1000,
-                          "item_idx": [1, 2, 1, 3, 3] + [4] * 1000})
+    train = pd.DataFrame(
+        {"session_id": [0, 0, 1, 1, 2] + [3] * 1000, "item_idx": [1, 2, 1, 3, 3] + [4] * 1000}
+    )
     sr = bl.SequentialRules(steps=1).fit(train, 4)
     rank = ranker_from_scorer(sr.score)
     pre, n = np.array([[1]], np.int32), np.array([1])

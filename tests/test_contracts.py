@@ -1,4 +1,5 @@
 """The structure's contracts: one-way imports, typed configs, one ranking contract."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ from lastfm.metrics import ranker_from_scorer, target_ranks
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["preprocess", "sessionize", "fetch_tags", "train", "test_model"]
-TOP_LIBRARY = ["model", "synth"]          # top-level modules the user named, below the stages
+TOP_LIBRARY = ["model", "synth"]  # top-level modules the user named, below the stages
 
 
 def local_imports(path: Path) -> set[str]:
@@ -148,25 +149,32 @@ def test_every_stage_takes_data_dir_and_its_config_flags():
 
 
 # Deliberately tied scores, NaNs and a padding column that outscores everything.
-TIED = np.array([[9.0, 0.5, 0.9, 0.1, 0.9, 0.9],
-                 [9.0, 0.2, 0.2, 0.2, 0.2, 0.2],
-                 [9.0, 0.3, np.nan, 0.1, 0.3, 0.0],
-                 [np.nan, np.nan, np.nan, np.nan, np.nan, np.nan],
-                 [9.0, 1.0, 0.5, np.nan, 0.5, 0.2]], np.float32)
+TIED = np.array(
+    [
+        [9.0, 0.5, 0.9, 0.1, 0.9, 0.9],
+        [9.0, 0.2, 0.2, 0.2, 0.2, 0.2],
+        [9.0, 0.3, np.nan, 0.1, 0.3, 0.0],
+        [np.nan, np.nan, np.nan, np.nan, np.nan, np.nan],
+        [9.0, 1.0, 0.5, np.nan, 0.5, 0.2],
+    ],
+    np.float32,
+)
 TARGETS = np.array([2, 3, 2, 1, 4])
 EXPECTED = [1, 1, 5, 5, 2]  # ties optimistic; a NaN target ranks last (V = 5)
 
 
 def test_tie_policy_and_nan_on_the_numpy_path():
     assert target_ranks(TIED, TARGETS).tolist() == EXPECTED
-    ranks, top = ranker_from_scorer(lambda p, n: TIED)(np.zeros((5, 1), np.int32),
-                                                       np.ones(5, np.int32), TARGETS)
+    ranks, top = ranker_from_scorer(lambda p, n: TIED)(
+        np.zeros((5, 1), np.int32), np.ones(5, np.int32), TARGETS
+    )
     assert ranks.tolist() == EXPECTED
     assert (top[:, 0] != 0).all()  # padding never recommended
 
 
 class FixedScores:
     """A stand-in model whose logits are given (the device ranker's interface)."""
+
     input_len = 1
 
     def __init__(self, scores):
@@ -177,6 +185,7 @@ class FixedScores:
 
     def logits(self, rep):
         from keras import ops
+
         return ops.convert_to_tensor(self.scores)
 
 
@@ -186,8 +195,10 @@ def test_numpy_and_device_paths_rank_identically():
 
     from lastfm.metrics import device_ranker
 
-    assert ops.convert_to_numpy(target_ranks(ops.convert_to_tensor(TIED), TARGETS, ops)
-                                ).tolist() == EXPECTED
+    assert (
+        ops.convert_to_numpy(target_ranks(ops.convert_to_tensor(TIED), TARGETS, ops)).tolist()
+        == EXPECTED
+    )
     x, n = np.zeros((5, 1), np.int32), np.ones(5, np.int32)
     dev, _ = device_ranker(FixedScores(TIED))(x, n, TARGETS)
     cpu, _ = ranker_from_scorer(lambda p, n: TIED)(x, n, TARGETS)
@@ -196,8 +207,9 @@ def test_numpy_and_device_paths_rank_identically():
     scores = rng.integers(0, 4, size=(64, 40)).astype(np.float32)
     targets = rng.integers(1, 40, size=64)
     dev, _ = device_ranker(FixedScores(scores))(np.zeros((64, 1), np.int32), np.ones(64), targets)
-    cpu, _ = ranker_from_scorer(lambda p, n: scores)(np.zeros((64, 1), np.int32), np.ones(64),
-                                                     targets)
+    cpu, _ = ranker_from_scorer(lambda p, n: scores)(
+        np.zeros((64, 1), np.int32), np.ones(64), targets
+    )
     assert dev.tolist() == cpu.tolist()
 
 
@@ -206,7 +218,8 @@ def test_an_old_saved_model_asks_for_retraining(tmp_path):
     from model import load_trained
 
     (tmp_path / "model.keras").write_bytes(b"x")
-    (tmp_path / "config.json").write_text(json.dumps({"model": {"emb_dim": 64, "output": "tied"},
-                                                      "vocab_md5": "a"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model": {"emb_dim": 64, "output": "tied"}, "vocab_md5": "a"})
+    )
     with pytest.raises(PipelineError, match="retrain"):
         load_trained(tmp_path)

@@ -1,4 +1,5 @@
 """test_model.py (the evaluation stage): reports, recommendations, clear errors."""
+
 from __future__ import annotations
 
 import json
@@ -30,6 +31,7 @@ def test_baseline_report_and_plots(pipeline_data, monkeypatch, capsys):
 
 def test_recommend_is_readable(pipeline_data, monkeypatch):
     monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
+
     def rec(**kw):
         return evaluation.recommend(Layout.at(), evaluation.EvalConfig(model=False, n=5, **kw))
 
@@ -55,8 +57,9 @@ def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_pat
     saved = tmp_path / "sr.npz"
     evaluation.main(["--methods", "SR", "--no-model", "--n-boot", "50", "--save-ranks", str(saved)])
     sr = json.loads((rep / "results.json").read_text())["methods"]["SR"]
-    evaluation.main(["--methods", "POP", "--no-model", "--n-boot", "50",
-                     "--ranks-from", str(saved)])
+    evaluation.main(
+        ["--methods", "POP", "--no-model", "--n-boot", "50", "--ranks-from", str(saved)]
+    )
     res = json.loads((rep / "results.json").read_text())
     assert set(res["methods"]) == {"POP", "SR"}
     merged = res["methods"]["SR"]
@@ -70,8 +73,9 @@ def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_pat
     evaluation.main(["--methods", "SR", "--no-model", "--n-boot", "50", "--ranks-from", str(saved)])
     assert set(json.loads((rep / "results.json").read_text())["methods"]) == {"SR"}
     with pytest.raises(PipelineError, match="saved for other test events"):
-        evaluation.main(["--methods", "POP", "--no-model", "--prefix-len", "10",
-                         "--ranks-from", str(saved)])
+        evaluation.main(
+            ["--methods", "POP", "--no-model", "--prefix-len", "10", "--ranks-from", str(saved)]
+        )
     with pytest.raises(PipelineError, match="file not found"):
         evaluation.main(["--methods", "POP", "--no-model", "--ranks-from", str(tmp_path / "x")])
     bad = tmp_path / "bad.npz"

@@ -1,4 +1,5 @@
 """fetch_tags.py against a local HTTPS server speaking the Last.fm API (real pylast)."""
+
 from __future__ import annotations
 
 import logging
@@ -8,8 +9,8 @@ import pandas as pd
 import pytest
 
 import fetch_tags as ft
-from lastfm.common import PipelineError
 from fake_lastfm import FakeLastFM
+from lastfm.common import PipelineError
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -22,10 +23,16 @@ def tag_env(pipeline_data, small_synth, tmp_path, monkeypatch):
     monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
     monkeypatch.delenv("LASTFM_API_KEY", raising=False)
     vocab = pd.read_parquet(data / "sessions" / "1m" / "vocab.parquet")
-    truth = pd.read_csv(small_synth[0] / "ground_truth" / "track_tags.tsv", sep="\t",
-                        quoting=3, keep_default_na=False)
-    by_name = {k: list(zip(g["tag"], g["weight"].astype(int)))
-               for k, g in truth.groupby(["artist", "track"])}
+    truth = pd.read_csv(
+        small_synth[0] / "ground_truth" / "track_tags.tsv",
+        sep="\t",
+        quoting=3,
+        keep_default_na=False,
+    )
+    by_name = {
+        k: list(zip(g["tag"], g["weight"].astype(int)))
+        for k, g in truth.groupby(["artist", "track"])
+    }
     planted = {}
     for job in ft.track_jobs(vocab):
         tags = by_name.get((job.artist, job.title))
@@ -42,8 +49,19 @@ def server(tag_env, tmp_path):
 
 
 def cli(server, *extra):
-    return ["--windows", "1m", "--api-key", KEY, "--ws-server", server.ws_server,
-            "--ca-file", server.ca_file, "--backoff", "0.01", *extra]
+    return [
+        "--windows",
+        "1m",
+        "--api-key",
+        KEY,
+        "--ws-server",
+        server.ws_server,
+        "--ca-file",
+        server.ca_file,
+        "--backoff",
+        "0.01",
+        *extra,
+    ]
 
 
 def test_every_track_cached_once_and_key_never_shown(tag_env, server, capsys, caplog):
@@ -83,7 +101,7 @@ def test_killed_run_resumes_without_asking_twice(tag_env, server):
     counts = server.per_key()
     assert all(counts[k] == 1 for k in finished)
     assert len(counts) == len(vocab)
-    assert sum(counts.values()) <= len(vocab) + 3      # at most the requests in flight
+    assert sum(counts.values()) <= len(vocab) + 3  # at most the requests in flight
 
 
 def test_rate_limit_is_never_exceeded(tag_env, server):
@@ -97,7 +115,7 @@ def test_rate_limit_is_never_exceeded(tag_env, server):
     assert len(server.requests) == 45
     assert server.max_per_second() <= 16
     span = server.requests[-1][0] - server.requests[0][0]
-    assert span >= (45 - 1) / 15 - 0.2                 # and it did not go faster
+    assert span >= (45 - 1) / 15 - 0.2  # and it did not go faster
 
 
 def test_transient_failures_are_retried(tag_env, server):
@@ -122,8 +140,9 @@ def test_errors_after_retries_are_recorded_and_asked_again(tag_env, server):
     server.failures[job.key] = ["503"] * 3
     cache = ft.TagCache(data / "tags" / "cache.sqlite")
     net = ft.make_network(KEY, server.ws_server, server.ca_file)
-    ft.run_fetch([job], cache, net, rate=0, workers=1, max_retries=2, backoff_s=0.01,
-                 progress=False)
+    ft.run_fetch(
+        [job], cache, net, rate=0, workers=1, max_retries=2, backoff_s=0.01, progress=False
+    )
     assert cache.answers([job.key])[job.key][0] == "error"
     assert cache.todo([job.key], None) == [job.key]
     ft.run_fetch([job], cache, net, rate=0, workers=1, progress=False)
@@ -133,8 +152,22 @@ def test_errors_after_retries_are_recorded_and_asked_again(tag_env, server):
 
 def test_invalid_key_stops_with_a_clear_message(tag_env, server, capsys):
     with pytest.raises(PipelineError, match="invalid API key.*LASTFM_API_KEY"):
-        ft.main(["--windows", "1m", "--api-key", "wrong", "--ws-server", server.ws_server,
-                 "--ca-file", server.ca_file, "--rate", "0", "--workers", "2"])
+        ft.main(
+            [
+                "--windows",
+                "1m",
+                "--api-key",
+                "wrong",
+                "--ws-server",
+                server.ws_server,
+                "--ca-file",
+                server.ca_file,
+                "--rate",
+                "0",
+                "--workers",
+                "2",
+            ]
+        )
     assert len(server.requests) <= 4
 
 
@@ -147,9 +180,17 @@ def test_no_key_and_no_file_exits_cleanly(tag_env, capsys):
 
 def test_tags_file_import_and_require_tags(tag_env, small_synth, capsys):
     data, vocab, planted, _ = tag_env
-    ft.main(["--windows", "1m", "--tags-file",
-             str(small_synth[0] / "ground_truth" / "track_tags.tsv"), "--require-tags",
-             "--min-tag-count", "1"])
+    ft.main(
+        [
+            "--windows",
+            "1m",
+            "--tags-file",
+            str(small_synth[0] / "ground_truth" / "track_tags.tsv"),
+            "--require-tags",
+            "--min-tag-count",
+            "1",
+        ]
+    )
     import json
 
     meta = json.loads((data / "tags" / "1m" / "meta.json").read_text())
@@ -160,7 +201,9 @@ def test_tags_file_import_and_require_tags(tag_env, small_synth, capsys):
     from lastfm.paths import Layout
 
     ids, w, n_tags = load_tag_tables(Layout.at(), "1m", len(vocab), 5)
-    assert n_tags == meta["distinct_tags"] and (ids > 0).sum(axis=1).astype(bool).sum() == len(planted)
+    assert n_tags == meta["distinct_tags"] and (ids > 0).sum(axis=1).astype(bool).sum() == len(
+        planted
+    )
     assert "Dropping untagged tracks" in capsys.readouterr().out
 
 
@@ -185,7 +228,7 @@ def test_token_bucket_with_a_fake_clock():
     b = ft.TokenBucket(4, clock=lambda: now[0], sleep=sleep)
     for _ in range(9):
         b.acquire()
-    assert now[0] == pytest.approx(2.0)       # first token free, then 4 per second
+    assert now[0] == pytest.approx(2.0)  # first token free, then 4 per second
     b.slow_down(10)
     b.acquire()
     assert b.rate == 2

@@ -1,4 +1,5 @@
 """metrics.py: hand-computed cases, ties, and an independent computation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,16 +7,21 @@ import pandas as pd
 import pytest
 
 from lastfm.data import Events, make_events
-from lastfm.metrics import (bootstrap_ci, evaluate, metric_values, ranker_from_scorer,
-                            target_ranks, topk_from_scores)
+from lastfm.metrics import (
+    bootstrap_ci,
+    evaluate,
+    metric_values,
+    ranker_from_scorer,
+    target_ranks,
+    topk_from_scores,
+)
 
 
 def test_ranks_hand_computed_with_ties():
     # column 0 is padding and never ranked
-    scores = np.array([[9.0, 0.5, 0.9, 0.1, 0.9],
-                       [9.0, 0.2, 0.2, 0.2, 0.2]])
+    scores = np.array([[9.0, 0.5, 0.9, 0.1, 0.9], [9.0, 0.2, 0.2, 0.2, 0.2]])
     targets = np.array([2, 3])
-    assert target_ranks(scores, targets).tolist() == [1, 1]             # optimistic
+    assert target_ranks(scores, targets).tolist() == [1, 1]  # optimistic
     assert target_ranks(scores, np.array([1, 1])).tolist() == [3, 1]
 
 
@@ -32,7 +38,7 @@ def test_ranks_and_topk_agree_with_argsort_on_random_scores():
     rng = np.random.default_rng(3)
     scores = rng.normal(size=(200, 51))
     targets = rng.integers(1, 51, size=200)
-    order = np.argsort(-scores[:, 1:], axis=1) + 1                 # independent: full sort
+    order = np.argsort(-scores[:, 1:], axis=1) + 1  # independent: full sort
     expected = np.array([np.flatnonzero(order[i] == targets[i])[0] + 1 for i in range(200)])
     assert (target_ranks(scores, targets) == expected).all()
     assert (topk_from_scores(scores, 20) == order[:, :20]).all()
@@ -45,7 +51,7 @@ def test_make_events_prefixes_and_truncation():
     ev = make_events(split, prefix_len=2)
     assert ev.targets.tolist() == [2, 3, 4, 8]
     assert ev.lengths.tolist() == [1, 2, 2, 1]
-    assert ev.prefixes.tolist() == [[1, 0], [1, 2], [2, 3], [7, 0]]   # most recent kept
+    assert ev.prefixes.tolist() == [[1, 0], [1, 2], [2, 3], [7, 0]]  # most recent kept
     assert ev.sessions.tolist() == [5, 5, 5, 9] and ev.positions.tolist() == [1, 2, 3, 1]
 
 
@@ -54,6 +60,7 @@ def test_exclude_seen_and_padding_never_recommended():
         s = np.tile(np.arange(6, dtype=np.float32), (len(prefixes), 1))
         s[:, 0] = 100.0  # padding gets the top raw score and must still be excluded
         return s
+
     pre = np.array([[5, 4, 0]])
     r_in, top_in = ranker_from_scorer(scorer)(pre, np.array([2]), np.array([5]))
     r_ex, top_ex = ranker_from_scorer(scorer, exclude_seen=True)(pre, np.array([2]), np.array([3]))
@@ -74,13 +81,19 @@ def test_bootstrap_intervals():
     assert same["HR@20"] == (0.0, 0.0)
     better = bootstrap_ci(np.ones_like(ranks), sessions, ("HR@20",), n_boot=100, other_ranks=ranks)
     assert better["HR@20"][0] > 0
-    assert bootstrap_ci(ranks, sessions, n_boot=50, seed=4) == bootstrap_ci(ranks, sessions,
-                                                                            n_boot=50, seed=4)
+    assert bootstrap_ci(ranks, sessions, n_boot=50, seed=4) == bootstrap_ci(
+        ranks, sessions, n_boot=50, seed=4
+    )
 
 
 def test_evaluate_summary_fields():
-    ev = Events(np.array([[1, 0], [1, 2]], np.int32), np.array([1, 2], np.int32),
-                np.array([2, 3], np.int32), np.array([0, 0]), np.array([1, 2], np.int32))
+    ev = Events(
+        np.array([[1, 0], [1, 2]], np.int32),
+        np.array([1, 2], np.int32),
+        np.array([2, 3], np.int32),
+        np.array([0, 0]),
+        np.array([1, 2], np.int32),
+    )
     pop = np.array([0, 5, 3, 1], float)
     res = evaluate(ranker_from_scorer(lambda p, n: np.tile(pop, (len(p), 1))), ev, 3, pop)
     assert res.ranks.tolist() == [2, 3]
@@ -92,6 +105,6 @@ def test_evaluate_summary_fields():
 def test_two_stage_topk_matches_full_sort_on_wide_rows():
     rng = np.random.default_rng(5)
     scores = rng.normal(size=(64, 30_001)).astype(np.float32)
-    scores[3, 29_000:29_030] = 50.0 + np.arange(30)      # the top 20 packed in one block
+    scores[3, 29_000:29_030] = 50.0 + np.arange(30)  # the top 20 packed in one block
     order = np.argsort(-scores[:, 1:], axis=1, kind="stable")[:, :20] + 1
     assert (topk_from_scores(scores, 20) == order).all()

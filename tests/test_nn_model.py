@@ -1,4 +1,5 @@
 """model.py / train.py / lastfm.hybrid: shapes, masking, training, save/load, refusals."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ from lastfm.baselines import SequentialRules  # noqa: E402
 from lastfm.common import PipelineError  # noqa: E402
 from lastfm.data import load_splits, make_events, recent, sample_events  # noqa: E402
 from lastfm.metrics import device_ranker  # noqa: E402
-from lastfm.paths import Layout  # noqa: E402
 from model import ModelConfig, build_model, load_trained  # noqa: E402
 
 V = 30
@@ -49,7 +49,7 @@ def test_last_position_logic_in_mixed_batches():
     seqs = [[3], [4, 5], [6, 7, 8, 9, 10, 11], [12, 13, 14]]
     batch = np.zeros((4, 6), np.int32)
     for i, s in enumerate(seqs):
-        batch[i, :len(s)] = s
+        batch[i, : len(s)] = s
     together = keras.ops.convert_to_numpy(m(batch))
     for i, s in enumerate(seqs):
         alone = keras.ops.convert_to_numpy(m(np.array([s], np.int32)))
@@ -61,8 +61,12 @@ def test_last_position_logic_in_mixed_batches():
 
 
 def test_tags_are_used_as_side_information():
-    m = build_model(V, ModelConfig(input_len=4, emb_dim=8, hidden=6, fc_dim=8, dropout=0.0,
-                                   tags_per_track=2), n_tags=4, seed=1)
+    m = build_model(
+        V,
+        ModelConfig(input_len=4, emb_dim=8, hidden=6, fc_dim=8, dropout=0.0, tags_per_track=2),
+        n_tags=4,
+        seed=1,
+    )
     tags = np.zeros((V + 1, 2), np.int32)
     w = np.zeros((V + 1, 2), np.float32)
     x = np.array([[3, 4, 0, 0]], np.int32)
@@ -86,10 +90,28 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     from lastfm import baselines as bl
     from lastfm.metrics import evaluate, ranker_from_scorer
 
-    layout, mc, tc = trainer.parse_args(["--window", "3m", "--epochs", "4", "--emb-dim", "32",
-                                         "--hidden", "32", "--fc-dim", "64", "--batch-size",
-                                         "64", "--lr", "0.005", "--verbose", "0",
-                                         "--patience", "4"])
+    layout, mc, tc = trainer.parse_args(
+        [
+            "--window",
+            "3m",
+            "--epochs",
+            "4",
+            "--emb-dim",
+            "32",
+            "--hidden",
+            "32",
+            "--fc-dim",
+            "64",
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.005",
+            "--verbose",
+            "0",
+            "--patience",
+            "4",
+        ]
+    )
     config = trainer.train(layout, mc, tc)
     rows = config["history"]
     assert rows[-1]["loss"] < rows[0]["loss"]
@@ -97,31 +119,37 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     splits, vocab, meta = load_splits(layout, "3m")
 
     pop = bl.Pop().fit(splits["train"], len(vocab))
-    pop_hr = evaluate(ranker_from_scorer(pop.score), make_events(splits["valid"], 20),
-                      len(vocab)).summary["HR@20"]
+    pop_hr = evaluate(
+        ranker_from_scorer(pop.score), make_events(splits["valid"], 20), len(vocab)
+    ).summary["HR@20"]
     assert max(r["valid_HR@20"] for r in rows) > pop_hr
     # save/load round trip gives the same scores
     path = pipeline_data / "models" / "3m" / "model.keras"
     loaded, cfg = load_trained(path.parent, meta["vocab_md5"])
     x = np.array([[1, 2, 3] + [0] * 17], np.int32)
     again, _ = load_trained(path.parent, meta["vocab_md5"])
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)),
-                               keras.ops.convert_to_numpy(again(x)), rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(again(x)), rtol=1e-6
+    )
     assert cfg["best_epoch"] >= 1 and json.loads(path.with_name("config.json").read_text())
     with pytest.raises(PipelineError, match="another vocabulary"):
         load_trained(path.parent, "0" * 32)
     # the evaluation stage picks the model up
     evaluation.main(["--window", "3m", "--n-boot", "50", "--methods", "POP,SR"])
     res = json.loads((pipeline_data / "reports" / "results.json").read_text())
-    assert "BiGRU-Att" in res["methods"] and res["methods"]["BiGRU-Att"]["HR@20"] > \
-        res["methods"]["POP"]["HR@20"]
+    assert (
+        "BiGRU-Att" in res["methods"]
+        and res["methods"]["BiGRU-Att"]["HR@20"] > res["methods"]["POP"]["HR@20"]
+    )
     # transition counts: weight chosen on validation (0 = the network alone), table saved;
     # the evaluation shows the network alone and, with a weight > 0, the hybrid
     t = cfg["transitions"]
     assert [(r["weight"], r["pop_weight"]) for r in t["tried"]] == [
-        (w, v) for w in hybrid.WEIGHTS for v in hybrid.POP_WEIGHTS]
-    best = next(r for r in t["tried"] if r["valid_MRR@20"] == max(
-        q["valid_MRR@20"] for q in t["tried"]))
+        (w, v) for w in hybrid.WEIGHTS for v in hybrid.POP_WEIGHTS
+    ]
+    best = next(
+        r for r in t["tried"] if r["valid_MRR@20"] == max(q["valid_MRR@20"] for q in t["tried"])
+    )
     assert (t["weight"], t["pop_weight"]) == (best["weight"], best["pop_weight"])
     # the model alone in the grid is exactly the training's best validation figure
     assert t["tried"][0]["valid_MRR@20"] == pytest.approx(cfg["best_valid"], abs=1e-4)
@@ -131,8 +159,9 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     if is_hybrid:  # the ranker with the chosen weights gives the recorded validation figure
         trans = hybrid.load(path.parent, cfg["transitions"])
         valid = sample_events(make_events(splits["valid"], 20), 20_000, 0)
-        mrr = evaluate(device_ranker(loaded, boost=trans.boost), valid,
-                       len(vocab)).summary["MRR@20"]
+        mrr = evaluate(device_ranker(loaded, boost=trans.boost), valid, len(vocab)).summary[
+            "MRR@20"
+        ]
         assert mrr == pytest.approx(t["valid_MRR@20"], abs=1e-4)
     trainer.main(["--window", "3m", "--transitions-only", "--transitions", "4"])
     refit = json.loads(path.with_name("config.json").read_text())["transitions"]
@@ -140,9 +169,26 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     # An experiment with --out keeps its report beside its model.
     record = (pipeline_data / "reports" / "training.md").read_text()
     exp = pipeline_data / "experiment"
-    trainer.train(*trainer.parse_args(
-        ["--window", "3m", "--epochs", "1", "--emb-dim", "8", "--hidden", "8", "--fc-dim", "8",
-         "--verbose", "0", "--out", str(exp)]))
+    trainer.train(
+        *trainer.parse_args(
+            [
+                "--window",
+                "3m",
+                "--epochs",
+                "1",
+                "--emb-dim",
+                "8",
+                "--hidden",
+                "8",
+                "--fc-dim",
+                "8",
+                "--verbose",
+                "0",
+                "--out",
+                str(exp),
+            ]
+        )
+    )
     assert (exp / "training.md").exists() and (exp / "training_curves.png").exists()
     assert (pipeline_data / "reports" / "training.md").read_text() == record
 
@@ -150,7 +196,7 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
 def test_training_loss_is_full_softmax_cross_entropy():
     m = small_model()
     w = keras.ops.convert_to_numpy(m.succ_emb.embeddings).copy()
-    w[:] = np.random.default_rng(3).normal(size=w.shape)    # successor vectors count too
+    w[:] = np.random.default_rng(3).normal(size=w.shape)  # successor vectors count too
     m.succ_emb.embeddings.assign(w)
     m.out_bias.assign(np.random.default_rng(4).normal(size=V + 1).astype(np.float32))
     x = np.array([[3, 5, 7, 0, 0, 0], [2, 0, 0, 0, 0, 0], [9, 9, 1, 4, 0, 0]], np.int32)
@@ -158,7 +204,7 @@ def test_training_loss_is_full_softmax_cross_entropy():
     logits = keras.ops.convert_to_numpy(m.logits(m(x))).astype(np.float64)
     mx = logits.max(axis=1, keepdims=True)
     lse = np.log(np.exp(logits - mx).sum(axis=1)) + mx[:, 0]
-    expected = (lse - logits[np.arange(3), y]).mean()       # -log softmax(target), by hand
+    expected = (lse - logits[np.arange(3), y]).mean()  # -log softmax(target), by hand
     got = float(keras.ops.convert_to_numpy(m.compute_loss(x, y, m(x))))
     assert got == pytest.approx(expected, rel=1e-5)
 
@@ -172,15 +218,19 @@ def test_fused_adam_updates_as_keras_adam(sparse):
         w, e = keras.Variable(w0.copy()), keras.Variable(e0.copy())
         opt = cls(0.01, global_clipnorm=1.0)
         for step in range(1, 6):
-            gw = keras.ops.convert_to_tensor(np.sin(np.arange(48) * step).reshape(12, 4)
-                                             .astype(np.float32))
+            gw = keras.ops.convert_to_tensor(
+                np.sin(np.arange(48) * step).reshape(12, 4).astype(np.float32)
+            )
             if sparse and keras.backend.backend() == "tensorflow":  # an embedding's gradient
                 import tensorflow as tf
-                ge = tf.IndexedSlices(tf.fill((2,), float(step)), tf.constant([1, 3]),
-                                      tf.constant([7]))
+
+                ge = tf.IndexedSlices(
+                    tf.fill((2,), float(step)), tf.constant([1, 3]), tf.constant([7])
+                )
             else:
-                ge = keras.ops.convert_to_tensor(np.where(np.isin(np.arange(7), [1, 3]),
-                                                          float(step), 0.0).astype(np.float32))
+                ge = keras.ops.convert_to_tensor(
+                    np.where(np.isin(np.arange(7), [1, 3]), float(step), 0.0).astype(np.float32)
+                )
             opt.apply([gw, ge], [w, e])
         out.append((keras.ops.convert_to_numpy(w), keras.ops.convert_to_numpy(e)))
     assert not np.allclose(out[1][0], w0)
@@ -192,7 +242,7 @@ def test_ranker_ranks_and_excludes_seen_tracks():
     m = small_model()
     x = np.array([[3, 4, 0, 0, 0, 0]], np.int32)
     logits = keras.ops.convert_to_numpy(m.logits(m(x)))[0]
-    target = int(np.argsort(-logits[1:])[4] + 1)            # the 5th best track
+    target = int(np.argsort(-logits[1:])[4] + 1)  # the 5th best track
     ranks, top = device_ranker(m)(x, np.array([2]), np.array([target]))
     assert ranks.tolist() == [5] and top[0, 4] == target
     _, top_ex = device_ranker(m, exclude_seen=True)(x, np.array([2]), np.array([target]))
@@ -216,15 +266,15 @@ def test_length_buckets_cover_every_example_once_with_tight_widths():
                 w = xb.shape[1]
                 assert w >= lengths[yb].max() and (w % step == 0 or w == 20)
                 assert w - lengths[yb].max() < step
-                np.testing.assert_array_equal(xb, x[yb, :w])      # only padding is cut
+                np.testing.assert_array_equal(xb, x[yb, :w])  # only padding is cut
             assert sorted(seen) == y.tolist()
-            assert ds[0][0].shape[1] != ds[1][0].shape[1]         # width left free
+            assert ds[0][0].shape[1] != ds[1][0].shape[1]  # width left free
             ds.on_epoch_end()
     full = trainer.LengthBuckets(x, lengths, y, batch_size=64, seed=0, step=0)
     assert all(full[i][0].shape[1] == 20 for i in range(len(full)))
     a = trainer.LengthBuckets(x, lengths, y, batch_size=64, seed=5)
     b = trainer.LengthBuckets(x, lengths, y, batch_size=64, seed=5)
-    assert all((a[i][1] == b[i][1]).all() for i in range(len(a)))   # seeded, reproducible
+    assert all((a[i][1] == b[i][1]).all() for i in range(len(a)))  # seeded, reproducible
 
 
 def test_last_item_embedding_feeds_the_output():
@@ -243,10 +293,10 @@ def test_successor_vector_of_the_last_track_only():
     x = np.array([[3, 5, 7, 0, 0, 0]], np.int32)
     before = keras.ops.convert_to_numpy(m(x))
     w2 = w.copy()
-    w2[3] = 1.0                      # an earlier track's successor vector: no effect
+    w2[3] = 1.0  # an earlier track's successor vector: no effect
     m.succ_emb.embeddings.assign(w2)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(m(x)), before, atol=1e-6)
-    w2[7] = 1.0                      # the last track's: added to the session vector
+    w2[7] = 1.0  # the last track's: added to the session vector
     m.succ_emb.embeddings.assign(w2)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(m(x)), before + 1.0, atol=1e-5)
 
@@ -255,8 +305,9 @@ def test_top_successors_ranks_next_tracks_by_training_count():
     # sessions (id, tracks): 1: 5 6 5 7 ; 2: 5 7 5 7 ; 3: 9 (a session boundary is no pair)
     import pandas as pd
 
-    train = pd.DataFrame({"session_id": [1, 1, 1, 1, 2, 2, 2, 2, 3],
-                          "item_idx": [5, 6, 5, 7, 5, 7, 5, 7, 9]})
+    train = pd.DataFrame(
+        {"session_id": [1, 1, 1, 1, 2, 2, 2, 2, 3], "item_idx": [5, 6, 5, 7, 5, 7, 5, 7, 9]}
+    )
     table = SequentialRules(steps=1).fit(train, 10).table
     ids, counts = hybrid.top_successors(table, k=2)
     assert ids.shape == counts.shape == (11, 2) and ids.dtype == np.int32
@@ -274,11 +325,11 @@ def test_ranker_adds_transition_counts_to_the_last_tracks_successors():
     lengths = np.array([2, 2])
     logits = keras.ops.convert_to_numpy(m.logits(m(x)))
     order = np.argsort(-logits[0, 1:]) + 1
-    low, other = int(order[-1]), int(order[-2])       # the two worst tracks of session 0
+    low, other = int(order[-1]), int(order[-2])  # the two worst tracks of session 0
     ids = np.zeros((V + 1, 2), np.int32)
     counts = np.zeros((V + 1, 2), np.float32)
-    ids[4], counts[4] = [low, 0], [20, 0]             # 4 -> low, 20 times
-    ids[3], counts[3] = [other, 0], [20, 0]           # 3 -> other
+    ids[4], counts[4] = [low, 0], [20, 0]  # 4 -> low, 20 times
+    ids[3], counts[3] = [other, 0], [20, 0]  # 3 -> other
     targets = np.array([low, low])
     plays = np.zeros(V + 1, np.float32)
 
@@ -289,13 +340,13 @@ def test_ranker_adds_transition_counts_to_the_last_tracks_successors():
     same, _ = ranker(0.0)(x, lengths, targets)
     fused, top = ranker(10.0)(x, lengths, targets)
     assert plain[0] == V and same.tolist() == plain.tolist()
-    assert fused[0] == 1 and top[0, 0] == low         # session 0 ends with 4: low first
+    assert fused[0] == 1 and top[0, 0] == low  # session 0 ends with 4: low first
     assert top[1, 0] == other and fused[1] == plain[1] + (plain[1] < rank_of(logits[1], other))
     # the popularity term lifts successors only: plays of a non-successor change nothing
     plays[:] = 1000.0
     plays[low] = 0.0
     ids[4] = [low, other]
-    counts[4] = [1, 1]                                # a tie: popularity decides
+    counts[4] = [1, 1]  # a tie: popularity decides
     _, top = ranker(10.0, 1.0)(x, lengths, targets)
     assert top[0, 0] == other and top[0, 1] == low
 

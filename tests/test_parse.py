@@ -1,10 +1,11 @@
 """Exact parsing: every line becomes a row or a reject with its line number."""
+
 from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from conftest import SAMPLE, requires_sample
+
 from lastfm.parse import FIELDS, parse_file, repair_fields, write_rejects
 
 A = "f1b1cf71-bd35-4e99-8624-24a6e15f133a"
@@ -15,20 +16,20 @@ GOOD = f"user_000001\t2009-05-04T23:08:57Z\t{A}\tDeep Dish\t{T}\tFuck Me Im Famo
 def crafted_lines() -> list[bytes]:
     """Lines 1..14 of a malformed file, with what each should become."""
     return [
-        GOOD.encode(),                                                          # 1 ok
-        f'user_000001\t2009-05-04T23:00:00Z\t{A}\t"Weird Al" Yankovic\t{T}\t"Quoted'.encode(),  # 2 ok
-        f"user_000001\t2009-05-04T22:00:00Z\t{A}\tArtist\t{T}\tPart 1\tPart 2".encode(),  # 3 repaired
+        GOOD.encode(),  # 1 ok
+        f'user_000001\t2009-05-04T23:00:00Z\t{A}\t"Weird Al" Yankovic\t{T}\t"Quoted'.encode(),  # noqa: E501  2 ok
+        f"user_000001\t2009-05-04T22:00:00Z\t{A}\tArtist\t{T}\tPart 1\tPart 2".encode(),  # noqa: E501  3 repaired
         f"user_000001\t2009-05-04T21:00:00Z\t{A}\tArt\tist\t{T}\tSong".encode(),  # 4 repaired
-        f"user_000001\t2009-05-04T20:00:00Z\t{A}\tArt\t\t\tSong".encode(),        # 5 ambiguous
-        f"user_000001\t2009-13-45T20:00:00Z\t{A}\tArt\t{T}\tSong".encode(),       # 6 bad ts
-        f"\t2009-05-04T19:00:00Z\t{A}\tArt\t{T}\tSong".encode(),                  # 7 empty user
-        b"user_000002\t2009-05-04T18:00:00Z\t\tCaf\xe9\t\tSong",                  # 8 non-UTF-8
-        b"",                                                                     # 9 empty line
-        f"user_000002\t2009-05-04T17:00:00Z\t{A}\tArt".encode(),                  # 10 4 fields
+        f"user_000001\t2009-05-04T20:00:00Z\t{A}\tArt\t\t\tSong".encode(),  # 5 ambiguous
+        f"user_000001\t2009-13-45T20:00:00Z\t{A}\tArt\t{T}\tSong".encode(),  # 6 bad ts
+        f"\t2009-05-04T19:00:00Z\t{A}\tArt\t{T}\tSong".encode(),  # 7 empty user
+        b"user_000002\t2009-05-04T18:00:00Z\t\tCaf\xe9\t\tSong",  # 8 non-UTF-8
+        b"",  # 9 empty line
+        f"user_000002\t2009-05-04T17:00:00Z\t{A}\tArt".encode(),  # 10 4 fields
         "user_000002\t2009-05-04T16:00:00Z\t\t坂本龍一\t\tComposition 0919".encode(),  # 11 ok
-        f"user_000002\t2009-05-04T15:00:00Z\t{A}\tA\rB\t{T}\tSong".encode(),      # 12 ok (\r)
-        f"user_000002\t1970-01-01T00:00:01Z\t{A}\tOld\t{T}\tSong".encode(),       # 13 ok (old)
-        b"user_000002\t2009-05-04T14:0",                                          # 14 truncated
+        f"user_000002\t2009-05-04T15:00:00Z\t{A}\tA\rB\t{T}\tSong".encode(),  # 12 ok (\r)
+        f"user_000002\t1970-01-01T00:00:01Z\t{A}\tOld\t{T}\tSong".encode(),  # 13 ok (old)
+        b"user_000002\t2009-05-04T14:0",  # 14 truncated
     ]
 
 
@@ -46,9 +47,15 @@ def test_crafted_file_every_line_accounted(tmp_path, block, force_blocks):
     assert res.lines == 14
     assert res.table.num_rows + len(res.rejects) == 14
     rejected = {line: reason for line, reason, _ in res.rejects}
-    assert rejected == {5: "ambiguous_7_fields", 6: "bad_timestamp", 7: "empty_user",
-                        8: "non_utf8", 9: "empty_line", 10: "too_few_fields_4",
-                        14: "truncated_last_line"}
+    assert rejected == {
+        5: "ambiguous_7_fields",
+        6: "bad_timestamp",
+        7: "empty_user",
+        8: "non_utf8",
+        9: "empty_line",
+        10: "too_few_fields_4",
+        14: "truncated_last_line",
+    }
     rows = {r["line"]: r for r in res.table.to_pylist()}
     assert sorted(rows) == [1, 2, 3, 4, 11, 12, 13]
     assert rows[2]["artist_name"] == '"Weird Al" Yankovic' and rows[2]["track_name"] == '"Quoted'
@@ -74,7 +81,7 @@ def test_rejects_file_keeps_text(tmp_path):
 
 def test_fast_path_and_block_parser_agree(small_synth):
     tsv = small_synth[0] / "lastfm-dataset-1K" / "userid-timestamp-artid-artname-traid-traname.tsv"
-    big = parse_file(tsv)                                   # whole-file fast path
+    big = parse_file(tsv)  # whole-file fast path
     small = parse_file(tsv, block_bytes=64 << 10, force_blocks=True)
     assert small.slow_blocks > 0 and big.slow_blocks == 0
     assert big.table.num_rows == small.table.num_rows == small_synth[1]["lines"]
@@ -100,10 +107,10 @@ def test_repair_fields_rules():
     base = ["u", "2009-05-04T23:08:57Z", A]
     assert repair_fields(base + ["Art", T, "x", "y"]) == base + ["Art", T, "x\ty"]
     assert repair_fields(base + ["Ar", "t", T, "y"]) == base + ["Ar\tt", T, "y"]
-    assert repair_fields(base + ["Ar", "", "", "y"]) is None          # two readings
+    assert repair_fields(base + ["Ar", "", "", "y"]) is None  # two readings
     assert repair_fields(["u", "t", "not-a-uuid", "a", T, "b", "c"]) is None
-    assert repair_fields(base + ["a", "b", "c", "d"]) is None          # no reading
-    assert repair_fields(base + ["a", T, "b"]) is None                 # six fields: nothing to do
+    assert repair_fields(base + ["a", "b", "c", "d"]) is None  # no reading
+    assert repair_fields(base + ["a", T, "b"]) is None  # six fields: nothing to do
 
 
 def test_empty_and_missing_files(tmp_path):
@@ -128,7 +135,7 @@ def test_fast_path_locates_stray_tabs_and_ambiguous_lines(tmp_path):
     lines = crafted_lines()
     keep = [lines[i] for i in (0, 1, 2, 3, 4, 10)] + [GOOD.encode()] * 3
     res = parse_file(write(tmp_path, keep, newline_at_end=True))
-    assert res.slow_blocks == 0                       # no fallback needed
+    assert res.slow_blocks == 0  # no fallback needed
     assert [(n, r) for n, r, _ in res.rejects] == [(5, "ambiguous_7_fields")]
     assert sorted(res.table["line"].to_pylist()) == [1, 2, 3, 4, 6, 7, 8, 9]
     assert res.repaired == 2

@@ -1,4 +1,5 @@
 """preprocess.py: download (local HTTP server), safe extraction, cleaning, windows."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import SAMPLE, requires_sample
 
 import preprocess
 from lastfm.common import PipelineError
 from lastfm.data import SCHEMAS
-from conftest import SAMPLE, requires_sample
 
 
 class ArchiveServer:
@@ -24,7 +25,7 @@ class ArchiveServer:
 
     def __init__(self, payload: bytes):
         self.payload = payload
-        self.cut_after: int | None = None   # bytes sent before dropping the connection
+        self.cut_after: int | None = None  # bytes sent before dropping the connection
         self.requests: list[str | None] = []
         outer = self
 
@@ -40,11 +41,13 @@ class ArchiveServer:
                 self.send_response(206 if rng else 200)
                 self.send_header("Content-Length", str(len(body)))
                 if rng:
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{len(outer.payload) - 1}/{len(outer.payload)}")
+                    self.send_header(
+                        "Content-Range",
+                        f"bytes {start}-{len(outer.payload) - 1}/{len(outer.payload)}",
+                    )
                 self.end_headers()
                 if outer.cut_after is not None:
-                    self.wfile.write(body[:outer.cut_after])
+                    self.wfile.write(body[: outer.cut_after])
                     outer.cut_after = None
                     self.close_connection = True
                     return
@@ -76,7 +79,7 @@ def test_download_resumes_verifies_and_skips(server, tmp_path):
     preprocess.download(server.url, dest, md5=md5)
     assert server.requests == [None, "bytes=10000-"]
     assert dest.read_bytes() == server.payload
-    preprocess.download(server.url, dest, md5=md5)       # verified: no new request
+    preprocess.download(server.url, dest, md5=md5)  # verified: no new request
     assert len(server.requests) == 2
 
 
@@ -155,11 +158,20 @@ def test_cleaned_rows_match_an_independent_pandas_read(small_synth, data_dir):
     preprocess.main(["--input", str(folder), "--months", "1", "--write-all"])
     ours = pq.read_table(data_dir / "preprocessed" / "all.parquet").to_pandas()
     # pandas without quote processing; it skips the 3 planted stray-tab lines we repair.
-    df = pd.read_csv(folder / preprocess.TSV.split("/")[1], sep="\t", header=None, quoting=3,
-                     keep_default_na=False, on_bad_lines="skip")
+    df = pd.read_csv(
+        folder / preprocess.TSV.split("/")[1],
+        sep="\t",
+        header=None,
+        quoting=3,
+        keep_default_na=False,
+        on_bad_lines="skip",
+    )
     ts = pd.to_datetime(df[1], format="%Y-%m-%dT%H:%M:%SZ")
-    ok = ((df[[2, 3, 4, 5]] != "").all(axis=1) & (ts >= preprocess.VALID_FROM)
-          & (ts < preprocess.VALID_TO))
+    ok = (
+        (df[[2, 3, 4, 5]] != "").all(axis=1)
+        & (ts >= preprocess.VALID_FROM)
+        & (ts < preprocess.VALID_TO)
+    )
     assert len(df) == small_synth[1]["lines"] - 3
     assert 0 <= len(ours) - ok.sum() <= 3
     assert 0 <= ours["track_mbid"].nunique() - df.loc[ok, 4].nunique() <= 3
@@ -169,8 +181,15 @@ def test_cleaned_rows_match_an_independent_pandas_read(small_synth, data_dir):
 
 
 def test_keep_missing_mbid_keys_tracks_by_names(small_synth, data_dir):
-    preprocess.main(["--input", str(small_synth[0] / "lastfm-dataset-1K"), "--months", "1",
-                     "--keep-missing-mbid"])
+    preprocess.main(
+        [
+            "--input",
+            str(small_synth[0] / "lastfm-dataset-1K"),
+            "--months",
+            "1",
+            "--keep-missing-mbid",
+        ]
+    )
     df = pq.read_table(data_dir / "preprocessed" / "1m.parquet").to_pandas()
     assert df["track_mbid"].isna().any()
     pairs = df.groupby(["artist_name", "track_name"], observed=True)["track_idx"].nunique()
@@ -188,8 +207,16 @@ def test_bad_arguments_and_inputs(tmp_path, data_dir, small_synth):
     with pytest.raises(PipelineError, match="empty"):
         preprocess.main(["--input", str(empty)])
     with pytest.raises(PipelineError, match="plausible time range"):
-        preprocess.main(["--input", str(small_synth[0] / "lastfm-dataset-1K"),
-                         "--valid-from", "2001-01-01", "--valid-to", "2002-01-01"])
+        preprocess.main(
+            [
+                "--input",
+                str(small_synth[0] / "lastfm-dataset-1K"),
+                "--valid-from",
+                "2001-01-01",
+                "--valid-to",
+                "2002-01-01",
+            ]
+        )
 
 
 def test_window_anchors(small_synth, data_dir):

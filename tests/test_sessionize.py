@@ -1,4 +1,5 @@
 """sessionize.py: session boundaries, filters, the time split, vocabulary, outputs."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,7 @@ def test_filters_cap_singletons_repeats_and_users():
     assert counts["short_sessions_dropped"] == 1 and counts["users_dropped"] == 1
     assert out["user_idx"].unique().tolist() == [0]
     first = out[out["sess"] == 0]
-    assert first["track_idx"].tolist() == [12, 13, 14]            # the most recent 3 kept
+    assert first["track_idx"].tolist() == [12, 13, 14]  # the most recent 3 kept
     assert first["position"].tolist() == [0, 1, 2]
     assert out[out["sess"] == 1]["track_idx"].tolist() == [7, 8]
 
@@ -108,7 +109,8 @@ def test_window_mode_makes_shorter_sessions(pipeline_data, tmp_path):
     src = pipeline_data / "preprocessed" / "3m.parquet"
     df = pd.read_parquet(src)[["user_idx", "ts_s", "track_idx"]]
     gap, _ = build_sessions(df, SessionConfig(max_session_len=0, min_len=1, min_user_sessions=1))
-    win, _ = build_sessions(df, SessionConfig(mode="window", max_session_len=0, min_len=1,
-                                              min_user_sessions=1))
+    win, _ = build_sessions(
+        df, SessionConfig(mode="window", max_session_len=0, min_len=1, min_user_sessions=1)
+    )
     assert len(gap) == len(win) == len(df)
     assert gap["sess"].nunique() < win["sess"].nunique()
