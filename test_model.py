@@ -372,11 +372,12 @@ def results_markdown(res: dict) -> str:
         for n, r in res["methods"].items()
         if "diff_vs_best_baseline" in r
     ]
-    params = [[n, json.dumps(r["params"])] for n, r in res["methods"].items()]
+    params = [[n, json.dumps(r["params"])] for n, r in res["methods"].items() if r.get("params")]
     seen = "included (re-listening counts)" if not res["exclude_seen"] else "excluded"
+    tracks = f"{res['n_items']:,}" if res.get("n_items") else "all training"
     return (
         f"## Results: window {res['window']}, test split\n\n"
-        f"Full ranking over {res['n_items']:,} tracks; {res['test_events']:,} events of "
+        f"Full ranking over {tracks} tracks; {res['test_events']:,} events of "
         f"{res['test_sessions']:,} sessions; tracks already in the session {seen}; "
         f"tie policy {res['tie_policy']}; 95% bootstrap intervals over sessions "
         f"({res['n_boot']} resamples). Baseline parameters chosen on validation "
@@ -384,8 +385,11 @@ def results_markdown(res: dict) -> str:
         + markdown_table(head, rows)
         + "\n\nDifference to the best baseline (paired bootstrap):\n\n"
         + markdown_table(["method", "vs", "HR@20 diff [95% CI]", "MRR@20 diff [95% CI]"], diffs)
-        + "\n\nParameters:\n\n"
-        + markdown_table(["method", "parameters"], params)
+        + (
+            "\n\nParameters:\n\n" + markdown_table(["method", "parameters"], params)
+            if params
+            else ""
+        )
         + "\n"
     )
 

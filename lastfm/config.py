@@ -49,8 +49,9 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
             continue
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        shown = f"{help_text} (default: %(default)s)" if help_text else None
         group.add_argument(
-            _flag(f.name), type=kind, default=f.default, help=help_text, dest=f.name, **meta
+            _flag(f.name), type=kind, default=f.default, help=shown, dest=f.name, **meta
         )
 
 
