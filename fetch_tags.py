@@ -1,35 +1,42 @@
 """Stage 3: Last.fm top tags for every track of a window, with pylast.
 
-Resumable and rate-limited:
+Resumable, rate-limited and fault-tolerant:
 - every answer (tags, "not found" = Last.fm error 6, or an error) goes into a
   SQLite cache (``<data>/tags/cache.sqlite``) with the time it was fetched,
   committed as it arrives: a rerun asks only for tracks missing or failed
-  (``--refresh-older-than DAYS`` asks again for older answers), and Ctrl-C or a
-  crash loses at most the requests in flight;
-- one token bucket shared by all workers (``--rate``, default 5 requests/s,
-  Last.fm's allowance) and a few concurrent workers (``--workers``) so that
-  latency does not waste the allowance;
+  (``--refresh-older-than DAYS`` asks again for older answers; a failed refresh
+  never replaces a good answer), and Ctrl-C or a crash loses at most the
+  requests in flight; a second run on the same cache is refused (a lock file);
+- one rate limiter per process, shared by all workers and phases: never more
+  than ``--rate`` requests (default 5/s, Last.fm's allowance) in any 1-second
+  window, with a margin for network jitter; after error 29 it slows down;
 - retries with exponential backoff and jitter on network errors, HTTP 5xx,
-  malformed answers and Last.fm errors 8, 11, 16 and 29 (29: rate limit
-  exceeded, the bucket also slows down); a permanent error (invalid key 10,
-  suspended key 26, authentication 4) stops the run with a clear message.
+  malformed answers, any unexpected exception of one request, and Last.fm
+  errors 8, 11, 16 and 29; a permanent error (invalid key 10, suspended key 26,
+  authentication 4) or Ctrl-C stops every worker at once, keeping what was
+  fetched; answers still failed after the retries make the run exit 2 (after
+  writing the tables) unless ``--allow-errors``.
 
-The key comes from ``LASTFM_API_KEY`` (or ``--api-key``) and is never printed
-or logged. Offline: ``--tags-file`` imports a table (TSV or CSV with columns
-artist, track, tag, weight). Without key and file the stage says that the
-model will train without tags and exits cleanly.
+The key comes from ``LASTFM_API_KEY`` (or ``--api-key``, which shows in the
+process list) and is never printed or logged. Offline: ``--tags-file`` imports
+a table (TSV or CSV with columns artist, track, tag, weight). Without key and
+file the stage says that the model will train without tags and exits cleanly.
 
 Outputs per window in ``<data>/tags/<window>/``: ``tags.parquet`` (the tag
 vocabulary: normalised tags used by at least ``--min-tag-count`` tracks),
 ``track_tags.parquet`` (top ``--top-k`` tags per track with weights),
-``meta.json``; and ``<data>/reports/tags.md`` with the study's figures.
+``meta.json`` (written last; answers counted by status); and
+``<data>/reports/tags.md`` with the study's figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import math
 import os
+import queue
 import random
 import re
 import sqlite3
@@ -37,21 +44,29 @@ import ssl
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pylast
 
 from lastfm import config as cfgs
-from lastfm.common import PipelineError, log, markdown_table, read_json, run_main, write_json
+from lastfm.common import (
+    PipelineError,
+    ensure_writable,
+    log,
+    markdown_table,
+    read_json,
+    run_main,
+    write_json,
+    write_parquet,
+    write_text,
+)
 from lastfm.config import option
 from lastfm.data import SPLITS, read_table
-from lastfm.paths import Layout, make
+from lastfm.paths import Layout
 
 RETRY_CODES = {"8", "11", "16", "29"}
 PERMANENT_CODES = {"4": "authentication failed", "10": "invalid API key", "26": "API key suspended"}
@@ -71,6 +86,12 @@ class TagsConfig:
     )
     tags_file: str | None = option(None, "offline: TSV/CSV with artist, track, tag, weight")
     rate: float = option(5.0, "requests per second (0: no limit, for local servers)")
+    rate_margin: float = option(
+        0.25,
+        "seconds added to the rate window, more than the "
+        "network's jitter, so no 1-second window at Last.fm sees more "
+        "than --rate requests",
+    )
     workers: int = option(4, "concurrent requests")
     max_retries: int = option(5, "retries of a transient failure")
     backoff: float = option(1.0, "first retry delay, seconds")
@@ -87,38 +108,69 @@ class TagsConfig:
     ws_server: str | None = option(None, "API host:port/path (default Last.fm's)")
     ca_file: str | None = option(None, "extra certificate authority to trust (PEM)")
     seed: int = option(0, "seed of the retry jitter")
+    allow_errors: bool = option(False, "exit 0 even when some answers are still errors")
 
     def check(self) -> None:
         cfgs.require_at_least(self, 1, "workers", "top_k", "min_tag_count")
-        cfgs.require_at_least(self, 0, "rate", "max_retries", "backoff", "refresh_older_than")
+        cfgs.require_at_least(
+            self, 0, "rate", "rate_margin", "max_retries", "backoff", "refresh_older_than"
+        )
 
 
-class TokenBucket:
-    """Thread-safe token bucket: at most ``rate`` acquisitions per second on average,
-    bursts of at most ``capacity``. ``slow_down`` halves the rate for a while."""
+class Stopped(Exception):
+    """The run was asked to stop (Ctrl-C, a permanent error, a failed write)."""
 
-    def __init__(self, rate: float, capacity: float = 1.0, clock=time.monotonic, sleep=time.sleep):
-        self.rate, self.base_rate, self.capacity = rate, rate, capacity
-        self.tokens, self.clock, self.sleep = capacity, clock, sleep
-        self.last = clock()
+
+class RateLimiter:
+    """At most ``rate`` requests in any 1-second window, shared by all workers of a process.
+
+    A sliding window: at most ``n = max(1, floor(rate))`` requests may start within any
+    ``n / rate + margin`` seconds. The margin absorbs the network's jitter: requests that
+    leave at least a window apart cannot arrive closer than 1 second apart unless their
+    delays differ by more than ``margin``. ``slow_down`` (after Last.fm's error 29)
+    halves the rate for a while, for every phase that uses this limiter. A wait ends
+    early with ``Stopped`` when ``stop`` is set.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        margin: float = 0.25,
+        stop: threading.Event | None = None,
+        clock=time.monotonic,
+        sleep=None,
+    ):
+        self.rate, self.base_rate, self.margin = rate, rate, margin
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.sleep = sleep or (lambda s: self.stop.wait(s))
+        self.sent: deque[float] = deque()
         self.lock = threading.Lock()
         self.restore_at = 0.0
 
+    def window(self) -> tuple[int, float]:
+        n = max(1, math.floor(self.rate))
+        return n, n / self.rate + self.margin
+
     def acquire(self) -> None:
-        if self.rate <= 0:  # unlimited
-            return
+        """Wait for a free slot and take it; ``Stopped`` if the run stops meanwhile."""
         while True:
             with self.lock:
+                if self.stop.is_set():
+                    raise Stopped
+                if self.base_rate <= 0:  # unlimited (local servers)
+                    return
                 now = self.clock()
                 if self.restore_at and now >= self.restore_at:
                     self.rate, self.restore_at = self.base_rate, 0.0
-                self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-                self.last = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
+                n, window = self.window()
+                while self.sent and self.sent[0] <= now - window:
+                    self.sent.popleft()
+                if len(self.sent) < n:
+                    self.sent.append(now)
                     return
-                wait_s = (1 - self.tokens) / self.rate
-            self.sleep(wait_s)
+                wait_s = self.sent[len(self.sent) - n] + window - now
+            self.sleep(max(wait_s, 0.001))
 
     def slow_down(self, seconds: float = 30.0) -> None:
         with self.lock:
@@ -128,25 +180,91 @@ class TokenBucket:
 
 
 # --------------------------------------------------------------------------- cache
+SCHEMA_VERSION = 2  # 2: collision-free keys for tracks without an MBID (JSON arrays)
+COLUMNS = ["key", "kind", "status", "tags", "error", "fetched_at", "attempts"]
+
+
 class TagCache:
-    """SQLite cache of answers: one row per track key; written by one thread."""
+    """SQLite cache of answers, one row per request key, written by one thread.
+
+    A final answer (``ok`` or ``not_found``) is never replaced by an error: a failed
+    retry only adds to the attempts and records its message. A cross-process lock
+    (``<cache>.lock``) refuses a second crawl on the same cache. Caches of schema 1
+    (keys ``track:<artist>\t<title>``) are migrated on open.
+    """
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("""CREATE TABLE IF NOT EXISTS answers (
-            key TEXT PRIMARY KEY, kind TEXT, status TEXT, tags TEXT, error TEXT,
-            fetched_at REAL, attempts INTEGER)""")
-        self.db.commit()
+        path = Path(path)
+        self.path = path
+        ensure_writable(path.parent)
+        self.lock_file = open(str(path) + ".lock", "a")
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.lock_file.close()
+            raise PipelineError(
+                f"{path} is in use by another fetch_tags.py run; wait for it "
+                "to end, or give this one its own --cache"
+            ) from None
+        try:
+            self.db = sqlite3.connect(path, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("""CREATE TABLE IF NOT EXISTS answers (
+                key TEXT PRIMARY KEY, kind TEXT, status TEXT, tags TEXT, error TEXT,
+                fetched_at REAL, attempts INTEGER)""")
+            cols = [r[1] for r in self.db.execute("PRAGMA table_info(answers)")]
+            if cols != COLUMNS:
+                raise sqlite3.DatabaseError(f"table 'answers' has columns {cols}")
+            self._migrate()
+            self.db.commit()
+        except sqlite3.Error as err:
+            self.close()
+            raise PipelineError(
+                f"{path}: not a readable tag cache ({err}); move it aside and "
+                "rerun (its answers will be asked again)"
+            ) from None
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        old = [
+            k
+            for (k,) in self.db.execute("SELECT key FROM answers WHERE key LIKE 'track:%'")
+            if "\t" in k
+        ]
+        dropped = 0
+        for k in old:
+            parts = k[len("track:") :].split("\t")
+            if len(parts) == 2:  # one tab: unambiguous
+                self.db.execute(
+                    "UPDATE OR IGNORE answers SET key = ? WHERE key = ?", (track_key("", *parts), k)
+                )
+            else:  # names with tabs: the old key cannot tell artist from title
+                dropped += 1
+            self.db.execute("DELETE FROM answers WHERE key = ?", (k,))
+        self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if old:
+            log(
+                f"{self.path}: {len(old) - dropped:,} answers moved to collision-free keys, "
+                f"{dropped:,} ambiguous ones (tabs in names) dropped and to be asked again"
+            )
+
+    def _run(self, sql: str, args=()):
+        try:
+            return self.db.execute(sql, args)
+        except sqlite3.Error as err:
+            raise PipelineError(
+                f"{self.path}: {err}; answers so far are kept, rerun to "
+                "resume (free disk space first if it is full)"
+            ) from None
 
     def todo(self, keys: list[str], refresh_before: float | None) -> list[str]:
         """Keys with no answer, a failed one, or one older than ``refresh_before``."""
-        done = {}
-        cur = self.db.execute("SELECT key, status, fetched_at FROM answers")
-        for key, status, at in cur:
-            done[key] = (status, at)
+        done = {
+            k: (st, at) for k, st, at in self._run("SELECT key, status, fetched_at FROM answers")
+        }
         out = []
         for k in keys:
             st = done.get(k)
@@ -157,8 +275,15 @@ class TagCache:
     def put(
         self, key: str, kind: str, status: str, tags: list | None, error: str | None, attempts: int
     ) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO answers VALUES (?,?,?,?,?,?,?)",
+        self._run(
+            """INSERT INTO answers VALUES (?,?,?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET
+                 status = CASE WHEN keep THEN answers.status ELSE excluded.status END,
+                 tags = CASE WHEN keep THEN answers.tags ELSE excluded.tags END,
+                 fetched_at = CASE WHEN keep THEN answers.fetched_at ELSE excluded.fetched_at END,
+                 kind = excluded.kind, error = excluded.error,
+                 attempts = answers.attempts + excluded.attempts""".replace(
+                "keep", "(excluded.status = 'error' AND answers.status != 'error')"
+            ),
             (
                 key,
                 kind,
@@ -169,25 +294,40 @@ class TagCache:
                 attempts,
             ),
         )
-        self.db.commit()
+        try:
+            self.db.commit()
+        except sqlite3.Error as err:
+            raise PipelineError(f"{self.path}: {err}; rerun to resume") from None
 
     def answers(self, keys: list[str]) -> dict[str, tuple[str, list]]:
         out = {}
         for i in range(0, len(keys), 900):
             chunk = keys[i : i + 900]
             q = f"SELECT key, status, tags FROM answers WHERE key IN ({','.join('?' * len(chunk))})"
-            for key, status, tags in self.db.execute(q, chunk):
+            for key, status, tags in self._run(q, chunk):
                 out[key] = (status, json.loads(tags) if tags else [])
         return out
 
     def close(self) -> None:
-        self.db.close()
+        if getattr(self, "db", None) is not None:
+            self.db.close()
+            self.db = None
+        if not self.lock_file.closed:
+            self.lock_file.close()
 
 
 # --------------------------------------------------------------------------- fetching
+def track_key(mbid: str, artist: str, title: str) -> str:
+    """The cache key of a track: its MBID, else the JSON array [artist, title] (names may
+    hold tabs, so no separator character is safe)."""
+    if mbid:
+        return f"track:{mbid}"
+    return "track:" + json.dumps([artist, title], ensure_ascii=False)
+
+
 @dataclass
 class Job:
-    key: str  # cache key: "track:<mbid>", "track:<artist>\t<title>" or "artist:<name>"
+    key: str  # cache key: track_key(...) or "artist:<name>"
     kind: str  # "track" or "artist"
     mbid: str
     artist: str
@@ -205,15 +345,29 @@ def make_network(api_key: str, ws_server: str | None, ca_file: str | None):
     return net
 
 
+def parse_weight(weight) -> int:
+    """A tag's count as an integer; anything unparsable (e.g. "n/a") counts 0."""
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        return 0
+    return int(value) if math.isfinite(value) and value > 0 else 0
+
+
 def request_tags(network, job: Job) -> list[tuple[str, int]]:
-    """One API call: the job's top tags as (name, weight)."""
+    """One API call: the job's top tags as (name, weight); tags without a name skipped."""
     if job.kind == "artist":
         obj = pylast.Artist(job.artist, network)
     elif job.mbid:
         obj = MbidTrack(job.mbid, job.artist, job.title, network)
     else:
         obj = pylast.Track(job.artist, job.title, network)
-    return [(item.item.get_name(), int(float(item.weight or 0))) for item in obj.get_top_tags()]
+    out = []
+    for item in obj.get_top_tags():
+        name = item.item.get_name()
+        if name is not None and str(name).strip():
+            out.append((str(name), parse_weight(item.weight)))
+    return out
 
 
 class MbidTrack(pylast.Track):
@@ -234,17 +388,23 @@ class PermanentError(Exception):
 def fetch_one(
     network,
     job: Job,
-    bucket: TokenBucket,
+    limiter: RateLimiter,
     max_retries: int,
     backoff_s: float,
     rng: random.Random,
     request=request_tags,
 ):
-    """(status, tags, error, attempts) for one job, retrying transient failures."""
+    """(status, tags, error, attempts) for one job, retrying transient failures.
+
+    Any unexpected exception of one request (a malformed body pylast chokes on, say) is
+    that job's transient error, never the end of the run. ``Stopped`` when the run stops.
+    """
     attempt = 0
     while True:
         attempt += 1
-        bucket.acquire()
+        limiter.acquire()
+        if limiter.stop.is_set():
+            raise Stopped
         try:
             return "ok", request(network, job), None, attempt
         except pylast.WSError as err:
@@ -253,85 +413,103 @@ def fetch_one(
                 return "not_found", [], None, attempt
             if code in PERMANENT_CODES:
                 raise PermanentError(f"Last.fm error {code}: {PERMANENT_CODES[code]}") from None
-            transient = code in RETRY_CODES or code.startswith("5")
+            transient = code in RETRY_CODES or code.startswith("5") or not code.isdigit()
             if code == "29":
-                bucket.slow_down()
+                limiter.slow_down()
             message = f"Last.fm error {code}"
         except (pylast.NetworkError, pylast.MalformedResponseError) as err:
             transient, message = True, type(err).__name__
+        except Exception as err:  # noqa: BLE001 - one bad answer must not end the run
+            transient, message = True, f"{type(err).__name__}: {err}"[:300]
         if not transient or attempt > max_retries:
             return "error", None, message, attempt
-        time.sleep(min(30.0, backoff_s * 2 ** (attempt - 1)) * (0.5 + rng.random()))
+        if limiter.stop.wait(min(30.0, backoff_s * 2 ** (attempt - 1)) * (0.5 + rng.random())):
+            raise Stopped
 
 
 def run_fetch(
     jobs: list[Job],
     cache: TagCache,
     network,
-    rate: float,
-    workers: int,
+    rate: float = 5.0,
+    workers: int = 4,
     max_retries: int = 5,
     backoff_s: float = 1.0,
     seed: int = 0,
     stop_after: int | None = None,
     request=request_tags,
     progress: bool = True,
+    limiter: RateLimiter | None = None,
 ) -> dict:
-    """Fetch ``jobs`` with ``workers`` threads sharing one bucket; write each answer."""
+    """Fetch ``jobs`` with ``workers`` threads sharing one limiter; write each answer.
+
+    Workers are daemon threads: on Ctrl-C, a permanent error or a failed write the run
+    stops at once (the shared stop event ends every wait, and no request starts after
+    it), keeping every answer written so far.
+    """
     from tqdm import tqdm
 
-    bucket = TokenBucket(rate)
+    limiter = limiter or RateLimiter(rate)
+    stop = limiter.stop
+    todo: queue.Queue = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+    results: queue.Queue = queue.Queue()
+
+    def worker(i: int) -> None:
+        rng = random.Random(seed * 1000 + i)  # retry jitter only
+        while not stop.is_set():
+            try:
+                job = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                results.put(
+                    (job, fetch_one(network, job, limiter, max_retries, backoff_s, rng, request))
+                )
+            except Stopped:
+                return
+            except PermanentError as err:
+                results.put((job, err))
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
+    for t in threads:
+        t.start()
     counts = {"ok": 0, "not_found": 0, "error": 0}
     done = 0
     bar = tqdm(total=len(jobs), unit="req", disable=not progress or None, file=sys.stderr)
-    pending, it = set(), iter(jobs)
-    rng = random.Random(seed)  # jitter only
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        try:
-            for _ in range(workers * 2):
-                job = next(it, None)
-                if job is None:
+    try:
+        while done < len(jobs):
+            try:
+                job, res = results.get(timeout=0.1)
+            except queue.Empty:
+                if not any(t.is_alive() for t in threads) and results.empty():
                     break
-                pending.add(
-                    pool.submit(
-                        _run_job, network, job, bucket, max_retries, backoff_s, rng, request
-                    )
+                continue
+            if isinstance(res, PermanentError):
+                raise PipelineError(
+                    f"{res}: stopping. Check LASTFM_API_KEY (or --api-key); "
+                    f"{done:,} answers so far are saved in the cache"
                 )
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    job, (status, tags, error, attempts) = fut.result()
-                    cache.put(job.key, job.kind, status, tags, error, attempts)
-                    counts[status] += 1
-                    done += 1
-                    bar.update(1)
-                    if stop_after is not None and done >= stop_after:
-                        raise KeyboardInterrupt
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.add(
-                            pool.submit(
-                                _run_job, network, nxt, bucket, max_retries, backoff_s, rng, request
-                            )
-                        )
-        except PermanentError as err:
-            for f in pending:
-                f.cancel()
-            raise PipelineError(
-                f"{err}: stopping. Check LASTFM_API_KEY (or --api-key); "
-                f"{done:,} answers so far are saved in the cache"
-            ) from None
-        except KeyboardInterrupt:
-            for f in pending:
-                f.cancel()
-            bar.close()
-            raise
-    bar.close()
+            status, tags, error, attempts = res
+            cache.put(job.key, job.kind, status, tags, error, attempts)
+            counts[status] += 1
+            done += 1
+            bar.update(1)
+            if stop_after is not None and done >= stop_after:
+                raise KeyboardInterrupt
+    finally:
+        if done < len(jobs):
+            stop.set()  # stop every worker and wait; nothing new is sent
+        bar.close()
     return counts
 
 
-def fetch_todo(jobs: list[Job], todo: set[str], cache: TagCache, network, cfg: TagsConfig) -> dict:
-    """``run_fetch`` of the jobs whose keys are in ``todo``, with ``cfg``'s limits."""
+def fetch_todo(
+    jobs: list[Job], todo: set[str], cache: TagCache, network, cfg: TagsConfig, limiter: RateLimiter
+) -> dict:
+    """``run_fetch`` of the jobs whose keys are in ``todo``, with ``cfg``'s settings."""
     return run_fetch(
         [j for j in jobs if j.key in todo],
         cache,
@@ -341,11 +519,8 @@ def fetch_todo(jobs: list[Job], todo: set[str], cache: TagCache, network, cfg: T
         cfg.max_retries,
         cfg.backoff,
         cfg.seed,
+        limiter=limiter,
     )
-
-
-def _run_job(network, job, bucket, max_retries, backoff_s, rng, request):
-    return job, fetch_one(network, job, bucket, max_retries, backoff_s, rng, request)
 
 
 # --------------------------------------------------------------------------- tables
@@ -360,8 +535,7 @@ def track_jobs(vocab: pd.DataFrame) -> list[Job]:
         vocab["artist_name"].astype(str),
         vocab["track_name"].astype(str),
     ):
-        key = f"track:{mbid}" if mbid else f"track:{artist}\t{title}"
-        jobs.append(Job(key, "track", mbid, artist, title))
+        jobs.append(Job(track_key(mbid, artist, title), "track", mbid, artist, title))
     return jobs
 
 
@@ -446,15 +620,24 @@ def require_tags_effect(layout: Layout, window: str, tagged_items: set[int]) -> 
 
 
 def tags_for_window(
-    layout: Layout, window: str, args: TagsConfig, api_key: str | None
+    layout: Layout, window: str, cfg: TagsConfig, api_key: str | None, limiter: RateLimiter
 ) -> dict | None:
+    """Tags of one window's tracks (from the API or a file) -> tables and ``meta.json``."""
     d = layout.sessions(window)
     vocab = read_table(d / "vocab.parquet", "vocab", "sessionize.py")
+    vocab_md5 = read_json(d / "meta.json")["vocab_md5"]
+    if not cfg.tags_file and not api_key:
+        print(
+            "No Last.fm API key (set LASTFM_API_KEY or pass --api-key) and no --tags-file: "
+            "skipping tags; train.py will train the model without tags."
+        )
+        return None
+    out = ensure_writable(layout.tags(window))  # before any request
     items = vocab["item_idx"].to_numpy()
     per_item: dict[int, list] = {}
-    source = None
-    if args.tags_file:
-        df = read_tags_file(Path(args.tags_file))
+    answers_by_status: dict[str, int] = {}
+    if cfg.tags_file:
+        df = read_tags_file(Path(cfg.tags_file))
         grouped = {
             k: list(zip(g["tag"], g["weight"]))
             for k, g in df.groupby(["artist", "track"], sort=False)
@@ -464,62 +647,58 @@ def tags_for_window(
         ):
             if (a, t) in grouped:
                 per_item[int(item)] = grouped[(a, t)]
-        source = f"file {args.tags_file}"
-    elif api_key:
-        cache = TagCache(Path(args.cache) if args.cache else layout.tag_cache())
+        source = f"file {cfg.tags_file}"
+    else:
+        cache = TagCache(Path(cfg.cache) if cfg.cache else layout.tag_cache())
         try:
             jobs = track_jobs(vocab)
             refresh = (
-                time.time() - args.refresh_older_than * 86400 if args.refresh_older_than else None
+                time.time() - cfg.refresh_older_than * 86400 if cfg.refresh_older_than else None
             )
             todo = set(cache.todo([j.key for j in jobs], refresh))
-            network = make_network(api_key, args.ws_server, args.ca_file)
+            network = make_network(api_key, cfg.ws_server, cfg.ca_file)
             log(
                 f"window {window}: {len(jobs):,} tracks, {len(todo):,} to ask "
-                f"({len(jobs) - len(todo):,} cached); {args.workers} workers at "
-                f"{args.rate:g} requests/s"
+                f"({len(jobs) - len(todo):,} cached); {cfg.workers} workers at "
+                f"{cfg.rate:g} requests/s"
             )
-            counts = fetch_todo(jobs, todo, cache, network, args)
+            counts = fetch_todo(jobs, todo, cache, network, cfg, limiter)
             log(f"answers this run: {counts}")
             answers = cache.answers([j.key for j in jobs])
             for item, job in zip(items, jobs):
                 status, tags = answers.get(job.key, ("missing", []))
+                answers_by_status[status] = answers_by_status.get(status, 0) + 1
                 if status == "ok" and tags:
                     per_item[int(item)] = tags
-            if args.artist_fallback:
-                per_item.update(_artist_fallback(vocab, items, per_item, cache, network, args))
+            if cfg.artist_fallback:
+                per_item.update(
+                    _artist_fallback(vocab, items, per_item, cache, network, cfg, limiter)
+                )
         finally:
             cache.close()
         source = "Last.fm API (pylast)"
-    else:
-        print(
-            "No Last.fm API key (set LASTFM_API_KEY or pass --api-key) and no --tags-file: "
-            "skipping tags; train.py will train the model without tags."
-        )
-        return None
-    tags, track_tags = build_tables(vocab, per_item, args.top_k, args.min_tag_count)
-    out = make(layout.tags(window))
-    pq.write_table(pa.Table.from_pandas(tags, preserve_index=False), out / "tags.parquet")
-    pq.write_table(
-        pa.Table.from_pandas(track_tags, preserve_index=False), out / "track_tags.parquet"
-    )
+
+    tags, track_tags = build_tables(vocab, per_item, cfg.top_k, cfg.min_tag_count)
+    write_parquet(out / "tags.parquet", tags)
+    write_parquet(out / "track_tags.parquet", track_tags)
     tagged = set(track_tags["item_idx"].tolist())
     meta = {
         "source": source,
         "tracks": int(len(vocab)),
         "tracks_with_tags": len(tagged),
         "distinct_tags": int(len(tags)),
-        "top_k": args.top_k,
-        "min_tag_count": args.min_tag_count,
-        "vocab_md5": read_json(d / "meta.json")["vocab_md5"],
+        "top_k": cfg.top_k,
+        "min_tag_count": cfg.min_tag_count,
+        "vocab_md5": vocab_md5,
+        "answers": answers_by_status,
     }
-    if args.require_tags:
+    if cfg.require_tags:
         meta["require_tags_effect"] = require_tags_effect(layout, window, tagged)
-    write_json(out / "meta.json", meta)
+    write_json(out / "meta.json", meta)  # last, after the tables it describes
     return meta
 
 
-def _artist_fallback(vocab, items, per_item, cache, network, args) -> dict[int, list]:
+def _artist_fallback(vocab, items, per_item, cache, network, cfg, limiter) -> dict[int, list]:
     """Artist top tags for tracks without tags, one request per artist."""
     need = [
         (int(i), a)
@@ -529,7 +708,7 @@ def _artist_fallback(vocab, items, per_item, cache, network, args) -> dict[int, 
     artists = sorted({a for _, a in need})
     jobs = [Job(f"artist:{a}", "artist", "", a, "") for a in artists]
     todo = set(cache.todo([j.key for j in jobs], None))
-    fetch_todo(jobs, todo, cache, network, args)
+    fetch_todo(jobs, todo, cache, network, cfg, limiter)
     answers = cache.answers([j.key for j in jobs])
     return {
         i: answers[f"artist:{a}"][1]
@@ -576,15 +755,26 @@ def parse_args(argv=None) -> tuple[Layout, TagsConfig]:
 def main(argv=None) -> None:
     layout, cfg = parse_args(argv)
     api_key = cfg.api_key or os.environ.get("LASTFM_API_KEY") or None
+    reports = ensure_writable(layout.reports())
+    limiter = RateLimiter(cfg.rate, cfg.rate_margin)  # one per process, for every phase
     metas = {}
     for window in [w for w in cfg.windows.split(",") if w]:
-        meta = tags_for_window(layout, window, cfg, api_key)
+        meta = tags_for_window(layout, window, cfg, api_key, limiter)
         if meta is None:
             return
         metas[window] = meta
     md = report(metas)
-    (make(layout.reports()) / "tags.md").write_text(md)
+    write_text(reports / "tags.md", md)
     print(md)
+    errors = {w: m["answers"].get("error", 0) for w, m in metas.items()}
+    if sum(errors.values()):
+        msg = (
+            f"{sum(errors.values()):,} tracks' answers are errors ({errors}); the tables "
+            "were written without them and a rerun asks for them again"
+        )
+        if not cfg.allow_errors:
+            raise PipelineError(msg + " (--allow-errors accepts them)")
+        log("warning: " + msg)
 
 
 if __name__ == "__main__":

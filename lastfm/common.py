@@ -37,10 +37,55 @@ def fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path), "bytes": st.st_size, "mtime": int(st.st_mtime)}
 
 
+def ensure_writable(folder: Path) -> Path:
+    """``folder``, created if needed; PipelineError now (before any long work) when it
+    cannot be written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise PipelineError(
+            f"{folder}: cannot write there ({err.strerror or err}); fix its "
+            "permissions or free space, or choose another --data-dir"
+        ) from None
+    return folder
+
+
+def _tmp(path: Path) -> Path:
+    return Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+
+
+def write_atomic(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, then rename the file into place: an interrupted write
+    never leaves a file at ``path`` that looks complete."""
+    tmp = _tmp(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_parquet(path: Path, table, compression: str = "snappy") -> None:
+    """A pyarrow Table or pandas DataFrame to ``path``, atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression=compression))
+
+
 def write_json(path: Path, obj: Any) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    write_text(path, text)
 
 
 def read_json(path: Path) -> Any:

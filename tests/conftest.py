@@ -57,3 +57,60 @@ def pipeline_data(tmp_path_factory, small_synth):
 
 def requires_sample():
     return pytest.mark.skipif(not SAMPLE.exists(), reason="../shared sample not present")
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """mount(kb, read_only) -> a fresh tmpfs folder of that size; skips where mounting is
+    not allowed (not root, no privileges). Unmounted afterwards."""
+    import subprocess
+
+    mounted = []
+
+    def mount(kb: int = 96, read_only: bool = False) -> Path:
+        d = tmp_path / f"fs{len(mounted)}"
+        d.mkdir()
+        opts = f"size={kb}k" + (",ro" if read_only else "")
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(d)], capture_output=True
+        )
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a small filesystem here: {r.stderr.decode().strip()}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def tag_env(pipeline_data, small_synth, tmp_path, monkeypatch):
+    """A private copy of the pipeline data, its 1m vocabulary and planted tags."""
+    import shutil
+
+    import pandas as pd
+
+    import fetch_tags as ft
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "sessions", data / "sessions")
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
+    monkeypatch.delenv("LASTFM_API_KEY", raising=False)
+    vocab = pd.read_parquet(data / "sessions" / "1m" / "vocab.parquet")
+    truth = pd.read_csv(
+        small_synth[0] / "ground_truth" / "track_tags.tsv",
+        sep="\t",
+        quoting=3,
+        keep_default_na=False,
+    )
+    by_name = {
+        k: list(zip(g["tag"], g["weight"].astype(int)))
+        for k, g in truth.groupby(["artist", "track"])
+    }
+    planted = {}
+    for job in ft.track_jobs(vocab):
+        tags = by_name.get((job.artist, job.title))
+        if tags:
+            planted[job.key] = tags
+    return data, vocab, planted, truth

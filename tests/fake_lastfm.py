@@ -11,6 +11,8 @@ real client verifies TLS as usual.
 
 from __future__ import annotations
 
+import json
+import random
 import ssl
 import threading
 import time
@@ -18,6 +20,24 @@ from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 from xml.sax.saxutils import escape
+
+OK_HEAD = b'<?xml version="1.0" encoding="UTF-8"?>\n<lfm status="ok"><toptags artist="a" track="t">'
+# Answers that once stopped a crawl (kind -> HTTP status, body).
+BAD_BODIES = {
+    "html200": (200, b"<html><body>Service temporarily unavailable</body></html>"),
+    "html403": (403, b"<html><head><title>403 Forbidden</title></head></html>"),
+    "nonutf8": (
+        200,
+        OK_HEAD + b"<tag><count>100</count><name>caf\xe9\xff</name></tag></toptags></lfm>",
+    ),
+    "empty_error": (200, b'<?xml version="1.0"?>\n<lfm status="failed"><error/></lfm>'),
+    "count_na": (200, OK_HEAD + b"<tag><count>n/a</count><name>rock</name></tag></toptags></lfm>"),
+    "empty_name": (
+        200,
+        OK_HEAD + b"<tag><count>90</count><name></name></tag><tag><count>80"
+        b"</count><name>jazz</name></tag></toptags></lfm>",
+    ),
+}
 
 
 class FakeLastFM:
@@ -32,6 +52,8 @@ class FakeLastFM:
         # failures: key -> list of failure kinds for its next requests, in order
         self.failures: dict[str, list[str]] = defaultdict(list)
         self.always: str | None = None  # a failure kind for every request
+        self.jitter_s = 0.0  # extra latency, uniform in [0, jitter_s], per request
+        self.rng = random.Random(0)
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
         self.ca_file = str(tmp_dir / "fake_lastfm_ca.pem")
@@ -64,15 +86,18 @@ class FakeLastFM:
             return f"artist:{form.get('artist', '')}"
         if form.get("mbid"):
             return f"track:{form['mbid']}"
-        return f"track:{form.get('artist', '')}\t{form.get('track', '')}"
+        return "track:" + json.dumps(
+            [form.get("artist", ""), form.get("track", "")], ensure_ascii=False
+        )
 
     def _answer(self, h, form: dict) -> None:
         key = self.key_of(form)
         with self.lock:
             self.requests.append((time.monotonic(), form.get("method", ""), key))
             fail = self.always or (self.failures[key].pop(0) if self.failures[key] else None)
-        if self.latency_s:
-            time.sleep(self.latency_s)
+        delay = self.latency_s + (self.rng.uniform(0, self.jitter_s) if self.jitter_s else 0.0)
+        if delay:
+            time.sleep(delay)
         if fail == "drop":
             h.close_connection = True
             h.connection.close()
@@ -81,6 +106,9 @@ class FakeLastFM:
             return self._send(h, int(fail), "<html>server error</html>")
         if fail == "malformed":
             return self._send(h, 200, '<lfm status="ok"><toptags><tag><name>unclosed')
+        if fail in BAD_BODIES:
+            status, body = BAD_BODIES[fail]
+            return self._send_bytes(h, status, body)
         if fail is not None:  # a Last.fm error code
             return self._send(
                 h,
@@ -113,7 +141,10 @@ class FakeLastFM:
 
     @staticmethod
     def _send(h, status: int, body: str) -> None:
-        data = body.encode("utf-8")
+        FakeLastFM._send_bytes(h, status, body.encode("utf-8"))
+
+    @staticmethod
+    def _send_bytes(h, status: int, data: bytes) -> None:
         h.send_response(status)
         h.send_header("Content-Type", "text/xml; charset=utf-8")
         h.send_header("Content-Length", str(len(data)))
