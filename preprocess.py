@@ -15,8 +15,10 @@ Outputs (under the data root, ``lastfm.paths.Layout``):
 from __future__ import annotations
 
 import argparse
+import gzip
 import http.client
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -32,7 +34,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from lastfm import config as cfgs
 from lastfm.common import (
@@ -41,10 +42,13 @@ from lastfm.common import (
     fingerprint,
     log,
     markdown_table,
-    params_match,
+    outputs_record,
     read_json,
     run_main,
+    stage_current,
     write_json,
+    write_parquet,
+    write_text,
 )
 from lastfm.config import option
 from lastfm.parse import parse_file, write_rejects
@@ -145,16 +149,22 @@ def download(
     size: int | None = None,
     timeout: float = 30.0,
     chunk: int = 1 << 20,
+    min_rate: float = 1024.0,
+    stall_s: float = 60.0,
 ) -> Path:
     """Fetch ``url`` to ``dest`` resumably; verify; rename atomically.
 
-    A partial download lives in ``dest.part`` and is resumed with an HTTP
-    ``Range`` request. A local path (or ``file://``) is copied. The archive is
-    accepted when its MD5 (if given) or else its size (if given, or the
-    server's length) matches; ``dest.verified`` records what was checked, so a
-    rerun skips a verified archive.
+    A partial download lives in ``dest.part`` and is resumed with an HTTP ``Range``
+    request whose answer must start exactly where the part ends (``Content-Range``);
+    anything else restarts from byte 0. A local path (or ``file://``) is copied. The
+    archive is accepted when its size matches (``size``, else the server's), its MD5
+    matches ``md5`` (any case) when given, and, for a ``.gz``, the whole gzip stream
+    reads to its end with a good CRC; ``dest.verified`` records what was checked, so a
+    rerun skips a verified archive. A transfer slower than ``min_rate`` bytes/s over
+    ``stall_s`` seconds stops (rerun to resume).
     """
     dest = Path(dest)
+    md5 = md5.lower() if md5 else None
     marker = Path(str(dest) + ".verified")
     if dest.exists() and marker.exists():
         rec = read_json(marker)
@@ -163,10 +173,14 @@ def download(
             return dest
     if dest.exists():  # placed by hand: check what can be checked, then use it
         digest = file_md5(dest)
-        if md5 and digest != md5.lower():
+        if md5 and digest != md5:
             raise PipelineError(f"{dest}: MD5 {digest} does not match the expected {md5}")
         if size is not None and dest.stat().st_size != size:
             raise PipelineError(f"{dest}: {dest.stat().st_size:,} bytes, expected {size:,}")
+        problem = gzip_problem(dest)
+        if problem:
+            raise PipelineError(f"{dest}: {problem} gzip archive; delete it and rerun to "
+                                "download it again")
         log(f"using the archive already at {dest} (MD5 {digest})")
         write_json(marker, {"url": "placed by hand", "bytes": dest.stat().st_size, "md5": digest})
         return dest
@@ -174,91 +188,202 @@ def download(
     part = Path(str(dest) + ".part")
     local = url[7:] if url.startswith("file://") else (url if "://" not in url else None)
     if local is not None:
-        if not Path(local).exists():
+        if not Path(local).is_file():
             raise PipelineError(f"--url {url}: no such file")
         shutil.copyfile(local, part)
         expected = Path(local).stat().st_size
     else:
-        expected = _http_fetch(url, part, timeout, chunk)
+        expected = _http_fetch(url, part, timeout, chunk, min_rate, stall_s)
     got = part.stat().st_size
     want = size if size is not None else expected
     if want is not None and got != want:
+        if got > want:
+            part.unlink()
         raise PipelineError(
-            f"{url}: downloaded {got:,} bytes, expected {want:,}; "
-            f"rerun to resume (partial file kept at {part})"
+            f"{url}: downloaded {got:,} bytes, expected {want:,}; rerun to "
+            + ("fetch it again" if got > want else f"resume (partial file kept at {part})")
         )
     digest = file_md5(part)
-    if md5 and digest != md5.lower():
+    if md5 and digest != md5:
         part.unlink()
         raise PipelineError(
             f"{url}: MD5 {digest} does not match the expected {md5}; "
             "the corrupt download was deleted, rerun to fetch it again"
         )
+    problem = gzip_problem(part)
+    if problem == "truncated":  # e.g. a server that said too short a length: resume
+        raise PipelineError(f"{url}: the archive ends early ({got:,} bytes); rerun to resume "
+                            f"(partial file kept at {part})")
+    if problem:
+        part.unlink()
+        raise PipelineError(f"{url}: {problem} gzip archive; the download was deleted, rerun "
+                            "to fetch it again")
     os.replace(part, dest)
     write_json(marker, {"url": url, "bytes": got, "md5": digest})
     return dest
 
 
-def _http_fetch(url: str, part: Path, timeout: float, chunk: int) -> int | None:
-    have = part.stat().st_size if part.exists() else 0
-    req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+def gzip_problem(path: Path) -> str | None:
+    """For a ``.gz`` file: read the whole stream (tarfile stops before the trailer), so a
+    truncated or corrupt archive is caught before it is called good. None when sound,
+    else "truncated" or "corrupt (...)"."""
+    if not str(path).endswith((".gz", ".gz.part")):
+        return None
     try:
-        resp = urllib.request.urlopen(req, timeout=timeout)
-    except urllib.error.HTTPError as err:
-        if err.code == 416 and have:  # nothing left to fetch
-            return have
-        raise PipelineError(f"{url}: HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, OSError) as err:
-        raise PipelineError(
-            f"cannot reach {url} ({getattr(err, 'reason', err)}). Without network, place "
-            f"the archive by hand at <data>/raw/{ARCHIVE} (mirror: {MIRROR}), or run "
-            "offline on synthetic data: python synth.py && python preprocess.py "
-            "--input data/synthetic/lastfm-dataset-1K"
-        ) from None
-    with resp:
-        resumed = resp.status == 206
-        if have and not resumed:
-            log("server ignored the Range request; downloading from the start")
-            have = 0
-        length = resp.headers.get("Content-Length")
-        total = (int(length) + have) if length is not None else None
-        with (
-            open(part, "ab" if resumed else "wb") as fh,
-            _progress(total, have, Path(url).name) as bar,
-        ):
-            try:
-                while block := resp.read(chunk):
-                    fh.write(block)
-                    bar.update(len(block))
-            except (OSError, http.client.IncompleteRead) as err:
-                raise PipelineError(
-                    f"{url}: connection lost after "
-                    f"{part.stat().st_size:,} bytes ({err}); "
-                    "rerun to resume"
-                ) from None
-    return total
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 22):
+                pass
+    except EOFError:
+        return "truncated"
+    except (OSError, zlib.error) as err:
+        return f"corrupt ({err})"
+    return None
 
 
-def extract(archive: Path, target: Path) -> Path:
-    """Extract ``archive`` under ``target`` refusing any path outside it."""
+def _content_range(resp) -> tuple[int | None, int | None]:
+    """(first byte, total size) of a ``Content-Range: bytes A-B/N`` (or ``*/N``) header."""
+    value = resp.headers.get("Content-Range", "")
+    m = re.match(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", value.strip())
+    if not m:
+        return None, None
+    first = int(m.group(1)) if m.group(1) is not None else None
+    total = int(m.group(2)) if m.group(2) != "*" else None
+    return first, total
+
+
+def _http_fetch(
+    url: str, part: Path, timeout: float, chunk: int, min_rate: float, stall_s: float
+) -> int | None:
+    """Append the rest of ``url`` to ``part``; return the file's full size if known."""
+    have = part.stat().st_size if part.exists() else 0
+    for _attempt in range(2):  # a second time from byte 0 when a resume cannot be trusted
+        req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+        try:
+            resp = urllib.request.urlopen(req, timeout=timeout)
+        except urllib.error.HTTPError as err:
+            if err.code == 416 and have:  # nothing left, if the part is exactly the file
+                total = _content_range(err)[1]
+                if total == have:
+                    return have
+                log(
+                    f"{part}: {have:,} bytes held but the server's file has "
+                    f"{'an unknown size' if total is None else f'{total:,} bytes'}; "
+                    "downloading from the start"
+                )
+                part.unlink()
+                have = 0
+                continue
+            raise PipelineError(f"{url}: HTTP {err.code} {err.reason}") from None
+        except (urllib.error.URLError, OSError) as err:
+            raise PipelineError(
+                f"cannot reach {url} ({getattr(err, 'reason', err)}). Without network, place "
+                f"the archive by hand at <data>/raw/{ARCHIVE} (mirror: {MIRROR}), or run "
+                "offline on synthetic data: python synth.py && python preprocess.py "
+                "--input data/synthetic/lastfm-dataset-1K"
+            ) from None
+        with resp:
+            first, total = _content_range(resp) if resp.status == 206 else (None, None)
+            if have and (resp.status != 206 or first != have):
+                log(
+                    f"{url}: the server did not resume at byte {have:,}; downloading from the start"
+                )
+                have = 0
+                if resp.status == 206:  # a range we did not ask for: ask again for all
+                    part.unlink()
+                    continue
+            length = resp.headers.get("Content-Length")
+            if total is None:
+                total = (int(length) + have) if length is not None else None
+            _copy_body(
+                resp, url, part, "ab" if have else "wb", have, total, chunk, min_rate, stall_s
+            )
+            return total
+    raise PipelineError(f"{url}: the server answers ranges wrongly; delete {part} and rerun")
+
+
+def _copy_body(resp, url, part, mode, have, total, chunk, min_rate, stall_s) -> None:
+    t0, got0 = time.monotonic(), 0
+    with open(part, mode) as fh, _progress(total, have, Path(url).name) as bar:
+        try:
+            while block := resp.read1(chunk):
+                fh.write(block)
+                bar.update(len(block))
+                got0 += len(block)
+                elapsed = time.monotonic() - t0
+                if elapsed >= stall_s:
+                    if got0 / elapsed < min_rate:
+                        raise PipelineError(
+                            f"{url}: {got0 / elapsed:,.0f} bytes/s over the last "
+                            f"{elapsed:.0f} s, below {min_rate:,.0f}; stopped, rerun to "
+                            f"resume ({part.stat().st_size:,} bytes kept)"
+                        )
+                    t0, got0 = time.monotonic(), 0
+        except (OSError, http.client.IncompleteRead) as err:
+            raise PipelineError(
+                f"{url}: connection lost after {part.stat().st_size:,} bytes "
+                f"({err}); rerun to resume"
+            ) from None
+
+
+def extract(archive: Path, target: Path, tsv_md5: str | None = None) -> Path:
+    """Extract ``archive`` under ``target``, refusing any path outside it.
+
+    Extraction goes to a temporary folder renamed into place, with a marker holding
+    the archive's MD5, so a killed extraction never leaves a partial TSV that a rerun
+    trusts. ``tsv_md5``: the plays file's published MD5, checked before it is kept.
+    """
     target = Path(target).resolve()
+    top = Path(TSV).parts[0]
+    tmp = target / f".extract-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    marker = Path(str(archive) + ".verified")
     try:
         with tarfile.open(archive, "r:gz") as tar:
             members = tar.getmembers()
             for m in members:
-                dest = (target / m.name).resolve()
-                if not dest.is_relative_to(target) or m.issym() or m.islnk() or m.isdev():
+                dest = (tmp / m.name).resolve()
+                if not dest.is_relative_to(tmp) or m.issym() or m.islnk() or m.isdev():
                     raise PipelineError(f"{archive}: unsafe member {m.name!r} refused")
-            tar.extractall(target, members=members, filter="data")
+            tar.extractall(tmp, members=members, filter="data")
+        if not (tmp / TSV).exists():
+            raise PipelineError(f"{archive}: no {TSV} inside")
+        if tsv_md5 and file_md5(tmp / TSV) != tsv_md5:
+            raise PipelineError(
+                f"{archive}: its {Path(TSV).name} does not have the published "
+                f"MD5 {tsv_md5}; delete the archive and rerun"
+            )
+        write_json(tmp / top / ".extracted", {"archive_md5": _archive_md5(archive)})
+        shutil.rmtree(target / top, ignore_errors=True)
+        os.replace(tmp / top, target / top)
+    except PipelineError:
+        marker.unlink(missing_ok=True)
+        raise
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        marker.unlink(missing_ok=True)
         raise PipelineError(
             f"{archive}: corrupt or truncated archive ({err}); delete it "
             "and rerun to download it again"
         ) from None
-    tsv = target / TSV
-    if not tsv.exists():
-        raise PipelineError(f"{archive}: no {TSV} inside")
-    return tsv
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target / TSV
+
+
+def _archive_md5(archive: Path) -> str:
+    marker = Path(str(archive) + ".verified")
+    rec = read_json(marker) if marker.exists() else {}
+    return rec.get("md5") or file_md5(archive)
+
+
+def extracted_current(archive: Path, target: Path) -> bool:
+    """True when ``target`` holds a complete extraction of this very archive."""
+    mark = Path(target) / Path(TSV).parts[0] / ".extracted"
+    return (
+        (Path(target) / TSV).exists()
+        and mark.exists()
+        and read_json(mark).get("archive_md5") == _archive_md5(archive)
+    )
 
 
 # --------------------------------------------------------------------------- tables
@@ -502,11 +627,11 @@ def resolve_input(layout: Layout, cfg: PreprocessConfig) -> Path:
         return p
     raw = make(layout.raw())
     archive = download(cfg.url, raw / ARCHIVE, md5=cfg.md5, size=cfg.size)
-    tsv = raw / TSV
-    if not tsv.exists() or tsv.stat().st_mtime < archive.stat().st_mtime:
+    if not extracted_current(archive, raw):
         log(f"extracting {archive}")
-        tsv = extract(archive, raw)
-    return tsv
+        real = cfg.url in (URL, MIRROR)  # the published plays MD5 is checked for the real one
+        extract(archive, raw, tsv_md5=KNOWN_MD5[Path(TSV).name] if real else None)
+    return raw / TSV
 
 
 def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> dict:
@@ -565,7 +690,7 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> di
     def write_window(name: str) -> dict:
         rows = np.flatnonzero(masks[name] if name != "all" else kept)
         table = plays_table(enc, rows, keep_missing_mbid)
-        pq.write_table(table, out / f"{name}.parquet", compression="zstd")
+        write_parquet(out / f"{name}.parquet", table, compression="zstd")
         return {
             "rows": table.num_rows,
             "tracks": distinct_count(table["track_idx"].to_numpy()),
@@ -616,10 +741,11 @@ def _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to
             "users": stats[name]["user_id"]["unique"],
         }
     md = stats_markdown(stats, extra)
-    (reports / "preprocess_stats.md").write_text(
+    write_text(
+        reports / "preprocess_stats.md",
         f"## Preprocessing statistics\n\nInput: `{tsv}` ({res.lines:,} lines; "
         f"{len(res.rejects):,} rejects; {res.repaired:,} repaired; "
-        f"{int((~in_range).sum()):,} plays outside {valid_from}..{valid_to} excluded)\n\n" + md
+        f"{int((~in_range).sum()):,} plays outside {valid_from}..{valid_to} excluded)\n\n" + md,
     )
     write_json(reports / "preprocess_stats.json", {"tables": stats, "sizes": extra, "study": STUDY})
     plot_plays_per_user(enc, clean, reports / "plays_per_user.png")
@@ -649,11 +775,7 @@ def main(argv=None) -> None:
         "valid_to": cfg.valid_to,
         "input": fingerprint(tsv),
     }
-    if (
-        not cfg.force
-        and params_match(out / "meta.json", params)
-        and all((out / f"{m}m.parquet").exists() for m in months)
-    ):
+    if not cfg.force and stage_current(out / "meta.json", params):
         log(f"{out} is current for these parameters; skipping (use --force to redo)")
         print(
             (reports / "preprocess_stats.md").read_text()
@@ -661,8 +783,14 @@ def main(argv=None) -> None:
             else ""
         )
         return
+    (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last, after its outputs
     meta = preprocess(tsv, out, reports, cfg)
-    write_json(out / "meta.json", {"params": params, **meta})
+    names = (
+        [f"{w}.parquet" for w in meta["windows"]]
+        + (["all.parquet"] if cfg.write_all else [])
+        + ["rejects.tsv"]
+    )
+    write_json(out / "meta.json", {"params": params, **meta, "outputs": outputs_record(out, names)})
     sizes = ", ".join(f"{k}: {v['rows']:,}" for k, v in meta["windows"].items())
     log(f"wrote {out} ({sizes})")
 

@@ -25,8 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lastfm import common
 from lastfm import config as cfgs
@@ -250,11 +248,14 @@ def sessionize_window(src: Path, out: Path, cfg: SessionConfig) -> dict:
         df = df.rename(columns={"sess": "session_id"})
         df = df[["session_id", "user_idx", "position", "item_idx", "ts_s"]]
         parts[name] = df
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), out / f"{name}.parquet")
-        df.rename(columns={"session_id": "SessionId", "item_idx": "ItemId", "ts_s": "Time"})[
-            ["SessionId", "ItemId", "Time"]
-        ].to_csv(out / f"{name}.tsv", sep="\t", index=False)
-    vocab.to_parquet(out / "vocab.parquet", index=False)
+        common.write_parquet(out / f"{name}.parquet", df)
+        gru4rec = df.rename(
+            columns={"session_id": "SessionId", "item_idx": "ItemId", "ts_s": "Time"}
+        )[["SessionId", "ItemId", "Time"]]
+        common.write_atomic(
+            out / f"{name}.tsv", lambda tmp, t=gru4rec: t.to_csv(tmp, sep="\t", index=False)
+        )
+    common.write_parquet(out / "vocab.parquet", vocab)
     stats = split_stats(parts)
     rows = [
         [
@@ -288,7 +289,7 @@ def sessionize_window(src: Path, out: Path, cfg: SessionConfig) -> dict:
         ],
         rows,
     )
-    (out / "stats.md").write_text(md + "\n")
+    common.write_text(out / "stats.md", md + "\n")
     manifest = {
         "counts": counts,
         "split_bounds": bounds,
@@ -376,23 +377,32 @@ def main(argv=None) -> None:
     for w in windows:
         src = src_dir / f"{w}.parquet"
         out = make(layout.sessions(w))
-        params = {**cfgs.as_dict(cfg), "input": common.fingerprint(src)}
-        if not args.force and common.params_match(out / "meta.json", params):
+        # The input by content (its MD5 in preprocess's manifest), not by its file time.
+        recorded = pre.get("outputs", {}).get(f"{w}.parquet")
+        params = {**cfgs.as_dict(cfg), "input": recorded or common.fingerprint(src)}
+        if not args.force and common.stage_current(out / "meta.json", params):
             log(f"{out} is current; skipping")
             results[w] = read_json(out / "meta.json")
             continue
         log(f"sessionizing {src}")
+        (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last
         manifest = sessionize_window(src, out, cfg)
-        common.write_json(out / "meta.json", {"params": params, **manifest})
+        names = [f"{s}.{ext}" for s in SPLITS for ext in ("parquet", "tsv")]
+        names += ["vocab.parquet", "stats.md", "stats.json"]
+        common.write_json(
+            out / "meta.json",
+            {"params": params, **manifest, "outputs": common.outputs_record(out, names)},
+        )
         results[w] = manifest
         print((out / "stats.md").read_text())
     table = study_table(results)
     reports = make(layout.reports())
-    (reports / "sessions.md").write_text(
+    common.write_text(
+        reports / "sessions.md",
         "## Sessions per window\n\n"
         + table
         + "\n\n"
-        + "\n\n".join((layout.sessions(w) / "stats.md").read_text() for w in windows)
+        + "\n\n".join((layout.sessions(w) / "stats.md").read_text() for w in windows),
     )
     print(table)
 

@@ -33,7 +33,7 @@ import pandas as pd
 
 from lastfm import baselines as bl
 from lastfm import config as cfgs
-from lastfm.common import PipelineError, log, markdown_table, run_main, write_json
+from lastfm.common import PipelineError, log, markdown_table, run_main, write_json, write_text
 from lastfm.config import option
 from lastfm.data import Events, load_splits, make_events, popularity, sample_events
 from lastfm.metrics import (
@@ -406,7 +406,8 @@ def plot_results(res: dict, out_dir: Path) -> None:
         v = np.array([res["methods"][n][m] for n in names])
         lo = np.array([res["methods"][n]["ci"][m][0] for n in names])
         hi = np.array([res["methods"][n]["ci"][m][1] for n in names])
-        ax.bar(names, v, yerr=[v - lo, hi - v], capsize=4, color="#4c72b0")
+        err = np.maximum(0.0, [v - lo, hi - v])  # a one-session interval can round below 0
+        ax.bar(names, v, yerr=err, capsize=4, color="#4c72b0")
         ax.set_title(f"{m} (95% CI)")
         ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
@@ -450,7 +451,7 @@ def write_report(reports: Path) -> Path:
         if (reports / png).exists():
             parts.append(f"![{png}]({png})\n")
     out = reports / "report.md"
-    out.write_text("\n\n".join(parts))
+    write_text(out, "\n\n".join(parts))
     return out
 
 
@@ -464,7 +465,12 @@ def _find_tracks(vocab: pd.DataFrame, spec: str) -> list[int]:
     )
     lookup = dict(zip(key, vocab["item_idx"]))
     items = []
-    for part in [p.strip() for p in spec.split(";") if p.strip()]:
+    parts = [p.strip() for p in spec.split(";") if p.strip()]
+    if not parts:
+        raise PipelineError(
+            f"--tracks {spec!r}: no track given (write 'Artist - Title', separated by ';')"
+        )
+    for part in parts:
         if part.lower() not in lookup:
             raise PipelineError(
                 f"--tracks: {part!r} is not in the training vocabulary "
@@ -543,12 +549,12 @@ def main(argv=None) -> None:
     res = run_evaluation(layout, ec)
     reports = make(layout.reports())
     md = results_markdown(res)
-    (reports / "results.md").write_text(md)
-    plot_results(res, reports)
+    plot_results(res, reports)  # before the tables, so a failure leaves no half-new set
     write_json(
         reports / "results.json",
         {**{k: v for k, v in res.items() if k != "_raw"}, "provenance": provenance(argv, ec)},
     )
+    write_text(reports / "results.md", md)
     report = write_report(reports)
     print(md)
     log(f"wrote {reports / 'results.md'} and {report}")

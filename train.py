@@ -25,6 +25,8 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +36,14 @@ import numpy as np
 
 from lastfm import config as cfgs
 from lastfm import hybrid
-from lastfm.common import PipelineError, log, markdown_table, run_main, write_json
+from lastfm.common import PipelineError, log, markdown_table, run_main, write_json, write_text
 from lastfm.config import option
 from lastfm.data import Events, load_splits, load_tag_tables, make_events, sample_events
 from lastfm.metrics import device_ranker, evaluate
 from lastfm.paths import Layout, make
 from model import ModelConfig, build_model, load_trained
 
-MODEL_FILES = ("model.keras", "config.json", hybrid.TABLE, "history.csv")
+MODEL_FILES = ("config.json", "model.keras", hybrid.TABLE, "history.csv")
 
 
 @dataclass
@@ -224,16 +226,19 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
     out = make(model_folder(layout, tc))
     for name in MODEL_FILES:  # never pair an old model with this run's configuration
         (out / name).unlink(missing_ok=True)
+    work = out / ".partial"  # the run's files, moved into out once all are written
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     cb = ValidationCallback(
         model,
         valid_ev,
         n_items,
         tc.patience,
-        out / "model.keras",
-        out / "history.csv",
+        work / "model.keras",
+        work / "history.csv",
         len(train_ev),
     )
-    callbacks = [cb]
+    callbacks = [cb, keras.callbacks.TerminateOnNaN()]
     if keras.backend.backend() == "tensorflow" and tc.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     batches = LengthBuckets(
@@ -259,10 +264,19 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
         "best_valid": cb.best,
         "history": cb.rows,
     }
+    if not (work / "model.keras").exists():
+        raise PipelineError(
+            f"no epoch gave a finite validation MRR@20 (the loss diverged?); "
+            f"nothing saved in {out}; try a lower --lr"
+        )
     if tc.transitions:
-        model.load_weights(out / "model.keras")  # the best epoch's weights
-        record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, n_items, tc, out)
-    write_json(out / "config.json", record)  # last: the folder is complete
+        model.load_weights(work / "model.keras")  # the best epoch's weights
+        record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, n_items, tc, work)
+    write_json(work / "config.json", record)
+    for name in MODEL_FILES[::-1]:  # config.json last: a folder with it is complete
+        if (work / name).exists():
+            os.replace(work / name, out / name)
+    shutil.rmtree(work)
     suffix = "" if mc.tags or available is None else "_notags"
     # A run with --out (an experiment) keeps its report beside its model, so that it
     # never overwrites the report of record in <data>/reports/.
@@ -277,7 +291,7 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
         + "\n"
         + hybrid.markdown(record.get("transitions"))
     )
-    (reports / f"training{suffix}.md").write_text(md)
+    write_text(reports / f"training{suffix}.md", md)
     return record
 
 

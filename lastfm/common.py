@@ -140,6 +140,37 @@ def run_main(fn, argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def outputs_record(folder: Path, names) -> dict[str, dict]:
+    """Size and MD5 of each output ``folder/name``, for a manifest written after them."""
+    return {
+        n: {"bytes": (Path(folder) / n).stat().st_size, "md5": file_md5(Path(folder) / n)}
+        for n in names
+    }
+
+
+def outputs_match(folder: Path, record: Mapping[str, Any] | None) -> bool:
+    """True when every output a manifest lists exists with its recorded size and MD5."""
+    if not record:
+        return False
+    for name, rec in record.items():
+        path = Path(folder) / name
+        if (
+            not path.exists()
+            or path.stat().st_size != rec.get("bytes")
+            or file_md5(path) != rec.get("md5")
+        ):
+            return False
+    return True
+
+
+def stage_current(meta_path: Path, params: Mapping[str, Any]) -> bool:
+    """A stage may skip its work: its manifest (written last) exists, was written for
+    ``params``, and every output it lists is there, unchanged."""
+    if not params_match(meta_path, params):
+        return False
+    return outputs_match(Path(meta_path).parent, read_json(meta_path).get("outputs"))
+
+
 def params_match(meta_path: Path, params: Mapping[str, Any]) -> bool:
     """True when ``meta_path`` exists and recorded exactly ``params``."""
     if not Path(meta_path).exists():

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +37,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
+
+from lastfm.common import write_atomic
 
 FIELDS = ["user", "timestamp", "artist_mbid", "artist_name", "track_mbid", "track_name"]
 TS_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
@@ -94,6 +98,27 @@ def sub_blocks(buf: bytes, size: int) -> Iterator[bytes]:
         start = end
 
 
+@contextmanager
+def _undecodable_rows_counted(into: list):
+    """pyarrow decodes an invalid row's text as UTF-8 before calling the handler; on a
+    non-UTF-8 row that fails inside pyarrow and Python prints an "Exception ignored"
+    traceback. Count such rows in ``into`` instead (so the pass is not trusted) and
+    print nothing."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, UnicodeDecodeError):
+            into.append(None)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 def _fast_parse(buf: bytes, n_lines: int) -> pa.Table | None:
     """Parse a clean block with strict types; None when anything is off."""
     invalid = []
@@ -103,18 +128,19 @@ def _fast_parse(buf: bytes, n_lines: int) -> pa.Table | None:
         return "skip"
 
     try:
-        table = pcsv.read_csv(
-            pa.py_buffer(buf),
-            read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=1 << 22),
-            parse_options=pcsv.ParseOptions(**_PARSE, invalid_row_handler=on_invalid),
-            convert_options=pcsv.ConvertOptions(
-                column_types={**_STRING_TYPES, "timestamp": pa.timestamp("s")},
-                timestamp_parsers=[TS_FORMAT],
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-                check_utf8=True,
-            ),
-        )
+        with _undecodable_rows_counted(invalid):
+            table = pcsv.read_csv(
+                pa.py_buffer(buf),
+                read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=1 << 22),
+                parse_options=pcsv.ParseOptions(**_PARSE, invalid_row_handler=on_invalid),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={**_STRING_TYPES, "timestamp": pa.timestamp("s")},
+                    timestamp_parsers=[TS_FORMAT],
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                    check_utf8=True,
+                ),
+            )
     except pa.ArrowInvalid:
         return None
     if invalid or table.num_rows != n_lines:
@@ -393,11 +419,15 @@ def escape_line(raw: bytes) -> str:
 
 
 def write_rejects(path: Path, rejects: list[tuple[int, str, bytes]]) -> None:
-    """TSV ``line, reason, text`` (text escaped by ``escape_line``)."""
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("line\treason\ttext\n")
-        for line, reason, raw in rejects:
-            fh.write(f"{line}\t{reason}\t{escape_line(raw)}\n")
+    """TSV ``line, reason, text`` (text escaped by ``escape_line``), written atomically."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("line\treason\ttext\n")
+            for line, reason, raw in rejects:
+                fh.write(f"{line}\t{reason}\t{escape_line(raw)}\n")
+
+    write_atomic(path, write)
 
 
 def _check_exists(path: Path) -> None:
@@ -519,24 +549,29 @@ def parse_file(
 
     types = {n: _DICT for n in FIELDS}
     types["timestamp"] = pa.timestamp("s")
+    undecodable: list = []
     try:
-        table = pcsv.read_csv(
-            path,
-            read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=16 << 20),
-            parse_options=pcsv.ParseOptions(**_PARSE, invalid_row_handler=on_invalid),
-            convert_options=pcsv.ConvertOptions(
-                column_types=types,
-                timestamp_parsers=[TS_FORMAT],
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-                check_utf8=True,
-            ),
-        )
+        with _undecodable_rows_counted(undecodable):
+            table = pcsv.read_csv(
+                path,
+                read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=16 << 20),
+                parse_options=pcsv.ParseOptions(**_PARSE, invalid_row_handler=on_invalid),
+                convert_options=pcsv.ConvertOptions(
+                    column_types=types,
+                    timestamp_parsers=[TS_FORMAT],
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                    check_utf8=True,
+                ),
+            )
     except pa.ArrowInvalid:
         table = None
     scan.join()
     exact = (
-        table is not None and scan.ends_with_newline and table.num_rows + len(invalid) == scan.lines
+        table is not None
+        and not undecodable
+        and scan.ends_with_newline
+        and table.num_rows + len(invalid) == scan.lines
     )
     if exact:  # an empty user id (each chunk's dictionary holds only values it uses)
         exact = not any(pc.any(pc.equal(c.dictionary, "")).as_py() for c in table["user"].chunks)
