@@ -179,8 +179,9 @@ def download(
             raise PipelineError(f"{dest}: {dest.stat().st_size:,} bytes, expected {size:,}")
         problem = gzip_problem(dest)
         if problem:
-            raise PipelineError(f"{dest}: {problem} gzip archive; delete it and rerun to "
-                                "download it again")
+            raise PipelineError(
+                f"{dest}: {problem} gzip archive; delete it and rerun to download it again"
+            )
         log(f"using the archive already at {dest} (MD5 {digest})")
         write_json(marker, {"url": "placed by hand", "bytes": dest.stat().st_size, "md5": digest})
         return dest
@@ -212,12 +213,15 @@ def download(
         )
     problem = gzip_problem(part)
     if problem == "truncated":  # e.g. a server that said too short a length: resume
-        raise PipelineError(f"{url}: the archive ends early ({got:,} bytes); rerun to resume "
-                            f"(partial file kept at {part})")
+        raise PipelineError(
+            f"{url}: the archive ends early ({got:,} bytes); rerun to resume "
+            f"(partial file kept at {part})"
+        )
     if problem:
         part.unlink()
-        raise PipelineError(f"{url}: {problem} gzip archive; the download was deleted, rerun "
-                            "to fetch it again")
+        raise PipelineError(
+            f"{url}: {problem} gzip archive; the download was deleted, rerun to fetch it again"
+        )
     os.replace(part, dest)
     write_json(marker, {"url": url, "bytes": got, "md5": digest})
     return dest
