@@ -400,3 +400,43 @@ def test_non_utf8_rows_parse_silently(tmp_path, capfd):
     res = parse_file(path)
     assert res.table.num_rows == 3 and [r[1] for r in res.rejects] == ["non_utf8"]
     assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_a_killed_evaluation_leaves_old_or_complete_results(pipeline_data, tmp_path):
+    """13: SIGKILL of test_model.py at random points: results.json is never partial, and
+    the rerun gives the uninterrupted run's figures."""
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "sessions", data / "sessions")
+    args = ["test_model.py", "--window", "1m", "--no-model", "--n-boot", "200"]
+    p = run_stage(args, data)
+    assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
+    path = data / "reports" / "results.json"
+    clean = json.loads(path.read_text())
+    rng = random.Random(3)
+    for delay in (rng.uniform(1, 4) for _ in range(3)):
+        p = run_stage(args, data)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        json.loads(path.read_text())  # whole: the old file or a complete new one
+    p = run_stage(args, data)
+    assert p.wait(timeout=600) == 0
+
+    def figures(res):
+        return {
+            n: {k: v for k, v in m.items() if k not in ("events_per_s",)}
+            for n, m in res["methods"].items()
+        }
+
+    assert figures(json.loads(path.read_text())) == figures(clean)
+
+
+def test_a_missing_window_file_is_one_line(pipeline_data, tmp_path, monkeypatch):
+    """16: a window file gone from preprocessed/: one line naming the stage to run."""
+    import sessionize
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "preprocessed", data / "preprocessed")
+    (data / "preprocessed" / "1m.parquet").unlink()
+    with pytest.raises(PipelineError, match="1m.parquet not found: run preprocess.py"):
+        sessionize.main(["--data-dir", str(data), "--windows", "1m"])
