@@ -56,7 +56,7 @@ class EvalConfig:
     """What is evaluated and how (``--recommend``: which recommendations are shown)."""
 
     window: str = option("1m", "window to evaluate (sessionize.py's folder name)")
-    methods: str = option("POP,S-POP,SR,Item-kNN,V-SKNN", "baselines (comma-separated)")
+    methods: str = option("POP,S-POP,SR,AR,Item-kNN,V-SKNN,VSTAN", "baselines (comma-separated)")
     model: bool = option(True, "evaluate the trained model(s) too")
     models: str | None = option(
         None, "comma-separated model folders (default <data>/models/<window>)"
@@ -174,7 +174,8 @@ def save_ranks(path: Path, raw: dict, results: dict, fingerprint: str) -> None:
     }
     arrays = {}
     for i, n in enumerate(names):
-        arrays[f"ranks_{i}"] = raw[n].ranks.astype(np.int32)
+        arrays[f"higher_{i}"] = raw[n].higher.astype(np.int32)
+        arrays[f"ties_{i}"] = raw[n].ties.astype(np.int32)
         arrays[f"topk_{i}"] = raw[n].topk.astype(np.int32)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
@@ -199,13 +200,19 @@ def load_ranks(path: Path, fingerprint: str, events: Events) -> dict[str, tuple[
     with z:
         if saved_md5 != fingerprint:
             raise PipelineError(
-                f"--ranks-from {path}: saved for other test events, vocabulary, --max-len or "
+                f"--ranks-from {path}: saved for other test events, vocabulary, --prefix-len or "
                 "--exclude-seen than this evaluation; evaluate on the same splits and options"
             )
         out = {}
         for i, n in enumerate(names):
+            if f"higher_{i}" not in z:
+                raise PipelineError(
+                    f"--ranks-from {path}: written before the tie counts were "
+                    "kept; evaluate that method again with --save-ranks"
+                )
             res = EvalResult(
-                z[f"ranks_{i}"].astype(np.int64),
+                z[f"higher_{i}"].astype(np.int64),
+                z[f"ties_{i}"].astype(np.int64),
                 events.sessions,
                 events.positions,
                 z[f"topk_{i}"].astype(np.int64),
@@ -520,7 +527,7 @@ def recommend(layout: Layout, ec: EvalConfig) -> str:
     else:
         method = bl.VSKNN(k=100).fit(splits["train"], n_items)
         ranker, label = ranker_from_scorer(method.score), "V-SKNN (no trained model)"
-    _, top = ranker(pre, lengths, np.array([prefix[-1]], np.int32))
+    *_, top = ranker(pre, lengths, np.array([prefix[-1]], np.int32))
     lines = ["Session so far:"] + [f"  {i + 1:2d}. {names[t]}" for i, t in enumerate(prefix)]
     lines += [f"Top {ec.n} next tracks ({label}):"]
     lines += [

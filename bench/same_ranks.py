@@ -28,7 +28,10 @@ def main(argv: list[str]) -> int:
             same = False
             continue
         j = mb["methods"].index(name)
-        ranks = np.array_equal(a[f"ranks_{i}"], b[f"ranks_{j}"])
+        key = "higher" if f"higher_{i}" in a else "ranks"
+        ranks = np.array_equal(a[f"{key}_{i}"], b[f"{key}_{j}"])
+        if key == "higher":
+            ranks = ranks and np.array_equal(a[f"ties_{i}"], b[f"ties_{j}"])
         top = np.array_equal(a[f"topk_{i}"], b[f"topk_{j}"])
         same &= ranks and top
         print(

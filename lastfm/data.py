@@ -134,17 +134,20 @@ class Events:
     targets: np.ndarray  # (E,) int32
     sessions: np.ndarray  # (E,) int64 session id of each event
     positions: np.ndarray  # (E,) int32 position t of the target in its session
+    times: np.ndarray | None = None  # (E,) int64 UTC seconds of the prefix's last play
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, idx: np.ndarray) -> Events:
+        times = None if self.times is None else self.times[idx]
         return Events(
             self.prefixes[idx],
             self.lengths[idx],
             self.targets[idx],
             self.sessions[idx],
             self.positions[idx],
+            times,
         )
 
 
@@ -163,7 +166,8 @@ def make_events(split: pd.DataFrame, prefix_len: int) -> Events:
         src = ev - lengths + j
         ok = j < lengths
         prefixes[ok, j] = items[src[ok]]
-    return Events(prefixes, lengths, items[ev], sid[ev], pos[ev].astype(np.int32))
+    times = split["ts_s"].to_numpy()[ev - 1] if "ts_s" in split else None
+    return Events(prefixes, lengths, items[ev], sid[ev], pos[ev].astype(np.int32), times)
 
 
 def sample_events(events: Events, n: int, seed: int) -> Events:

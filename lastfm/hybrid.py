@@ -65,7 +65,7 @@ class Transitions:
 
     @classmethod
     def from_train(cls, train: pd.DataFrame, n_items: int, k: int) -> Transitions:
-        rules = SequentialRules(steps=1).fit(train, n_items)
+        rules = SequentialRules(steps=1, pruning=0).fit(train, n_items)
         ids, counts = top_successors(rules.table, k)
         return cls(ids, counts, rules.pop.astype(np.float32))
 
@@ -108,7 +108,7 @@ def fit(
     from keras import ops
 
     grid = [(w, v) for w in weights for v in pop_weights]
-    ranks = np.zeros((len(grid), len(valid)), np.int64)
+    ranks = np.zeros((len(grid), len(valid)), np.float64)
     for start in range(0, len(valid), batch_size):
         sl = slice(start, start + batch_size)
         x = recent(valid.prefixes[sl], valid.lengths[sl], model.input_len)

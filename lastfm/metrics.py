@@ -5,11 +5,14 @@ before t (the most recent ``prefix_len``) predict the track at t
 (``data.make_events``). Each method gives a score to every track of the
 training vocabulary (ids 1..V; id 0 is padding and never ranked). No sampling.
 
-The ranking contract (``target_ranks``, the one place it is written; the numpy
-path for scorers and the on-device path for Keras models both call it):
-- tie policy ``TIE_POLICY``: ``rank = 1 + #(tracks scoring strictly higher
-  than the target)`` (optimistic), so a method giving every track the same
-  score ranks the target 1st;
+The ranking contract (``rank_counts``, the one place it is written; the numpy
+path for scorers and the on-device path for Keras models both call it): for each
+event, the number of tracks scoring strictly higher than the target and the
+number of other tracks scoring exactly as high (ties). One tie policy for every
+method, ``TIE_POLICY``: the average rank ``1 + higher + ties / 2`` (the
+target's expected rank under a random order of the tied tracks); the
+optimistic (``1 + higher``) and pessimistic (``1 + higher + ties``) ranks are
+kept beside it. No method gets a hidden tie-break;
 - column 0 (padding) is never counted;
 - a NaN score never ranks above anything, and a target whose own score is NaN
   ranks last (V): a diverged network cannot look good;
@@ -39,7 +42,10 @@ CUTOFFS = (1, 5, 10, 20)
 TOPK = 20
 
 
-TIE_POLICY = "optimistic: rank = 1 + #tracks scoring strictly higher; NaN ranks last"
+TIE_POLICY = (
+    "average: rank = 1 + #tracks scoring higher + #other tracks scoring equal / 2; "
+    "a NaN score ranks last"
+)
 
 # numpy under the names of keras.ops, so that target_ranks runs on either.
 NUMPY_OPS = SimpleNamespace(
@@ -51,18 +57,28 @@ NUMPY_OPS = SimpleNamespace(
 )
 
 
-def target_ranks(scores, targets, ops=NUMPY_OPS):
-    """Rank (B,) of each target among columns 1..V of ``scores`` (B, V+1).
+def rank_counts(scores, targets, ops=NUMPY_OPS):
+    """(higher, ties), each (B,): the tracks among columns 1..V of ``scores`` (B, V+1)
+    scoring strictly higher than each target, and the other tracks scoring equal.
 
-    ``ops``: ``NUMPY_OPS`` for numpy arrays, ``keras.ops`` for backend tensors
-    (the scores then never leave the device). See the module's contract.
+    ``ops``: ``NUMPY_OPS`` for numpy arrays, ``keras.ops`` for backend tensors (the
+    scores then never leave the device). A NaN score is never higher nor equal; a NaN
+    target gets higher = V - 1, ties = 0: it ranks last. See the module's contract.
     """
     t = ops.take_along_axis(scores, np.asarray(targets, np.int32)[:, None], axis=1)  # (B, 1)
-    higher = (
-        ops.sum(ops.cast(scores > t, "int32"), axis=1)  # NaN > t: False
-        - ops.cast(scores[:, 0] > t[:, 0], "int32")
-    )  # not padding
-    return ops.where(ops.isnan(t[:, 0]), scores.shape[1] - 1, 1 + higher)
+    pad = scores[:, :1]  # column 0 (padding) never counts
+    higher = ops.sum(ops.cast(scores > t, "int32"), axis=1) - ops.cast(pad[:, 0] > t[:, 0], "int32")
+    equal = ops.sum(ops.cast(scores == t, "int32"), axis=1) - ops.cast(
+        pad[:, 0] == t[:, 0], "int32"
+    )
+    nan = ops.isnan(t[:, 0])
+    return ops.where(nan, scores.shape[1] - 2, higher), ops.where(nan, 0, equal - 1)
+
+
+def target_ranks(scores, targets, ops=NUMPY_OPS):
+    """Average ranks (B,) float: ``1 + higher + ties / 2`` (see ``rank_counts``)."""
+    higher, ties = rank_counts(scores, targets, ops)
+    return 1.0 + ops.cast(higher, "float64") + ops.cast(ties, "float64") / 2.0
 
 
 def seen_indices(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -100,24 +116,28 @@ def topk_from_scores(scores: np.ndarray, k: int = TOPK, block: int = 128) -> np.
 
 
 # A scorer takes (prefixes (B, L), lengths (B,)) and returns scores (B, V+1).
-Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
-# A ranker returns (ranks (B,), top-k ids (B, k)) given prefixes, lengths, targets.
-Ranker = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+Scorer = Callable[..., np.ndarray]
+# A ranker returns (higher (B,), ties (B,), top-k ids (B, k)) given prefixes, lengths,
+# targets and (optionally) the time of each prefix's last play.
+Ranker = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False) -> Ranker:
-    """The numpy ranker of a scorer (B, V+1 scores per batch of prefixes)."""
+    """The numpy ranker of a scorer (B, V+1 scores per batch of prefixes). A scorer that
+    is the method of an object with ``needs_times`` also gets the prefixes' last times."""
+    needs_times = getattr(getattr(scorer, "__self__", None), "needs_times", False)
 
-    def rank(prefixes, lengths, targets):
-        s = np.asarray(scorer(prefixes, lengths))
+    def rank(prefixes, lengths, targets, times=None):
+        s = np.asarray(
+            scorer(prefixes, lengths, times) if needs_times else scorer(prefixes, lengths)
+        )
         # A copy (column 0 and seen tracks are overwritten) in the scorer's own float
-        # precision: float64 stays (the baselines' popularity prior needs it), float32
-        # stays (upcasting adds no information and slows the evaluator).
+        # precision (float32 stays: upcasting adds no information and slows the evaluator).
         scores = s.astype(s.dtype if s.dtype in (np.float32, np.float64) else np.float64)
         scores[:, 0] = -np.inf
         if exclude_seen:
             scores[seen_indices(prefixes)] = -np.inf
-        return target_ranks(scores, targets), topk_from_scores(scores)
+        return (*rank_counts(scores, targets), topk_from_scores(scores))
 
     return rank
 
@@ -132,7 +152,7 @@ def device_ranker(model, exclude_seen: bool = False, boost=None) -> Ranker:
     """
     from keras import ops
 
-    def rank(prefixes, lengths, targets):
+    def rank(prefixes, lengths, targets, times=None):
         x = recent(prefixes, lengths, model.input_len)
         logits = device_logits(model, x)  # (B, V+1)
         shape = (len(x), model.n_items + 1)
@@ -142,9 +162,9 @@ def device_ranker(model, exclude_seen: bool = False, boost=None) -> Ranker:
             idx = np.stack(seen_indices(x), axis=1).astype(np.int32)
             seen = ops.scatter(idx, np.ones(len(idx), np.float32), shape)
             logits = ops.where(seen > 0, -np.inf, logits)
-        ranks = target_ranks(logits, targets, ops)
+        higher, ties = rank_counts(logits, targets, ops)
         top = ops.top_k(logits, min(TOPK, model.n_items))[1]
-        return ops.convert_to_numpy(ranks), ops.convert_to_numpy(top)
+        return (ops.convert_to_numpy(higher), ops.convert_to_numpy(ties), ops.convert_to_numpy(top))
 
     return rank
 
@@ -160,12 +180,22 @@ def device_logits(model, x: np.ndarray):
 
 @dataclass
 class EvalResult:
-    ranks: np.ndarray  # (E,) int64
+    higher: np.ndarray  # (E,) tracks scoring higher than the target
+    ties: np.ndarray  # (E,) other tracks scoring equal
     sessions: np.ndarray  # (E,) session ids
     positions: np.ndarray  # (E,) target positions
     topk: np.ndarray  # (E, 20) recommended ids
     seconds: float
     summary: dict = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> np.ndarray:
+        """Ranks under the tie policy (average)."""
+        return 1.0 + self.higher + self.ties / 2.0
+
+    def ranks_under(self, policy: str) -> np.ndarray:
+        extra = {"optimistic": 0.0, "average": 0.5, "pessimistic": 1.0}[policy]
+        return 1.0 + self.higher + extra * self.ties
 
 
 def evaluate(
@@ -176,17 +206,25 @@ def evaluate(
     batch_size: int = 512,
 ) -> EvalResult:
     """Run ``ranker`` over ``events`` in batches; summarise the metrics."""
-    ranks, topk = [], []
+    higher, ties, topk = [], [], []
     t0 = time.perf_counter()
     for i in range(0, len(events), batch_size):
         sl = slice(i, i + batch_size)
-        r, k = ranker(events.prefixes[sl], events.lengths[sl], events.targets[sl])
-        ranks.append(np.asarray(r, dtype=np.int64))
+        times = events.times[sl] if events.times is not None else None
+        h, t, k = ranker(events.prefixes[sl], events.lengths[sl], events.targets[sl], times)
+        higher.append(np.asarray(h, dtype=np.int64))
+        ties.append(np.asarray(t, dtype=np.int64))
         topk.append(np.asarray(k, dtype=np.int64))
     seconds = time.perf_counter() - t0
-    ranks = np.concatenate(ranks) if ranks else np.zeros(0, np.int64)
-    topk = np.concatenate(topk) if topk else np.zeros((0, TOPK), np.int64)
-    res = EvalResult(ranks, events.sessions, events.positions, topk, seconds)
+    empty = np.zeros(0, np.int64)
+    res = EvalResult(
+        np.concatenate(higher) if higher else empty,
+        np.concatenate(ties) if ties else empty,
+        events.sessions,
+        events.positions,
+        np.concatenate(topk) if topk else np.zeros((0, TOPK), np.int64),
+        seconds,
+    )
     res.summary = summarise(res, n_items, popularity)
     return res
 
@@ -209,6 +247,13 @@ def summarise(res: EvalResult, n_items: int, popularity: np.ndarray | None) -> d
     out["coverage@20"] = float(len(np.unique(res.topk[:, :20])) / n_items) if len(res.topk) else 0.0
     if popularity is not None and len(res.topk):
         out["mean_pop@20"] = float(popularity[res.topk[:, :20]].mean())
+    for policy in ("optimistic", "pessimistic"):  # the other tie policies, for reference
+        v = metric_values(res.ranks_under(policy))
+        out[policy] = {
+            m: float(v[m].mean()) if len(v[m]) else float("nan")
+            for m in ("HR@1", "HR@20", "MRR@20", "NDCG@20")
+        }
+    out["tied_events"] = float((res.ties > 0).mean()) if len(res.ties) else 0.0
     out["events"] = int(len(res.ranks))
     out["sessions"] = int(len(np.unique(res.sessions)))
     out["events_per_s"] = float(len(res.ranks) / res.seconds) if res.seconds > 0 else float("nan")

@@ -160,15 +160,21 @@ TIED = np.array(
     np.float32,
 )
 TARGETS = np.array([2, 3, 2, 1, 4])
-EXPECTED = [1, 1, 5, 5, 2]  # ties optimistic; a NaN target ranks last (V = 5)
+EXPECTED = [2.0, 3.0, 5.0, 5.0, 2.5]  # average ranks; a NaN target ranks last (V = 5)
+HIGHER, TIES = [0, 0, 4, 4, 1], [2, 4, 0, 0, 1]
+
+
+def avg(higher, ties):
+    return (1 + np.asarray(higher) + np.asarray(ties) / 2).tolist()
 
 
 def test_tie_policy_and_nan_on_the_numpy_path():
     assert target_ranks(TIED, TARGETS).tolist() == EXPECTED
-    ranks, top = ranker_from_scorer(lambda p, n: TIED)(
+    higher, ties, top = ranker_from_scorer(lambda p, n: TIED)(
         np.zeros((5, 1), np.int32), np.ones(5, np.int32), TARGETS
     )
-    assert ranks.tolist() == EXPECTED
+    assert higher.tolist() == HIGHER and ties.tolist() == TIES
+    assert avg(higher, ties) == EXPECTED
     assert (top[:, 0] != 0).all()  # padding never recommended
 
 
@@ -200,17 +206,18 @@ def test_numpy_and_device_paths_rank_identically():
         == EXPECTED
     )
     x, n = np.zeros((5, 1), np.int32), np.ones(5, np.int32)
-    dev, _ = device_ranker(FixedScores(TIED))(x, n, TARGETS)
-    cpu, _ = ranker_from_scorer(lambda p, n: TIED)(x, n, TARGETS)
-    assert dev.tolist() == cpu.tolist() == EXPECTED
+    dev = device_ranker(FixedScores(TIED))(x, n, TARGETS)
+    cpu = ranker_from_scorer(lambda p, n: TIED)(x, n, TARGETS)
+    assert dev[0].tolist() == cpu[0].tolist() == HIGHER
+    assert dev[1].tolist() == cpu[1].tolist() == TIES
     rng = np.random.default_rng(0)  # random scores with many ties
     scores = rng.integers(0, 4, size=(64, 40)).astype(np.float32)
     targets = rng.integers(1, 40, size=64)
-    dev, _ = device_ranker(FixedScores(scores))(np.zeros((64, 1), np.int32), np.ones(64), targets)
-    cpu, _ = ranker_from_scorer(lambda p, n: scores)(
-        np.zeros((64, 1), np.int32), np.ones(64), targets
-    )
-    assert dev.tolist() == cpu.tolist()
+    x = np.zeros((64, 1), np.int32)
+    dev = device_ranker(FixedScores(scores))(x, np.ones(64), targets)
+    cpu = ranker_from_scorer(lambda p, n: scores)(x, np.ones(64), targets)
+    assert dev[0].tolist() == cpu[0].tolist() and dev[1].tolist() == cpu[1].tolist()
+    assert sum(dev[1]) > 0
 
 
 def test_an_old_saved_model_asks_for_retraining(tmp_path):

@@ -16,12 +16,13 @@ def test_baseline_report_and_plots(pipeline_data, monkeypatch, capsys):
     evaluation.main(["--window", "1m", "--no-model", "--n-boot", "100"])
     rep = pipeline_data / "reports"
     res = json.loads((rep / "results.json").read_text())
-    assert set(res["methods"]) == {"POP", "S-POP", "SR", "Item-kNN", "V-SKNN"}
+    assert set(res["methods"]) == {"POP", "S-POP", "SR", "AR", "Item-kNN", "V-SKNN", "VSTAN"}
     for m in res["methods"].values():
         lo, hi = m["ci"]["HR@20"]
         assert lo <= m["HR@20"] <= hi
         assert m["events"] == res["test_events"]
-    assert res["tie_policy"].startswith("optimistic")
+    assert res["tie_policy"].startswith("average")
+    assert all({"optimistic", "pessimistic"} <= set(m) for m in res["methods"].values())
     for png in ("results_bar.png", "results_by_prefix.png"):
         assert (rep / png).stat().st_size > 2000
     report = (rep / "report.md").read_text()

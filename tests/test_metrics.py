@@ -11,6 +11,7 @@ from lastfm.metrics import (
     bootstrap_ci,
     evaluate,
     metric_values,
+    rank_counts,
     ranker_from_scorer,
     target_ranks,
     topk_from_scores,
@@ -21,8 +22,10 @@ def test_ranks_hand_computed_with_ties():
     # column 0 is padding and never ranked
     scores = np.array([[9.0, 0.5, 0.9, 0.1, 0.9], [9.0, 0.2, 0.2, 0.2, 0.2]])
     targets = np.array([2, 3])
-    assert target_ranks(scores, targets).tolist() == [1, 1]  # optimistic
-    assert target_ranks(scores, np.array([1, 1])).tolist() == [3, 1]
+    assert target_ranks(scores, targets).tolist() == [1.5, 2.5]  # average over ties
+    assert target_ranks(scores, np.array([1, 1])).tolist() == [3.0, 2.5]
+    higher, ties = rank_counts(scores, targets)
+    assert higher.tolist() == [0, 0] and ties.tolist() == [1, 3]
 
 
 def test_metric_values_hand_computed():
@@ -62,10 +65,12 @@ def test_exclude_seen_and_padding_never_recommended():
         return s
 
     pre = np.array([[5, 4, 0]])
-    r_in, top_in = ranker_from_scorer(scorer)(pre, np.array([2]), np.array([5]))
-    r_ex, top_ex = ranker_from_scorer(scorer, exclude_seen=True)(pre, np.array([2]), np.array([3]))
-    assert r_in.tolist() == [1] and top_in[0, :3].tolist() == [5, 4, 3]
-    assert r_ex.tolist() == [1] and top_ex[0, :3].tolist() == [3, 2, 1]
+    h_in, t_in, top_in = ranker_from_scorer(scorer)(pre, np.array([2]), np.array([5]))
+    h_ex, t_ex, top_ex = ranker_from_scorer(scorer, exclude_seen=True)(
+        pre, np.array([2]), np.array([3])
+    )
+    assert h_in.tolist() == [0] and t_in.tolist() == [0] and top_in[0, :3].tolist() == [5, 4, 3]
+    assert h_ex.tolist() == [0] and t_ex.tolist() == [0] and top_ex[0, :3].tolist() == [3, 2, 1]
 
 
 def test_bootstrap_intervals():

@@ -243,9 +243,9 @@ def test_ranker_ranks_and_excludes_seen_tracks():
     x = np.array([[3, 4, 0, 0, 0, 0]], np.int32)
     logits = keras.ops.convert_to_numpy(m.logits(m(x)))[0]
     target = int(np.argsort(-logits[1:])[4] + 1)  # the 5th best track
-    ranks, top = device_ranker(m)(x, np.array([2]), np.array([target]))
-    assert ranks.tolist() == [5] and top[0, 4] == target
-    _, top_ex = device_ranker(m, exclude_seen=True)(x, np.array([2]), np.array([target]))
+    higher, ties, top = device_ranker(m)(x, np.array([2]), np.array([target]))
+    assert higher.tolist() == [4] and ties.tolist() == [0] and top[0, 4] == target
+    *_, top_ex = device_ranker(m, exclude_seen=True)(x, np.array([2]), np.array([target]))
     assert 3 not in top_ex[0] and 4 not in top_ex[0]
 
 
@@ -336,9 +336,10 @@ def test_ranker_adds_transition_counts_to_the_last_tracks_successors():
     def ranker(w, v=0.0):
         return device_ranker(m, boost=hybrid.Transitions(ids, counts, plays, w, v).boost)
 
-    plain, _ = device_ranker(m)(x, lengths, targets)
-    same, _ = ranker(0.0)(x, lengths, targets)
-    fused, top = ranker(10.0)(x, lengths, targets)
+    plain = 1 + device_ranker(m)(x, lengths, targets)[0]
+    same = 1 + ranker(0.0)(x, lengths, targets)[0]
+    fused, _, top = ranker(10.0)(x, lengths, targets)
+    fused = 1 + fused
     assert plain[0] == V and same.tolist() == plain.tolist()
     assert fused[0] == 1 and top[0, 0] == low  # session 0 ends with 4: low first
     assert top[1, 0] == other and fused[1] == plain[1] + (plain[1] < rank_of(logits[1], other))
@@ -347,7 +348,7 @@ def test_ranker_adds_transition_counts_to_the_last_tracks_successors():
     plays[low] = 0.0
     ids[4] = [low, other]
     counts[4] = [1, 1]  # a tie: popularity decides
-    _, top = ranker(10.0, 1.0)(x, lengths, targets)
+    *_, top = ranker(10.0, 1.0)(x, lengths, targets)
     assert top[0, 0] == other and top[0, 1] == low
 
 
