@@ -36,6 +36,11 @@ from lastfm.paths import Layout, make
 STUDY_1M = {"sessions": 173_327, "users": 742, "plays_per_session": 3.4}
 
 
+# Bumped when the outputs change for the same parameters (a rerun then redoes them).
+# 2: the user filter counts sessions before the test period; unscored events accounted.
+OUTPUT_VERSION = 2
+
+
 @dataclass
 class SessionConfig:
     """How plays become sessions and splits (recorded in each window's meta.json)."""
@@ -82,11 +87,15 @@ def session_starts(user: np.ndarray, ts_s: np.ndarray, cfg: SessionConfig) -> np
     return new
 
 
-def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFrame, dict]:
+def build_sessions(
+    plays: pd.DataFrame, cfg: SessionConfig, count_before: float | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Sessions of ``plays`` (columns user_idx, ts_s, track_idx): filtered, not split.
 
     Returns one row per kept play with ``sess`` (0-based, in order of start
-    time), ``position``, and a dictionary of counts at each filtering step.
+    time), ``position``, and a dictionary of counts at each filtering step. The user
+    filter counts only sessions that end before ``count_before`` (the test period's
+    start), so that it never looks at the test period.
     """
     order = np.lexsort((plays["ts_s"].to_numpy(), plays["user_idx"].to_numpy()))
     df = plays.iloc[order].reset_index(drop=True)
@@ -117,8 +126,14 @@ def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFram
     df, sess, pos = df[m], sess[m], pos[m]
     # Users with too few sessions.
     first = np.r_[True, sess[1:] != sess[:-1]] if len(sess) else np.zeros(0, bool)
+    last = np.r_[sess[1:] != sess[:-1], True] if len(sess) else np.zeros(0, bool)
     sess_user = df["user_idx"].to_numpy()[first]
-    per_user = np.bincount(sess_user, minlength=int(plays["user_idx"].max()) + 1)
+    counted = df["ts_s"].to_numpy()[last] < count_before if count_before is not None else True
+    per_user = np.bincount(
+        sess_user,
+        weights=np.broadcast_to(counted, sess_user.shape),
+        minlength=int(plays["user_idx"].max()) + 1,
+    )
     ok_user = per_user >= cfg.min_user_sessions
     counts["users_dropped"] = int(((per_user > 0) & ~ok_user).sum())
     m = ok_user[df["user_idx"].to_numpy()]
@@ -146,19 +161,27 @@ def build_sessions(plays: pd.DataFrame, cfg: SessionConfig) -> tuple[pd.DataFram
     return out.reset_index(drop=True), counts
 
 
-def split_by_time(sessions: pd.DataFrame, valid_frac: float, test_frac: float) -> dict:
-    """Split sessions by the time of their last play: train | valid | test."""
+def time_bounds(ts_s: np.ndarray, valid_frac: float, test_frac: float) -> dict:
+    """Where validation and test begin: the last ``test_frac`` of the time span of
+    ``ts_s`` is test, the ``valid_frac`` before it validation."""
     check_fracs(valid_frac, test_frac)
+    t0, t1 = int(ts_s.min()), int(ts_s.max())
+    test_from = t1 - test_frac * (t1 - t0)
+    return {"valid_from_s": int(test_from - valid_frac * (t1 - t0)), "test_from_s": int(test_from)}
+
+
+def split_by_time(
+    sessions: pd.DataFrame, valid_frac: float, test_frac: float, bounds: dict | None = None
+) -> dict:
+    """Split sessions by the time of their last play: train | valid | test (``bounds``
+    from ``time_bounds``, by default over the sessions' own span)."""
+    bounds = bounds or time_bounds(sessions["ts_s"].to_numpy(), valid_frac, test_frac)
     end = sessions.groupby("sess")["ts_s"].max()
-    t0, t1 = int(sessions["ts_s"].min()), int(sessions["ts_s"].max())
-    span = t1 - t0
-    test_from = t1 - test_frac * span
-    valid_from = test_from - valid_frac * span
+    test_from, valid_from = bounds["test_from_s"], bounds["valid_from_s"]
     which = np.where(end.to_numpy() >= test_from, 2, np.where(end.to_numpy() >= valid_from, 1, 0))
     split_of = pd.Series(which, index=end.index)
     s = split_of.reindex(sessions["sess"]).to_numpy()
     parts = {name: sessions[s == k].reset_index(drop=True) for k, name in enumerate(SPLITS)}
-    bounds = {"valid_from_s": int(valid_from), "test_from_s": int(test_from)}
     return parts, bounds
 
 
@@ -186,21 +209,38 @@ def build_vocab(train: pd.DataFrame, plays: pd.DataFrame) -> pd.DataFrame:
 
 
 def apply_vocab(part: pd.DataFrame, vocab: pd.DataFrame, min_len: int) -> tuple[pd.DataFrame, dict]:
-    """Map track_idx to item_idx; drop unseen tracks, then sessions under min_len."""
+    """Map track_idx to item_idx; drop unseen tracks (splicing the session: A, X, B
+    becomes A -> B), then sessions under min_len. Returns the kept plays and the
+    accounting of what is not scored (sorted by session and position on input)."""
     lookup = pd.Series(vocab["item_idx"].to_numpy(), index=vocab["track_idx"].to_numpy())
     item = lookup.reindex(part["track_idx"].to_numpy()).to_numpy()
     seen = ~np.isnan(item)
+    sess = part["sess"].to_numpy()
+    first = np.r_[True, sess[1:] != sess[:-1]] if len(sess) else np.zeros(0, bool)
+    event = ~first  # every play after a session's first predicts something
+    # a removed play before this one in its session: its prefix is spliced
+    removed_before = pd.Series(~seen).groupby(sess).cumsum().to_numpy() - (~seen)
     out = part[seen].copy()
     out["item_idx"] = item[seen].astype(np.int32)
+    out["spliced"] = removed_before[seen] > 0
     lens = out.groupby("sess")["sess"].transform("size")
     n_before = part["sess"].nunique()
     out = out[lens.to_numpy() >= max(2, min_len)].copy()
     out["position"] = out.groupby("sess").cumcount().astype(np.int16)
-    dropped = {
+    scored = out["position"].to_numpy() >= 1
+    acct = {
+        "plays": int(len(part)),
         "unseen_plays": int((~seen).sum()),
         "sessions_dropped": int(n_before - out["sess"].nunique()),
+        "events_before_filtering": int(event.sum()),
+        "events_unseen_target": int((event & ~seen).sum()),
+        "events_scored": int(scored.sum()),
+        "events_spliced": int((scored & out["spliced"].to_numpy()).sum()),
     }
-    return out.reset_index(drop=True), dropped
+    acct["events_unscorable"] = (
+        acct["events_before_filtering"] - acct["events_unseen_target"] - acct["events_scored"]
+    )
+    return out.drop(columns="spliced").reset_index(drop=True), acct
 
 
 def split_stats(parts: dict[str, pd.DataFrame]) -> dict[str, dict]:
@@ -227,13 +267,16 @@ def sessionize_window(src: Path, out: Path, cfg: SessionConfig) -> dict:
     plays = read_table(src, "plays", "preprocess.py")
     if len(plays) == 0:
         raise PipelineError(f"{src}: the window holds no play")
-    sessions, counts = build_sessions(plays[["user_idx", "ts_s", "track_idx"]], cfg)
+    bounds = time_bounds(plays["ts_s"].to_numpy(), cfg.valid_frac, cfg.test_frac)
+    sessions, counts = build_sessions(
+        plays[["user_idx", "ts_s", "track_idx"]], cfg, count_before=bounds["test_from_s"]
+    )
     if len(sessions) == 0:
         raise PipelineError(
             f"{src}: no session left after filtering ({counts}); "
             "lower --min-user-sessions or --min-len"
         )
-    parts, bounds = split_by_time(sessions, cfg.valid_frac, cfg.test_frac)
+    parts, bounds = split_by_time(sessions, cfg.valid_frac, cfg.test_frac, bounds)
     vocab = build_vocab(parts["train"], plays)
     parts["train"]["item_idx"] = (
         pd.Series(vocab["item_idx"].to_numpy(), index=vocab["track_idx"].to_numpy())
@@ -241,7 +284,14 @@ def sessionize_window(src: Path, out: Path, cfg: SessionConfig) -> dict:
         .to_numpy()
         .astype(np.int32)
     )
-    dropped = {}
+    positions = parts["train"]["position"].to_numpy()
+    dropped = {
+        "train": {
+            "plays": len(parts["train"]),
+            "unseen_plays": 0,
+            "events_scored": int((positions >= 1).sum()),
+        }
+    }
     for name in ("valid", "test"):
         parts[name], dropped[name] = apply_vocab(parts[name], vocab, cfg.min_len)
     for name, df in parts.items():
@@ -293,7 +343,7 @@ def sessionize_window(src: Path, out: Path, cfg: SessionConfig) -> dict:
     manifest = {
         "counts": counts,
         "split_bounds": bounds,
-        "unseen_dropped": dropped,
+        "accounting": dropped,
         "splits": stats,
         "vocab_size": int(len(vocab)),
         "vocab_md5": vocab_checksum(vocab),
@@ -379,7 +429,11 @@ def main(argv=None) -> None:
         out = make(layout.sessions(w))
         # The input by content (its MD5 in preprocess's manifest), not by its file time.
         recorded = pre.get("outputs", {}).get(f"{w}.parquet")
-        params = {**cfgs.as_dict(cfg), "input": recorded or common.fingerprint(src)}
+        params = {
+            **cfgs.as_dict(cfg),
+            "input": recorded or common.fingerprint(src),
+            "version": OUTPUT_VERSION,
+        }
         if not args.force and common.stage_current(out / "meta.json", params):
             log(f"{out} is current; skipping")
             results[w] = read_json(out / "meta.json")

@@ -35,7 +35,7 @@ from lastfm import baselines as bl
 from lastfm import config as cfgs
 from lastfm.common import PipelineError, log, markdown_table, run_main, write_json, write_text
 from lastfm.config import option
-from lastfm.data import Events, load_splits, make_events, popularity, sample_events
+from lastfm.data import Events, load_splits, make_events, popularity, recent, sample_events
 from lastfm.metrics import (
     CUTOFFS,
     TIE_POLICY,
@@ -44,6 +44,8 @@ from lastfm.metrics import (
     by_prefix_length,
     evaluate,
     ranker_from_scorer,
+    segment_table,
+    segments,
     summarise,
 )
 from lastfm.paths import ROOT, Layout, make
@@ -75,6 +77,12 @@ class EvalConfig:
     n_boot: int = option(1000, "bootstrap resamples for the intervals")
     tune_events: int = option(20_000, "validation events (drawn with --seed) for tuning")
     seed: int = option(0, "seed of the validation draw and the bootstrap")
+    ensemble: bool = option(
+        True,
+        "also evaluate the baseline ensemble of the hybrid's form "
+        "(the best neighbourhood baseline + transition counts)",
+    )
+    transitions: int = option(16, "successors per track in the baseline ensemble")
     recommend: bool = option(False, "show recommendations instead of evaluating")
     session: int | None = option(None, "test session id for --recommend")
     tracks: str | None = option(None, "'Artist - Title; ...' for --recommend")
@@ -116,6 +124,61 @@ def tune_baselines(
         log_fn(f"{best!r}: valid MRR@20 {best_key[0]:.4f} HR@20 {best_key[1]:.4f}")
         chosen.append((best, {"tried": tried}))
     return chosen
+
+
+NEIGHBOURHOODS = ("AR", "Item-kNN", "V-SKNN", "VSTAN")
+ENSEMBLE = "+transitions (baseline ensemble)"
+
+
+def baseline_ensemble(chosen, train, valid: Events, n_items: int, ec: EvalConfig):
+    """The network hybrid's comparator, of the same form: the best neighbourhood
+    baseline on validation (its scores scaled to a row maximum of 1) plus the same
+    transition counts and popularity terms, both weights chosen on the same validation
+    events over the same grid. None when no neighbourhood baseline was run."""
+    from lastfm import hybrid
+
+    cands = [(m, info) for m, info in chosen if m.name in NEIGHBOURHOODS]
+    if not cands:
+        return None
+    best, _ = max(cands, key=lambda c: max(t["MRR@20"] for t in c[1]["tried"]))
+
+    def base_scores(prefixes, lengths, times):
+        s = np.asarray(
+            best.score(prefixes, lengths, times)
+            if best.needs_times
+            else best.score(prefixes, lengths),
+            np.float32,
+        ).copy()
+        s[:, 0] = 0.0
+        top = s.max(axis=1, keepdims=True)
+        return s / np.where(top > 0, top, 1.0)
+
+    trans = hybrid.Transitions.from_train(train, n_items, ec.transitions)
+    times = valid.times if valid.times is not None else np.zeros(len(valid))
+    record = hybrid.fit_scores(
+        lambda x, sl: base_scores(valid.prefixes[sl], valid.lengths[sl], times[sl]),
+        hybrid.numpy_ops(),
+        ec.prefix_len,
+        n_items,
+        trans,
+        valid,
+    )
+    record = {
+        "base": repr(best),
+        "weight": record["weight"],
+        "pop_weight": record["pop_weight"],
+        "valid_MRR@20": record["valid_MRR@20"],
+        "grid_size": len(record["tried"]),
+    }
+
+    def scorer(prefixes, lengths, times=None):
+        s = base_scores(prefixes, lengths, times)
+        idx, add = trans.boost(recent(prefixes, lengths, ec.prefix_len))
+        np.add.at(s, (idx[:, 0], idx[:, 1]), add)
+        return s
+
+    scorer.needs_times = True
+    return best.name + ENSEMBLE, ranker_from_scorer(scorer, ec.exclude_seen), record
 
 
 def hybrid_weights(record: dict) -> dict | None:
@@ -249,6 +312,14 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
             f"{model!r}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 "
             f"{res.summary['MRR@20']:.4f} ({res.summary['events_per_s']:,.0f} events/s)"
         )
+    if ec.ensemble:
+        ens = baseline_ensemble(chosen, splits["train"], valid_events, n_items, ec)
+        if ens is not None:
+            name, ranker, record = ens
+            res = evaluate(ranker, test_events, n_items, pop)
+            results[name] = {"params": record, **res.summary}
+            raw[name] = res
+            log(f"{name}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}")
     for model_dir in default_model_dirs(layout, ec) if ec.model else []:
         rankers, record = model_rankers(model_dir, meta["vocab_md5"], ec.exclude_seen)
         name = "BiGRU-Att" + ("+tags" if record["model"]["tags"] and record.get("n_tags") else "")
@@ -314,8 +385,38 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
                     for m in ("HR@20", "MRR@20")
                 },
             }
+    ens_name = next((n for n in results if n.endswith(ENSEMBLE)), None)
+    for name, res in raw.items():  # the hybrids against the ensemble of their own form
+        if ens_name and "+transitions" in name and name != ens_name:
+            results[name]["diff_vs_ensemble"] = {
+                "baseline": ens_name,
+                **{
+                    m: [
+                        results[name][m] - results[ens_name][m],
+                        *bootstrap_ci(
+                            res.ranks,
+                            res.sessions,
+                            (m,),
+                            n_boot=ec.n_boot,
+                            seed=ec.seed,
+                            other_ranks=raw[ens_name].ranks,
+                        )[m],
+                    ]
+                    for m in ("HR@20", "MRR@20")
+                },
+            }
+    masks = segments(test_events, pop)
+    acct = (meta.get("accounting") or {}).get("test")
+    total = acct.get("events_before_filtering") if acct else None
+    for name, res in raw.items():
+        results[name]["segments"] = segment_table(res, masks, seed=ec.seed)
+        if total:  # unseen targets and events left without a prefix count as misses
+            results[name]["with_unscored_as_misses"] = {
+                m: results[name][m] * len(test_events) / total for m in ("HR@20", "MRR@20")
+            }
     return {
         "window": ec.window,
+        "accounting": meta.get("accounting"),
         "exclude_seen": ec.exclude_seen,
         "prefix_len": ec.prefix_len,
         "n_boot": ec.n_boot,
@@ -372,12 +473,13 @@ def results_markdown(res: dict) -> str:
     diffs = [
         [
             n,
-            r["diff_vs_best_baseline"]["baseline"],
-            "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r["diff_vs_best_baseline"]["HR@20"]),
-            "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r["diff_vs_best_baseline"]["MRR@20"]),
+            r[key]["baseline"],
+            "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r[key]["HR@20"]),
+            "{:+.4f} [{:+.4f}, {:+.4f}]".format(*r[key]["MRR@20"]),
         ]
+        for key in ("diff_vs_best_baseline", "diff_vs_ensemble")
         for n, r in res["methods"].items()
-        if "diff_vs_best_baseline" in r
+        if key in r
     ]
     params = [[n, json.dumps(r["params"])] for n, r in res["methods"].items() if r.get("params")]
     seen = "included (re-listening counts)" if not res["exclude_seen"] else "excluded"
@@ -397,8 +499,108 @@ def results_markdown(res: dict) -> str:
             if params
             else ""
         )
+        + extra_markdown(res)
         + "\n"
     )
+
+
+def extra_markdown(res: dict) -> str:
+    """Other tie policies, the accounting of unscored events, segments, tuning budgets."""
+    methods = res["methods"]
+    parts = []
+    if all("optimistic" in m for m in methods.values()):
+        parts.append(
+            "Other tie policies (HR@20 / MRR@20): optimistic (1 + #higher) and "
+            "pessimistic (1 + #higher + #equal); share of events with a tied target:\n\n"
+            + markdown_table(
+                ["method", "optimistic", "pessimistic", "tied events"],
+                [
+                    [
+                        n,
+                        f"{m['optimistic']['HR@20']:.4f} / {m['optimistic']['MRR@20']:.4f}",
+                        f"{m['pessimistic']['HR@20']:.4f} / {m['pessimistic']['MRR@20']:.4f}",
+                        f"{m.get('tied_events', 0):.3f}",
+                    ]
+                    for n, m in methods.items()
+                ],
+            )
+        )
+    acct = (res.get("accounting") or {}).get("test")
+    if acct and acct.get("events_before_filtering"):
+        tot = acct["events_before_filtering"]
+        parts.append(
+            f"Not scored (test split): {acct['unseen_plays']:,} of {acct['plays']:,} plays "
+            f"({acct['unseen_plays'] / max(acct['plays'], 1):.1%}) are tracks unseen in training "
+            f"and were removed; of {tot:,} next-play events before that, "
+            f"{acct['events_unseen_target']:,} ({acct['events_unseen_target'] / tot:.1%}) have an "
+            f"unseen target and {acct['events_unscorable']:,} lost their prefix; of the "
+            f"{acct['events_scored']:,} scored, {acct['events_spliced']:,} "
+            f"({acct['events_spliced'] / max(acct['events_scored'], 1):.1%}) predict across a "
+            "removed track. Counting every unscored event as a miss:\n\n"
+            + markdown_table(
+                ["method", "HR@20", "MRR@20"],
+                [
+                    [
+                        n,
+                        m["with_unscored_as_misses"]["HR@20"],
+                        m["with_unscored_as_misses"]["MRR@20"],
+                    ]
+                    for n, m in methods.items()
+                    if "with_unscored_as_misses" in m
+                ],
+            )
+        )
+    seg_names = next((list(m["segments"]) for m in methods.values() if "segments" in m), [])
+    if seg_names:
+        first = next(m["segments"] for m in methods.values() if "segments" in m)
+        head = ["method"] + [f"{s} ({first[s].get('share', 0):.0%})" for s in seg_names]
+        rows = []
+        for n, m in methods.items():
+            row = [n]
+            for sname in seg_names:
+                g = m["segments"][sname]
+                row.append(
+                    f"{g['MRR@20']:.4f} [{g['ci']['MRR@20'][0]:.4f}, {g['ci']['MRR@20'][1]:.4f}]"
+                    if g.get("events")
+                    else ""
+                )
+            rows.append(row)
+        parts.append(
+            "MRR@20 by segment (share of test events; 95% intervals): the target "
+            "already in the session (repeat) or new to it; its training popularity "
+            "(head, torso, tail: the tracks holding the top, middle and last third of "
+            "training plays; rare: fewer than 5 plays):\n\n" + markdown_table(head, rows)
+        )
+    budgets = [[n, len(m["tuning"])] for n, m in methods.items() if m.get("tuning")]
+    if budgets:
+        parts.append(
+            "Validation budget (configurations tried):\n\n"
+            + markdown_table(["method", "configurations"], budgets)
+        )
+    return "".join("\n\n" + p for p in parts)
+
+
+def log_test_evaluation(reports: Path, res: dict, prov: dict) -> None:
+    """Append one line per method to ``test_log.jsonl``: how often the test split was
+    looked at, by what, when."""
+    lines = []
+    for name, m in res["methods"].items():
+        lines.append(
+            json.dumps(
+                {
+                    "time": prov["date"],
+                    "commit": prov["commit"],
+                    "command": prov["command"],
+                    "window": res["window"],
+                    "method": name,
+                    "params": m.get("params"),
+                    **{k: m[k] for k in REPORT_METRICS if k in m},
+                },
+                default=str,
+            )
+        )
+    with open(reports / "test_log.jsonl", "a") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def plot_results(res: dict, out_dir: Path) -> None:
@@ -557,10 +759,12 @@ def main(argv=None) -> None:
     reports = make(layout.reports())
     md = results_markdown(res)
     plot_results(res, reports)  # before the tables, so a failure leaves no half-new set
+    prov = provenance(argv, ec)
     write_json(
         reports / "results.json",
-        {**{k: v for k, v in res.items() if k != "_raw"}, "provenance": provenance(argv, ec)},
+        {**{k: v for k, v in res.items() if k != "_raw"}, "provenance": prov},
     )
+    log_test_evaluation(reports, res, prov)
     write_text(reports / "results.md", md)
     report = write_report(reports)
     print(md)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -99,24 +100,66 @@ def fit(
     pop_weights=POP_WEIGHTS,
     batch_size: int = 512,
 ) -> dict:
-    """Choose ``transitions``' two weights for ``model`` on validation MRR@20.
-
-    Ties go to the first grid point, so (0, 0), the network alone, unless a
-    hybrid is better. The model scores each validation batch once for the
-    whole grid. Sets the chosen weights; returns what ``config.json`` records.
-    """
+    """Choose ``transitions``' two weights for a Keras ``model`` on validation MRR@20
+    (its scores stay on the device). See ``fit_scores``."""
     from keras import ops
 
+    def scores(x, sl):
+        return device_logits(model, x)
+
+    return fit_scores(
+        scores,
+        ops,
+        model.input_len,
+        model.n_items,
+        transitions,
+        valid,
+        weights,
+        pop_weights,
+        batch_size,
+    )
+
+
+def numpy_ops():
+    """``np.add.at``-based scatter under keras.ops' names, for numpy scores."""
+    from lastfm.metrics import NUMPY_OPS
+
+    def scatter(idx, values, shape):
+        out = np.zeros(shape, np.float32)
+        np.add.at(out, (idx[:, 0], idx[:, 1]), values)
+        return out
+
+    return SimpleNamespace(**vars(NUMPY_OPS), scatter=scatter, convert_to_numpy=np.asarray)
+
+
+def fit_scores(
+    scores,
+    ops,
+    input_len: int,
+    n_items: int,
+    transitions: Transitions,
+    valid: Events,
+    weights=WEIGHTS,
+    pop_weights=POP_WEIGHTS,
+    batch_size: int = 512,
+) -> dict:
+    """Choose ``transitions``' two weights on validation MRR@20 for a scorer
+    ``scores(x, batch_slice) -> (B, V+1)`` (``ops``: keras.ops or ``numpy_ops()``).
+
+    Ties go to the first grid point, so (0, 0), the scorer alone, unless a hybrid is
+    better. Each validation batch is scored once for the whole grid. Sets the chosen
+    weights; returns what a ``config.json`` records.
+    """
     grid = [(w, v) for w in weights for v in pop_weights]
     ranks = np.zeros((len(grid), len(valid)), np.float64)
     for start in range(0, len(valid), batch_size):
         sl = slice(start, start + batch_size)
-        x = recent(valid.prefixes[sl], valid.lengths[sl], model.input_len)
-        logits = device_logits(model, x)
+        x = recent(valid.prefixes[sl], valid.lengths[sl], input_len)
+        base = scores(x, sl)
         for g, (w, v) in enumerate(grid):
-            s = logits
+            s = base
             if w or v:
-                s = logits + ops.scatter(*transitions.boost(x, w, v), (len(x), model.n_items + 1))
+                s = base + ops.scatter(*transitions.boost(x, w, v), (len(x), n_items + 1))
             ranks[g, sl] = ops.convert_to_numpy(target_ranks(s, valid.targets[sl], ops))
     rows = []
     for g, (w, v) in enumerate(grid):

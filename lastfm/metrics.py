@@ -123,9 +123,12 @@ Ranker = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False) -> Ranker:
-    """The numpy ranker of a scorer (B, V+1 scores per batch of prefixes). A scorer that
-    is the method of an object with ``needs_times`` also gets the prefixes' last times."""
-    needs_times = getattr(getattr(scorer, "__self__", None), "needs_times", False)
+    """The numpy ranker of a scorer (B, V+1 scores per batch of prefixes). A scorer with
+    ``needs_times`` (or the method of an object with it) also gets the prefixes' last
+    times."""
+    needs_times = getattr(scorer, "needs_times", False) or getattr(
+        getattr(scorer, "__self__", None), "needs_times", False
+    )
 
     def rank(prefixes, lengths, targets, times=None):
         s = np.asarray(
@@ -311,3 +314,48 @@ def by_prefix_length(res: EvalResult, cap: int = 20) -> pd.DataFrame:
         .agg(events=("HR@20", "size"), **{"HR@20": ("HR@20", "mean"), "MRR@20": ("MRR@20", "mean")})
         .reset_index()
     )
+
+
+def segments(events: Events, popularity: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks (E,) of event segments, where the methods (and tags) may differ:
+    the target already in the prefix (repeat) or new to it; the target's training
+    popularity: head / torso / tail (the tracks holding the top, middle and last third
+    of training plays) and rare (fewer than 5 training plays)."""
+    target_pop = popularity[events.targets]
+    order = np.argsort(-popularity[1:], kind="stable") + 1
+    share = np.cumsum(popularity[order]) / max(popularity.sum(), 1)
+    band = np.empty(len(popularity), np.int8)
+    band[order] = np.where(share <= 1 / 3, 0, np.where(share <= 2 / 3, 1, 2))
+    band[0] = 2
+    t_band = band[events.targets]
+    repeat = (events.prefixes == events.targets[:, None]).any(axis=1)
+    return {
+        "repeat": repeat,
+        "new": ~repeat,
+        "head": t_band == 0,
+        "torso": t_band == 1,
+        "tail": t_band == 2,
+        "rare (<5 plays)": target_pop < 5,
+    }
+
+
+def segment_table(
+    res: EvalResult, masks: dict[str, np.ndarray], n_boot: int = 200, seed: int = 0
+) -> dict[str, dict]:
+    """HR@20 and MRR@20 with 95% intervals within each segment."""
+    out = {}
+    for name, m in masks.items():
+        if not m.any():
+            out[name] = {"events": 0}
+            continue
+        vals = metric_values(res.ranks[m])
+        ci = bootstrap_ci(
+            res.ranks[m], res.sessions[m], ("HR@20", "MRR@20"), n_boot=n_boot, seed=seed
+        )
+        out[name] = {
+            "events": int(m.sum()),
+            "share": float(m.mean()),
+            **{k: float(vals[k].mean()) for k in ("HR@20", "MRR@20")},
+            "ci": {k: list(v) for k, v in ci.items()},
+        }
+    return out

@@ -114,3 +114,40 @@ def test_window_mode_makes_shorter_sessions(pipeline_data, tmp_path):
     )
     assert len(gap) == len(win) == len(df)
     assert gap["sess"].nunique() < win["sess"].nunique()
+
+
+def test_unscored_events_are_accounted_on_a_toy_case():
+    """Unseen tracks removed and counted: targets unseen, prefixes lost, splices."""
+    vocab = pd.DataFrame({"item_idx": [1, 2, 3], "track_idx": [10, 20, 30]})
+    # session 0: 10 X 20 30 (X = 99 unseen): events X (unseen target), 20 (spliced), 30
+    # (spliced); session 1: X 20: 20 loses its prefix; session 2: 10 20: one event
+    part = pd.DataFrame(
+        {
+            "sess": [0, 0, 0, 0, 1, 1, 2, 2],
+            "track_idx": [10, 99, 20, 30, 99, 20, 10, 20],
+            "position": [0, 1, 2, 3, 0, 1, 0, 1],
+        }
+    )
+    out, acct = sessionize.apply_vocab(part, vocab, min_len=2)
+    assert acct == {
+        "plays": 8,
+        "unseen_plays": 2,
+        "sessions_dropped": 1,
+        "events_before_filtering": 5,
+        "events_unseen_target": 1,
+        "events_scored": 3,
+        "events_spliced": 2,
+        "events_unscorable": 1,
+    }
+    assert out["item_idx"].tolist() == [1, 2, 3, 1, 2]
+
+
+def test_the_user_filter_never_counts_test_sessions():
+    """A user with 2 sessions before the test period and 3 in it is dropped at >= 3."""
+    ts = [0, 10_000, 90_000, 91_000, 92_000]  # one play per session (gap > 20 min)
+    plays = pd.DataFrame({"user_idx": [0] * 5, "ts_s": ts, "track_idx": [1, 2, 3, 4, 5]})
+    cfg = SessionConfig(min_len=1, min_user_sessions=3)
+    kept, _ = build_sessions(plays, cfg, count_before=50_000)
+    assert len(kept) == 0
+    kept, _ = build_sessions(plays, cfg)
+    assert len(kept) == 5
