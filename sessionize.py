@@ -31,7 +31,7 @@ from lastfm import config as cfgs
 from lastfm.common import PipelineError, log, markdown_table, read_json, run_main
 from lastfm.config import option
 from lastfm.data import SPLITS, read_table
-from lastfm.paths import Layout, make
+from lastfm.paths import Layout, make, slice_name
 
 STUDY_1M = {"sessions": 173_327, "users": 742, "plays_per_session": 3.4}
 
@@ -58,11 +58,17 @@ class SessionConfig:
     min_user_sessions: int = option(6, "drop users with fewer sessions")
     valid_frac: float = option(0.1, "share of the time span for validation, before test")
     test_frac: float = option(0.1, "last share of the time span for test")
+    slices: int = option(
+        1,
+        "N > 1: cut each window into N consecutive time slices, each "
+        "with its own split, written as <window>.slice1 .. .sliceN",
+    )
 
     def check(self) -> None:
         if self.gap_minutes <= 0:
             raise PipelineError(f"--gap-minutes {self.gap_minutes}: must be positive")
         cfgs.require_at_least(self, 0, "max_session_len", "min_len", "min_user_sessions")
+        cfgs.require_at_least(self, 1, "slices")
         check_fracs(self.valid_frac, self.test_frac)
 
 
@@ -262,9 +268,23 @@ def split_stats(parts: dict[str, pd.DataFrame]) -> dict[str, dict]:
     return stats
 
 
-def sessionize_window(src: Path, out: Path, cfg: SessionConfig) -> dict:
-    """Run the whole stage for one window file; write outputs; return the manifest."""
+def time_slices(ts_s: np.ndarray, n: int) -> list[tuple[int, int]]:
+    """[start, end) of ``n`` consecutive slices of equal length covering ``ts_s``
+    (session-rec's sliding-window protocol: each slice gets its own time split)."""
+    t0, t1 = int(ts_s.min()), int(ts_s.max()) + 1
+    edges = [t0 + (t1 - t0) * k // n for k in range(n + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def sessionize_window(
+    src: Path, out: Path, cfg: SessionConfig, time_range: tuple[int, int] | None = None
+) -> dict:
+    """Run the whole stage for one window file (or the plays of one ``time_range`` of
+    it); write outputs; return the manifest."""
     plays = read_table(src, "plays", "preprocess.py")
+    if time_range is not None:
+        ts = plays["ts_s"].to_numpy()
+        plays = plays[(ts >= time_range[0]) & (ts < time_range[1])].reset_index(drop=True)
     if len(plays) == 0:
         raise PipelineError(f"{src}: the window holds no play")
     bounds = time_bounds(plays["ts_s"].to_numpy(), cfg.valid_frac, cfg.test_frac)
@@ -424,23 +444,33 @@ def main(argv=None) -> None:
         if w not in available:
             raise PipelineError(f"unknown window {w!r}; preprocess.py wrote {available}")
     results = {}
+    jobs = []
     for w in windows:
         src = src_dir / f"{w}.parquet"
+        if cfg.slices > 1:
+            ranges = time_slices(
+                read_table(src, "plays", "preprocess.py")["ts_s"].to_numpy(), cfg.slices
+            )
+            jobs += [(slice_name(w, k + 1), src, r) for k, r in enumerate(ranges)]
+        else:
+            jobs.append((w, src, None))
+    for w, src, time_range in jobs:
         out = make(layout.sessions(w))
         # The input by content (its MD5 in preprocess's manifest), not by its file time.
-        recorded = pre.get("outputs", {}).get(f"{w}.parquet")
+        recorded = pre.get("outputs", {}).get(src.name)
         params = {
             **cfgs.as_dict(cfg),
             "input": recorded or common.fingerprint(src),
+            "time_range": time_range,
             "version": OUTPUT_VERSION,
         }
         if not args.force and common.stage_current(out / "meta.json", params):
             log(f"{out} is current; skipping")
             results[w] = read_json(out / "meta.json")
             continue
-        log(f"sessionizing {src}")
+        log(f"sessionizing {src}" + (f" {time_range}" if time_range else ""))
         (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last
-        manifest = sessionize_window(src, out, cfg)
+        manifest = sessionize_window(src, out, cfg, time_range)
         names = [f"{s}.{ext}" for s in SPLITS for ext in ("parquet", "tsv")]
         names += ["vocab.parquet", "stats.md", "stats.json"]
         common.write_json(
@@ -456,7 +486,7 @@ def main(argv=None) -> None:
         "## Sessions per window\n\n"
         + table
         + "\n\n"
-        + "\n\n".join((layout.sessions(w) / "stats.md").read_text() for w in windows),
+        + "\n\n".join((layout.sessions(w) / "stats.md").read_text() for w, _, _ in jobs),
     )
     print(table)
 

@@ -48,7 +48,7 @@ from lastfm.metrics import (
     segments,
     summarise,
 )
-from lastfm.paths import ROOT, Layout, make
+from lastfm.paths import ROOT, Layout, make, slice_name
 
 REPORT_METRICS = [f"{m}@{n}" for n in CUTOFFS for m in ("HR", "MRR", "NDCG")]
 
@@ -77,6 +77,11 @@ class EvalConfig:
     n_boot: int = option(1000, "bootstrap resamples for the intervals")
     tune_events: int = option(20_000, "validation events (drawn with --seed) for tuning")
     seed: int = option(0, "seed of the validation draw and the bootstrap")
+    slices: int = option(
+        0,
+        "N > 0: evaluate the time slices <window>.slice1..N "
+        "(sessionize.py --slices N): each slice's results and their mean and sd",
+    )
     ensemble: bool = option(
         True,
         "also evaluate the baseline ensemble of the hybrid's form "
@@ -320,6 +325,7 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
             results[name] = {"params": record, **res.summary}
             raw[name] = res
             log(f"{name}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}")
+    model_records: dict[str, tuple[dict, list[str]]] = {}
     for model_dir in default_model_dirs(layout, ec) if ec.model else []:
         rankers, record = model_rankers(model_dir, meta["vocab_md5"], ec.exclude_seen)
         name = "BiGRU-Att" + ("+tags" if record["model"]["tags"] and record.get("n_tags") else "")
@@ -329,6 +335,7 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
             "best_epoch": record.get("best_epoch"),
             "seed": record["train"]["seed"],
         }
+        model_records[str(model_dir)] = (record, [name + v + suffix for v, _ in rankers])
         for variant, ranker in rankers:  # the network alone, then the hybrid if any
             label = name + variant + suffix
             res = evaluate(ranker, test_events, n_items, pop, batch_size=256)
@@ -405,6 +412,7 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
                     for m in ("HR@20", "MRR@20")
                 },
             }
+    seed_groups = group_seeds(model_records, results)
     masks = segments(test_events, pop)
     acct = (meta.get("accounting") or {}).get("test")
     total = acct.get("events_before_filtering") if acct else None
@@ -427,9 +435,39 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
         "valid_events_for_tuning": len(valid_events),
         "tuning_seconds": round(t_tune, 1),
         "best_baseline": best_base,
+        "seed_groups": seed_groups,
         "methods": results,
         "_raw": raw,
     }
+
+
+def group_seeds(model_records: dict, results: dict) -> list[dict]:
+    """Models whose configurations differ only in their seed, as groups: mean and sd of
+    each row (network alone, hybrid) over seeds, and whether its paired difference to the
+    best baseline (and to the baseline ensemble) is positive for every seed."""
+    groups: dict[str, list] = {}
+    for record, labels in model_records.values():
+        train = {k: v for k, v in record["train"].items() if k not in ("seed", "out")}
+        key = json.dumps({"model": record["model"], "train": train}, sort_keys=True)
+        groups.setdefault(key, []).append((record["train"]["seed"], labels))
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        for variant in range(len(members[0][1])):
+            rows = [results[labels[variant]] for _, labels in members if len(labels) > variant]
+            g = {
+                "rows": [labels[variant] for _, labels in members if len(labels) > variant],
+                "seeds": [seed for seed, _ in members],
+            }
+            for m in ("HR@20", "MRR@20"):
+                v = np.array([r[m] for r in rows])
+                g[m] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1))}
+                for key in ("diff_vs_best_baseline", "diff_vs_ensemble"):
+                    if all(key in r for r in rows):
+                        g[f"{m} {key} holds for every seed"] = all(r[key][m][1] > 0 for r in rows)
+            out.append(g)
+    return out
 
 
 def provenance(argv: list[str] | None, ec: EvalConfig) -> dict:
@@ -571,6 +609,25 @@ def extra_markdown(res: dict) -> str:
             "(head, torso, tail: the tracks holding the top, middle and last third of "
             "training plays; rare: fewer than 5 plays):\n\n" + markdown_table(head, rows)
         )
+    if res.get("seed_groups"):
+        rows = []
+        for g in res["seed_groups"]:
+            holds = [k.split(" holds")[0] for k, v in g.items() if k.endswith("every seed") and v]
+            rows.append(
+                [
+                    ", ".join(g["rows"]),
+                    len(g["seeds"]),
+                    f"{g['HR@20']['mean']:.4f} +- {g['HR@20']['sd']:.4f}",
+                    f"{g['MRR@20']['mean']:.4f} +- {g['MRR@20']['sd']:.4f}",
+                    "; ".join(holds) or "none",
+                ]
+            )
+        parts.append(
+            "Seeds (the same configuration trained with different seeds; mean +- sd; "
+            "a claim holds only where the paired difference's interval is above 0 for "
+            "every seed):\n\n"
+            + markdown_table(["rows", "seeds", "HR@20", "MRR@20", "holds for every seed"], rows)
+        )
     budgets = [[n, len(m["tuning"])] for n, m in methods.items() if m.get("tuning")]
     if budgets:
         parts.append(
@@ -578,6 +635,66 @@ def extra_markdown(res: dict) -> str:
             + markdown_table(["method", "configurations"], budgets)
         )
     return "".join("\n\n" + p for p in parts)
+
+
+def evaluate_slices(layout: Layout, ec: EvalConfig, argv) -> str:
+    """Evaluate every time slice; write ``results_slices.{json,md}`` (per slice and mean +-
+    sd over slices) and each slice's full results under ``reports/slices/``."""
+    from dataclasses import replace
+
+    reports = make(layout.reports())
+    per: dict[str, dict] = {}
+    for k in range(1, ec.slices + 1):
+        name = slice_name(ec.window, k)
+        res = run_evaluation(layout, replace(ec, window=name, slices=0))
+        prov = provenance(argv, ec)
+        write_json(
+            make(reports / "slices") / f"{name}.json",
+            {**{k2: v for k2, v in res.items() if k2 != "_raw"}, "provenance": prov},
+        )
+        log_test_evaluation(reports, res, prov)
+        per[name] = {m: {x: r[x] for x in ("HR@20", "MRR@20")} for m, r in res["methods"].items()}
+    methods = list(dict.fromkeys(m for r in per.values() for m in r))
+    summary = {}
+    for m in methods:
+        vals = {
+            x: np.array([per[s][m][x] for s in per if m in per[s]]) for x in ("HR@20", "MRR@20")
+        }
+        summary[m] = {
+            x: {
+                "mean": float(v.mean()),
+                "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "slices": len(v),
+            }
+            for x, v in vals.items()
+        }
+    write_json(
+        reports / "results_slices.json",
+        {
+            "window": ec.window,
+            "per_slice": per,
+            "summary": summary,
+            "provenance": provenance(argv, ec),
+        },
+    )
+    rows = [
+        [m]
+        + [f"{per[s][m]['MRR@20']:.4f}" if m in per[s] else "" for s in per]
+        + [
+            f"{summary[m]['MRR@20']['mean']:.4f} +- {summary[m]['MRR@20']['sd']:.4f}",
+            f"{summary[m]['HR@20']['mean']:.4f} +- {summary[m]['HR@20']['sd']:.4f}",
+        ]
+        for m in methods
+    ]
+    md = (
+        f"## Results over {len(per)} time slices of window {ec.window}\n\n"
+        "Each slice has its own train / validation / test split by time and its own tuning; "
+        "MRR@20 per slice, then the mean +- sd over slices:\n\n"
+        + markdown_table(["method"] + list(per) + ["MRR@20", "HR@20"], rows)
+        + "\n"
+    )
+    write_text(reports / "results_slices.md", md)
+    return md
 
 
 def log_test_evaluation(reports: Path, res: dict, prov: dict) -> None:
@@ -754,6 +871,9 @@ def main(argv=None) -> None:
     layout, ec = parse_args(argv)
     if ec.recommend:
         print(recommend(layout, ec))
+        return
+    if ec.slices:
+        print(evaluate_slices(layout, ec, argv))
         return
     res = run_evaluation(layout, ec)
     reports = make(layout.reports())

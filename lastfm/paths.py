@@ -57,6 +57,11 @@ class Layout:
         return self.root / "reports"
 
 
+def slice_name(window: str, k: int) -> str:
+    """The name of a window's k-th time slice (sessionize.py --slices)."""
+    return f"{window}.slice{k}"
+
+
 def make(path: Path) -> Path:
     """``path``, created with its parents."""
     path.mkdir(parents=True, exist_ok=True)

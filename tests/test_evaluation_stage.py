@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 import test_model as evaluation
@@ -16,7 +17,20 @@ def test_baseline_report_and_plots(pipeline_data, monkeypatch, capsys):
     evaluation.main(["--window", "1m", "--no-model", "--n-boot", "100"])
     rep = pipeline_data / "reports"
     res = json.loads((rep / "results.json").read_text())
-    assert set(res["methods"]) == {"POP", "S-POP", "SR", "AR", "Item-kNN", "V-SKNN", "VSTAN"}
+    ens = [n for n in res["methods"] if n.endswith("(baseline ensemble)")]
+    assert set(res["methods"]) - set(ens) == {
+        "POP",
+        "S-POP",
+        "SR",
+        "AR",
+        "Item-kNN",
+        "V-SKNN",
+        "VSTAN",
+    }
+    assert len(ens) == 1 and res["methods"][ens[0]]["params"]["grid_size"] == 104
+    assert res["accounting"]["test"]["events_scored"] == res["test_events"]
+    for m in res["methods"].values():
+        assert set(m["segments"]) == {"repeat", "new", "head", "torso", "tail", "rare (<5 plays)"}
     for m in res["methods"].values():
         lo, hi = m["ci"]["HR@20"]
         assert lo <= m["HR@20"] <= hi
@@ -83,3 +97,40 @@ def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_pat
     bad.write_bytes(b"not an npz")
     with pytest.raises(PipelineError, match="not a file written by --save-ranks"):
         evaluation.main(["--methods", "POP", "--no-model", "--ranks-from", str(bad)])
+
+
+def test_time_slices_are_disjoint_time_ordered_and_evaluated(pipeline_data, tmp_path):
+    """Sliding-window protocol: N consecutive slices, each with its own time split."""
+    import shutil
+
+    import sessionize
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "preprocessed", data / "preprocessed")
+    d = ["--data-dir", str(data)]
+    sessionize.main(d + ["--windows", "3m", "--slices", "3", "--min-user-sessions", "1"])
+    spans = []
+    for k in (1, 2, 3):
+        folder = data / "sessions" / f"3m.slice{k}"
+        parts = {s: pd.read_parquet(folder / f"{s}.parquet") for s in ("train", "valid", "test")}
+        bounds = json.loads((folder / "meta.json").read_text())["split_bounds"]
+        ends = {s: p.groupby("session_id")["ts_s"].max() for s, p in parts.items()}
+        assert ends["train"].max() < bounds["valid_from_s"] <= ends["valid"].min()
+        assert ends["valid"].max() < bounds["test_from_s"] <= ends["test"].min()
+        spans.append(
+            (
+                min(p["ts_s"].min() for p in parts.values()),
+                max(p["ts_s"].max() for p in parts.values()),
+            )
+        )
+    assert spans[0][1] < spans[1][0] and spans[1][1] < spans[2][0]  # disjoint, in order
+    evaluation.main(
+        d
+        + ["--window", "3m", "--slices", "3", "--no-model", "--n-boot", "20", "--methods", "POP,SR"]
+    )
+    res = json.loads((data / "reports" / "results_slices.json").read_text())
+    assert list(res["per_slice"]) == ["3m.slice1", "3m.slice2", "3m.slice3"]
+    sr = [res["per_slice"][s]["SR"]["MRR@20"] for s in res["per_slice"]]
+    assert res["summary"]["SR"]["MRR@20"]["mean"] == pytest.approx(sum(sr) / 3)
+    log = (data / "reports" / "test_log.jsonl").read_text().splitlines()
+    assert len(log) >= 6 and json.loads(log[0])["method"] == "POP"  # every look is logged

@@ -354,3 +354,54 @@ def test_ranker_adds_transition_counts_to_the_last_tracks_successors():
 
 def rank_of(row, item):
     return 1 + int((row[1:] > row[item]).sum())
+
+
+def test_seeds_of_one_configuration_are_grouped(pipeline_data, tmp_path, monkeypatch):
+    """Two seeds of one configuration: a group with mean, sd and the every-seed verdict."""
+    import shutil
+
+    import test_model as evaluation
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "sessions", data / "sessions")
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
+    dirs = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed{seed}"
+        trainer.main(
+            [
+                "--window",
+                "3m",
+                "--epochs",
+                "1",
+                "--emb-dim",
+                "8",
+                "--hidden",
+                "8",
+                "--fc-dim",
+                "8",
+                "--verbose",
+                "0",
+                "--no-tensorboard",
+                "--seed",
+                str(seed),
+                "--out",
+                str(out),
+                "--transitions",
+                "0",
+            ]
+        )
+        dirs.append(str(out))
+    evaluation.main(
+        ["--window", "3m", "--methods", "POP,SR", "--n-boot", "20", "--models", ",".join(dirs)]
+    )
+    res = json.loads((data / "reports" / "results.json").read_text())
+    (group,) = res["seed_groups"]
+    assert group["seeds"] == [1, 2] and len(group["rows"]) == 2
+    vals = [res["methods"][r]["MRR@20"] for r in group["rows"]]
+    assert group["MRR@20"]["mean"] == pytest.approx(np.mean(vals))
+    assert group["MRR@20"]["sd"] == pytest.approx(np.std(vals, ddof=1))
+    verdict = all(
+        res["methods"][r]["diff_vs_best_baseline"]["MRR@20"][1] > 0 for r in group["rows"]
+    )
+    assert group["MRR@20 diff_vs_best_baseline holds for every seed"] == verdict
