@@ -132,6 +132,13 @@ def tune_baselines(
 
 
 NEIGHBOURHOODS = ("AR", "Item-kNN", "V-SKNN", "VSTAN")
+ARCH_NAMES = {
+    "bigru_att": "BiGRU-Att",
+    "narm": "NARM",
+    "gru4rec": "GRU4Rec",
+    "sasrec": "SASRec",
+    "stamp": "STAMP",
+}
 ENSEMBLE = "+transitions (baseline ensemble)"
 
 
@@ -328,7 +335,9 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
     model_records: dict[str, tuple[dict, list[str]]] = {}
     for model_dir in default_model_dirs(layout, ec) if ec.model else []:
         rankers, record = model_rankers(model_dir, meta["vocab_md5"], ec.exclude_seen)
-        name = "BiGRU-Att" + ("+tags" if record["model"]["tags"] and record.get("n_tags") else "")
+        name = ARCH_NAMES.get(record["model"]["arch"], record["model"]["arch"]) + (
+            "+tags" if record["model"]["tags"] and record.get("n_tags") else ""
+        )
         suffix = f" ({model_dir.name})" if ec.models else ""  # --models: by folder
         params = {
             "model": record["model"],
