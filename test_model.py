@@ -686,6 +686,14 @@ def evaluate_slices(layout: Layout, ec: EvalConfig, argv) -> str:
             "provenance": provenance(argv, ec),
         },
     )
+    md = slices_markdown({"window": ec.window, "per_slice": per, "summary": summary})
+    write_text(reports / "results_slices.md", md)
+    return md
+
+
+def slices_markdown(res: dict) -> str:
+    """The table of a ``results_slices.json``: MRR@20 per slice, mean +- sd over slices."""
+    per, summary = res["per_slice"], res["summary"]
     rows = [
         [m]
         + [f"{per[s][m]['MRR@20']:.4f}" if m in per[s] else "" for s in per]
@@ -693,17 +701,15 @@ def evaluate_slices(layout: Layout, ec: EvalConfig, argv) -> str:
             f"{summary[m]['MRR@20']['mean']:.4f} +- {summary[m]['MRR@20']['sd']:.4f}",
             f"{summary[m]['HR@20']['mean']:.4f} +- {summary[m]['HR@20']['sd']:.4f}",
         ]
-        for m in methods
+        for m in summary
     ]
-    md = (
-        f"## Results over {len(per)} time slices of window {ec.window}\n\n"
-        "Each slice has its own train / validation / test split by time and its own tuning; "
-        "MRR@20 per slice, then the mean +- sd over slices:\n\n"
+    return (
+        f"## Results over {len(per)} time slices of window {res['window']}\n\n"
+        "Each slice has its own train / validation / test split by time and its own "
+        "tuning; MRR@20 per slice, then the mean +- sd over slices:\n\n"
         + markdown_table(["method"] + list(per) + ["MRR@20", "HR@20"], rows)
         + "\n"
     )
-    write_text(reports / "results_slices.md", md)
-    return md
 
 
 def log_test_evaluation(reports: Path, res: dict, prov: dict) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from test_model import results_markdown  # noqa: E402
+from test_model import results_markdown, slices_markdown  # noqa: E402
 
 RESULTS = ROOT / "results"
 OUT = ROOT / "docs" / "RESULTS.md"
@@ -37,7 +37,8 @@ def section(name: str, res: dict) -> str:
     ]
     if res.get("notes"):
         lines += ["", res["notes"]]
-    body = results_markdown(res).replace("## Results:", "### Results:", 1)
+    body = slices_markdown(res) if "per_slice" in res else results_markdown(res)
+    body = body.replace("## Results", "### Results", 1)
     return "\n".join(lines) + "\n\n" + body
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -486,3 +487,37 @@ def test_peer_short_training_beats_pop(arch, pipeline_data, tmp_path, monkeypatc
     assert max(r["valid_HR@20"] for r in record["history"]) > pop_hr
     loaded, _ = load_trained(data / "models" / "3m")
     assert type(loaded).__name__.lower().startswith(arch[:4])
+
+
+def test_every_network_runs_under_jax():
+    """The same code under KERAS_BACKEND=jax: each network builds, trains a step, ranks."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    code = """
+import numpy as np, keras
+from model import build_model
+from lastfm.nn import ARCHS, ModelConfig
+from lastfm.metrics import device_ranker
+assert keras.backend.backend() == "jax"
+rng = np.random.default_rng(0)
+x = rng.integers(1, 31, size=(64, 6)).astype(np.int32)
+x[:, 4:] = 0
+y = rng.integers(1, 31, size=64).astype(np.int32)
+for arch in sorted(ARCHS):
+    m = build_model(30, ModelConfig(arch=arch, input_len=6, emb_dim=8, hidden=6), seed=1)
+    m.compile(optimizer=keras.optimizers.Adam(0.01))
+    loss = m.fit(x, y, epochs=2, batch_size=32, verbose=0).history["loss"]
+    higher, ties, top = device_ranker(m)(x[:4], np.full(4, 4), y[:4])
+    assert np.isfinite(loss).all() and top.shape == (4, 20), arch
+print("ok", sorted(ARCHS))
+"""
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    root = str(Path(trainer.__file__).parent)
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ok ['bigru_att', 'gru4rec', 'narm', 'sasrec', 'stamp']" in r.stdout
