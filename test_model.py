@@ -384,43 +384,11 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
             res.ranks, res.sessions, REPORT_METRICS, n_boot=ec.n_boot, seed=ec.seed
         )
         if best_base and name != best_base:
-            results[name]["diff_vs_best_baseline"] = {
-                "baseline": best_base,
-                **{
-                    m: [
-                        results[name][m] - results[best_base][m],
-                        *bootstrap_ci(
-                            res.ranks,
-                            res.sessions,
-                            (m,),
-                            n_boot=ec.n_boot,
-                            seed=ec.seed,
-                            other_ranks=raw[best_base].ranks,
-                        )[m],
-                    ]
-                    for m in ("HR@20", "MRR@20")
-                },
-            }
+            results[name]["diff_vs_best_baseline"] = paired_diff(results, raw, name, best_base, ec)
     ens_name = next((n for n in results if n.endswith(ENSEMBLE)), None)
-    for name, res in raw.items():  # the hybrids against the ensemble of their own form
+    for name in raw:  # the hybrids against the ensemble of their own form
         if ens_name and "+transitions" in name and name != ens_name:
-            results[name]["diff_vs_ensemble"] = {
-                "baseline": ens_name,
-                **{
-                    m: [
-                        results[name][m] - results[ens_name][m],
-                        *bootstrap_ci(
-                            res.ranks,
-                            res.sessions,
-                            (m,),
-                            n_boot=ec.n_boot,
-                            seed=ec.seed,
-                            other_ranks=raw[ens_name].ranks,
-                        )[m],
-                    ]
-                    for m in ("HR@20", "MRR@20")
-                },
-            }
+            results[name]["diff_vs_ensemble"] = paired_diff(results, raw, name, ens_name, ec)
     seed_groups = group_seeds(model_records, results)
     masks = segments(test_events, pop)
     acct = (meta.get("accounting") or {}).get("test")
@@ -447,6 +415,28 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
         "seed_groups": seed_groups,
         "methods": results,
         "_raw": raw,
+    }
+
+
+def paired_diff(results: dict, raw: dict, name: str, other: str, ec: EvalConfig) -> dict:
+    """``name`` minus ``other`` on HR@20 and MRR@20, with paired bootstrap intervals."""
+    res = raw[name]
+    return {
+        "baseline": other,
+        **{
+            m: [
+                results[name][m] - results[other][m],
+                *bootstrap_ci(
+                    res.ranks,
+                    res.sessions,
+                    (m,),
+                    n_boot=ec.n_boot,
+                    seed=ec.seed,
+                    other_ranks=raw[other].ranks,
+                )[m],
+            ]
+            for m in ("HR@20", "MRR@20")
+        },
     }
 
 
