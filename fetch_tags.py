@@ -44,7 +44,6 @@ import ssl
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +86,7 @@ class TagsConfig:
     tags_file: str | None = option(None, "offline: TSV/CSV with artist, track, tag, weight")
     rate: float = option(5.0, "requests per second (0: no limit, for local servers)")
     rate_margin: float = option(
-        0.25,
+        0.05,
         "seconds added to the rate window, more than the "
         "network's jitter, so no 1-second window at Last.fm sees more "
         "than --rate requests",
@@ -122,20 +121,22 @@ class Stopped(Exception):
 
 
 class RateLimiter:
-    """At most ``rate`` requests in any 1-second window, shared by all workers of a process.
+    """At most ``rate`` requests in any 1-second window at the server, shared by all workers
+    and phases of a process.
 
-    A sliding window: at most ``n = max(1, floor(rate))`` requests may start within any
-    ``n / rate + margin`` seconds. The margin absorbs the network's jitter: requests that
-    leave at least a window apart cannot arrive closer than 1 second apart unless their
-    delays differ by more than ``margin``. ``slow_down`` (after Last.fm's error 29)
-    halves the rate for a while, for every phase that uses this limiter. A wait ends
-    early with ``Stopped`` when ``stop`` is set.
+    ``acquire`` takes a slot and ``done`` returns it when the answer has come back. A slot
+    counts from its request's start until ``n / rate + margin`` seconds after its answer
+    (``n = max(1, floor(rate))``), and at most ``n`` slots count at once. A request reaches
+    the server between its start and its answer, so any ``n + 1`` arrivals span more than
+    ``n / rate`` >= 1 second whatever the network's or the threads' delays: counting from the
+    start alone let jitter bunch arrivals. ``slow_down`` (after Last.fm's error 29) halves
+    the rate for a while. A wait ends early with ``Stopped`` when ``stop`` is set.
     """
 
     def __init__(
         self,
         rate: float,
-        margin: float = 0.25,
+        margin: float = 0.05,
         stop: threading.Event | None = None,
         clock=time.monotonic,
         sleep=None,
@@ -144,7 +145,7 @@ class RateLimiter:
         self.stop = stop or threading.Event()
         self.clock = clock
         self.sleep = sleep or (lambda s: self.stop.wait(s))
-        self.sent: deque[float] = deque()
+        self.slots: list[list[float]] = []  # [end] per slot; inf while its request runs
         self.lock = threading.Lock()
         self.restore_at = 0.0
 
@@ -152,25 +153,33 @@ class RateLimiter:
         n = max(1, math.floor(self.rate))
         return n, n / self.rate + self.margin
 
-    def acquire(self) -> None:
-        """Wait for a free slot and take it; ``Stopped`` if the run stops meanwhile."""
+    def acquire(self) -> list[float] | None:
+        """Wait for a free slot and take it (give it to ``done``); ``Stopped`` if the run
+        stops meanwhile."""
         while True:
             with self.lock:
                 if self.stop.is_set():
                     raise Stopped
                 if self.base_rate <= 0:  # unlimited (local servers)
-                    return
+                    return None
                 now = self.clock()
                 if self.restore_at and now >= self.restore_at:
                     self.rate, self.restore_at = self.base_rate, 0.0
                 n, window = self.window()
-                while self.sent and self.sent[0] <= now - window:
-                    self.sent.popleft()
-                if len(self.sent) < n:
-                    self.sent.append(now)
-                    return
-                wait_s = self.sent[len(self.sent) - n] + window - now
-            self.sleep(max(wait_s, 0.001))
+                self.slots = [s for s in self.slots if s[0] + window > now]
+                if len(self.slots) < n:
+                    slot = [math.inf]
+                    self.slots.append(slot)
+                    return slot
+                ends = sorted(s[0] for s in self.slots)
+                wait_s = ends[len(ends) - n] + window - now  # inf: until an answer comes
+            self.sleep(min(max(wait_s, 0.001), 0.05))
+
+    def done(self, slot: list[float] | None) -> None:
+        """The slot's answer has come back: the slot counts on for one window."""
+        if slot is not None:
+            with self.lock:
+                slot[0] = self.clock()
 
     def slow_down(self, seconds: float = 30.0) -> None:
         with self.lock:
@@ -402,7 +411,7 @@ def fetch_one(
     attempt = 0
     while True:
         attempt += 1
-        limiter.acquire()
+        slot = limiter.acquire()
         if limiter.stop.is_set():
             raise Stopped
         try:
@@ -421,6 +430,8 @@ def fetch_one(
             transient, message = True, type(err).__name__
         except Exception as err:  # noqa: BLE001 - one bad answer must not end the run
             transient, message = True, f"{type(err).__name__}: {err}"[:300]
+        finally:
+            limiter.done(slot)
         if not transient or attempt > max_retries:
             return "error", None, message, attempt
         if limiter.stop.wait(min(30.0, backoff_s * 2 ** (attempt - 1)) * (0.5 + rng.random())):

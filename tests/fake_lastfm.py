@@ -52,7 +52,7 @@ class FakeLastFM:
         # failures: key -> list of failure kinds for its next requests, in order
         self.failures: dict[str, list[str]] = defaultdict(list)
         self.always: str | None = None  # a failure kind for every request
-        self.jitter_s = 0.0  # extra latency, uniform in [0, jitter_s], per request
+        self.jitter_s = 0.0  # transit delay before a request counts, uniform in [0, jitter_s]
         self.rng = random.Random(0)
         ca = trustme.CA()
         cert = ca.issue_cert("127.0.0.1", "localhost")
@@ -92,12 +92,15 @@ class FakeLastFM:
 
     def _answer(self, h, form: dict) -> None:
         key = self.key_of(form)
+        if self.jitter_s:  # transit delay: the request "arrives" (is counted) later
+            with self.lock:
+                transit = self.rng.uniform(0, self.jitter_s)
+            time.sleep(transit)
         with self.lock:
             self.requests.append((time.monotonic(), form.get("method", ""), key))
             fail = self.always or (self.failures[key].pop(0) if self.failures[key] else None)
-        delay = self.latency_s + (self.rng.uniform(0, self.jitter_s) if self.jitter_s else 0.0)
-        if delay:
-            time.sleep(delay)
+        if self.latency_s:
+            time.sleep(self.latency_s)
         if fail == "drop":
             h.close_connection = True
             h.connection.close()

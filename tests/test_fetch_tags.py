@@ -199,15 +199,18 @@ def test_rate_limiter_with_a_fake_clock():
 
     limiter = ft.RateLimiter(4, margin=0.25, clock=lambda: now[0], sleep=sleep)
     for _ in range(13):
-        limiter.acquire()
+        slot = limiter.acquire()
         starts.append(now[0])
-    # 4 at once, then the next 4 a window (1 s + margin) later, and so on
-    assert starts[:4] == [0.0] * 4 and starts[4] == pytest.approx(1.25)
-    assert starts[12] == pytest.approx(3.75)
-    for t in starts:  # never more than 4 starts in any 1-second window
-        assert sum(t <= u < t + 1.0 for u in starts) <= 4
+        now[0] += 0.1  # the answer takes 0.1 s
+        limiter.done(slot)
+    for t in starts:  # never more than 4 starts in any window of 1 s + the answer time
+        assert sum(t <= u < t + 1.1 for u in starts) <= 4
+    assert starts[4] == pytest.approx(0.1 + 1.25, abs=0.06)  # a window after the 1st answer
     limiter.slow_down(10)
     assert limiter.rate == 2 and limiter.window() == (2, 1.25)
+    now[0] += 100
+    held = [limiter.acquire(), limiter.acquire()]  # two requests still running
+    assert all(s == [float("inf")] for s in held)  # their slots count until they answer
     limiter.stop.set()
     with pytest.raises(ft.Stopped):
         limiter.acquire()
