@@ -29,12 +29,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee 
 $PY -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)" \
   2>&1 | tee -a "$OUT/bench.log"
 
-# 1. Throughput, NARM's sizes (30K items, emb 64, hidden 100, batch 256, L 20),
-#    and at the 1m window's vocabulary (106K tracks), full and sampled softmax.
+# 1. Throughput of every network (ARCHS) at NARM's sizes (30K items, emb 64, hidden 100,
+#    batch 256, L 20) and at the 1m window's vocabulary (106K tracks).
 if [ "$PHASE" != train ]; then
-  BENCH="bench/bench_model.py --examples ${BENCH_EXAMPLES:-100000} --epochs 3"
-  for extra in "--items 30000" "--items 106395"; do
-    timeout 100 $PY $BENCH $extra 2>&1 | grep -E '^\{|Error|error' | tee -a "$OUT/bench.log"
+  BENCH="bench/bench_model.py --examples ${BENCH_EXAMPLES:-100000} --epochs 3 --no-tags"
+  for arch in ${ARCHS:-bigru_att narm gru4rec sasrec stamp}; do
+    for extra in "--items 30000" "--items 106395"; do
+      timeout 100 $PY $BENCH --arch "$arch" $extra 2>&1 | grep -E '^\{|Error|error' \
+        | tee -a "$OUT/bench.log"
+    done
   done
 fi
 [ "$PHASE" = bench ] && exit 0
@@ -66,6 +69,12 @@ print(max(best, key=best.get) if best else 64)
 PYEOF
 )
 run succ_notags "$CAP" --no-tags --emb-dim "$emb"
+# The peers at the same settings (seed 0; SEEDS=1,2 adds seeds), for the table of networks.
+for arch in ${PEERS:-narm gru4rec sasrec stamp}; do
+  for seed in 0 ${SEEDS//,/ }; do
+    run "${arch}_seed$seed" "$CAP" --arch "$arch" --seed "$seed"
+  done
+done
 
 # 3. Test ranks of every trained model (the choice among them is made on validation).
 dirs=$(ls -d "$LASTFM_DATA_DIR"/models/*/ 2>/dev/null | while read -r d; do
