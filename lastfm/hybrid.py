@@ -92,31 +92,19 @@ class Transitions:
         )
 
 
-def fit(
-    model,
-    transitions: Transitions,
-    valid: Events,
-    weights=WEIGHTS,
-    pop_weights=POP_WEIGHTS,
-    batch_size: int = 512,
-) -> dict:
+def fit(model, transitions: Transitions, valid: Events, **grid) -> dict:
     """Choose ``transitions``' two weights for a Keras ``model`` on validation MRR@20
-    (its scores stay on the device). See ``fit_scores``."""
+    (its scores stay on the device); ``grid``: ``fit_scores``' keyword arguments."""
     from keras import ops
 
-    def scores(x, sl):
-        return device_logits(model, x)
-
     return fit_scores(
-        scores,
+        lambda x, sl: device_logits(model, x),
         ops,
         model.input_len,
         model.n_items,
         transitions,
         valid,
-        weights,
-        pop_weights,
-        batch_size,
+        **grid,
     )
 
 
