@@ -277,11 +277,17 @@ def time_slices(ts_s: np.ndarray, n: int) -> list[tuple[int, int]]:
 
 
 def sessionize_window(
-    src: Path, out: Path, cfg: SessionConfig, time_range: tuple[int, int] | None = None
+    src: Path,
+    out: Path,
+    cfg: SessionConfig,
+    time_range: tuple[int, int] | None = None,
+    plays: pd.DataFrame | None = None,
 ) -> dict:
     """Run the whole stage for one window file (or the plays of one ``time_range`` of
-    it); write outputs; return the manifest."""
-    plays = read_table(src, "plays", "preprocess.py")
+    it; ``plays``: the file's table when already read); write outputs; return the
+    manifest."""
+    if plays is None:
+        plays = read_table(src, "plays", "preprocess.py")
     if time_range is not None:
         ts = plays["ts_s"].to_numpy()
         plays = plays[(ts >= time_range[0]) & (ts < time_range[1])].reset_index(drop=True)
@@ -444,13 +450,12 @@ def main(argv=None) -> None:
         if w not in available:
             raise PipelineError(f"unknown window {w!r}; preprocess.py wrote {available}")
     results = {}
-    jobs = []
+    jobs, tables = [], {}
     for w in windows:
         src = src_dir / f"{w}.parquet"
         if cfg.slices > 1:
-            ranges = time_slices(
-                read_table(src, "plays", "preprocess.py")["ts_s"].to_numpy(), cfg.slices
-            )
+            tables[src] = read_table(src, "plays", "preprocess.py")  # read once for all slices
+            ranges = time_slices(tables[src]["ts_s"].to_numpy(), cfg.slices)
             jobs += [(slice_name(w, k + 1), src, r) for k, r in enumerate(ranges)]
         else:
             jobs.append((w, src, None))
@@ -470,7 +475,7 @@ def main(argv=None) -> None:
             continue
         log(f"sessionizing {src}" + (f" {time_range}" if time_range else ""))
         (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last
-        manifest = sessionize_window(src, out, cfg, time_range)
+        manifest = sessionize_window(src, out, cfg, time_range, tables.get(src))
         names = [f"{s}.{ext}" for s in SPLITS for ext in ("parquet", "tsv")]
         names += ["vocab.parquet", "stats.md", "stats.json"]
         common.write_json(
