@@ -53,6 +53,7 @@ from lastfm.common import (
 from lastfm.config import option
 from lastfm.parse import parse_file, write_rejects
 from lastfm.paths import Layout, make
+from lastfm.study import README, STUDY
 
 URL = "http://mtg.upf.edu/static/datasets/last.fm/lastfm-dataset-1K.tar.gz"
 MIRROR = "https://zenodo.org/records/6090214/files/lastfm-dataset-1K.tar.gz"
@@ -65,25 +66,6 @@ KNOWN_MD5 = {
 # Plausible play times: Last.fm's scrobbles start in 2005; the crawl ended on 2009-05-05.
 VALID_FROM, VALID_TO = "2005-02-01", "2009-05-06"
 
-# The study's published statistics (raw read with pandas defaults; then dropna; windows).
-STUDY = {
-    "raw": {
-        "rows": 19_098_853,
-        "user_id": 992,
-        "timestamp": 17_454_730,
-        "artist_id": 107_295,
-        "artist_id_count": 18_498_005,
-        "artist_name": 173_921,
-        "track_id": 960_402,
-        "track_id_count": 16_936_134,
-        "track_name": 1_083_471,
-    },
-    "clean": {"rows": 16_936_134, "user_id": 992, "artist_id": 83_905, "track_id": 960_402},
-    "6m": {"rows": 3_052_646, "user_id": 923, "track_id": 465_798},
-    "3m": {"rows": 1_645_146, "user_id": 902, "track_id": 339_118},
-    "2m": {"rows": 1_113_398, "user_id": 886, "track_id": 270_248},
-    "1m": {"rows": 588_774, "user_id": 858, "track_id": 181_590},
-}
 STAT_COLUMNS = ["user_id", "timestamp", "artist_id", "artist_name", "track_id", "track_name"]
 
 
@@ -745,13 +727,26 @@ def _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to
             "users": stats[name]["user_id"]["unique"],
         }
     md = stats_markdown(stats, extra)
+    # The README's artist counts: distinct artist MBIDs, and distinct names without one.
+    artists = {
+        "artists_with_mbid": distinct_count(enc["artist_id"]),
+        "artists_without_mbid": distinct_count(enc["artist_name"][enc["artist_id"] < 0]),
+    }
+    md += (
+        f"\nArtists with an MBID: {artists['artists_with_mbid']:,} (the archive's README: "
+        f"{README['artists_with_mbid']:,}); artist names without one: "
+        f"{artists['artists_without_mbid']:,} (README: {README['artists_without_mbid']:,}).\n"
+    )
     write_text(
         reports / "preprocess_stats.md",
         f"## Preprocessing statistics\n\nInput: `{tsv}` ({res.lines:,} lines; "
         f"{len(res.rejects):,} rejects; {res.repaired:,} repaired; "
         f"{int((~in_range).sum()):,} plays outside {valid_from}..{valid_to} excluded)\n\n" + md,
     )
-    write_json(reports / "preprocess_stats.json", {"tables": stats, "sizes": extra, "study": STUDY})
+    write_json(
+        reports / "preprocess_stats.json",
+        {"tables": stats, "sizes": extra, "artists": artists, "study": STUDY},
+    )
     plot_plays_per_user(enc, clean, reports / "plays_per_user.png")
     print(md)
 

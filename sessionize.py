@@ -26,15 +26,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lastfm import common
+from lastfm import common, data
 from lastfm import config as cfgs
 from lastfm.common import PipelineError, log, markdown_table, read_json, run_main
 from lastfm.config import option
 from lastfm.data import SPLITS, read_table
 from lastfm.paths import Layout, make, slice_name
-
-STUDY_1M = {"sessions": 173_327, "users": 742, "plays_per_session": 3.4}
-
+from lastfm.study import STUDY_1M
 
 # Bumped when the outputs change for the same parameters (a rerun then redoes them).
 # 2: the user filter counts sessions before the test period; unscored events accounted.
@@ -79,18 +77,7 @@ def check_fracs(valid_frac: float, test_frac: float) -> None:
 
 def session_starts(user: np.ndarray, ts_s: np.ndarray, cfg: SessionConfig) -> np.ndarray:
     """Boolean per play (sorted by user, time): True where a new session starts."""
-    gap = cfg.gap_minutes * 60
-    new = np.ones(len(ts_s), dtype=bool)
-    if len(ts_s) > 1:
-        same_user = user[1:] == user[:-1]
-        if cfg.mode == "gap":
-            cont = (ts_s[1:] - ts_s[:-1]) <= gap
-        elif cfg.mode == "window":
-            cont = (ts_s[1:] // gap) == (ts_s[:-1] // gap)
-        else:
-            raise PipelineError(f"--mode {cfg.mode!r}: expected 'gap' or 'window'")
-        new[1:] = ~(same_user & cont)
-    return new
+    return data.session_starts(user, ts_s, cfg.mode, cfg.gap_minutes * 60)
 
 
 def build_sessions(

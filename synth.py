@@ -5,19 +5,26 @@ Writes ``lastfm-dataset-1K/userid-timestamp-artid-artname-traid-traname.tsv``,
 ``lastfm-dataset-1K.tar.gz``) plus ``ground_truth/`` (each track's taste cluster
 and planted tags, the format ``fetch_tags.py --tags-file`` reads).
 
-The generator carries the real data's shape, so that models learn something
-real from it:
-- plays per user log-normal (heavy users and light ones), users active over
-  spans of different lengths, most of them until the end of the data;
-- artists in taste clusters, Zipf popularity of artists and of tracks within
-  an artist; each user has one to three clusters and a Zipf-weighted set of
-  favourite artists (so ~80% of plays are re-listens);
-- sessions: plays a track-length apart (150-420 s), then gaps of hours;
-  inside a session, runs of one artist (next play by the same artist ~75% of
-  the time), often in album order (track k, then k+1);
-- missing MBIDs (~3% of artists, ~11% of tracks), Unicode names, names that
-  contain or start with ``"``, rare lines with a stray tab inside a name, a
-  few timestamps far outside 2005-2009, rows ordered by user and newest first.
+The generator is calibrated to the real data (``bench/fidelity.py`` measures
+it; ``docs/FIDELITY.md`` holds the report): the study's population figures
+(plays, users, distinct artists and tracks per table and month window, fixed
+20-minute sessions) and the behaviour of the real sample's user, taken as a
+typical user. Its parts:
+- plays per user log-normal; each user listens from a start date until the end
+  of the data (most users) or an earlier date, more in recent months;
+- artists in taste clusters with Zipf popularity; popular artists have more
+  tracks; each user has one to three clusters and a Zipf-weighted set of
+  favourite artists, and within an artist either the artist's hits or tracks
+  of their own (so ~80% of plays are re-listens);
+- sessions of a geometric number of plays a track-length apart, starting
+  around the user's own hour of the day; inside a session, runs of one artist
+  (next play by the same artist ~78% of the time), often in album order, and
+  rarely the same track twice in a row;
+- MBIDs missing for the least played artists (~39% of artists, ~3% of plays)
+  and for tracks (~11% of plays, every play without an artist MBID among
+  them), Unicode names, names that contain or start with ``"``, rare lines
+  with a stray tab inside a name, a few timestamps far outside 2005-2009,
+  rows ordered by user and newest first.
 
 Usage: ``python synth.py --out data/synthetic --users 40 --plays 200000``.
 """
@@ -38,6 +45,7 @@ from lastfm.paths import Layout
 TSV_NAME = "userid-timestamp-artid-artname-traid-traname.tsv"
 END_TS = int(np.datetime64("2009-05-05T00:00:00", "s").astype(np.int64))
 DAY = 86_400
+COMMON_TITLES = 20_000  # the pool of titles that many artists share
 
 GENRES = [
     ("rock", ["classic rock", "hard rock", "70s", "guitar"]),
@@ -79,32 +87,11 @@ EXTRA_TAGS = [
     "experimental",
     "cover",
 ]
-SYLLABLES = [
-    "ka",
-    "lo",
-    "mi",
-    "ra",
-    "ven",
-    "dor",
-    "the",
-    "sun",
-    "el",
-    "tri",
-    "on",
-    "ax",
-    "mo",
-    "ni",
-    "ber",
-    "sta",
-    "qu",
-    "ill",
-    "ro",
-    "za",
-    "pe",
-    "lix",
-    "gra",
-    "vu",
-]
+# Name parts: a syllable is an onset and a vowel, a word one to three syllables,
+# so that names collide about as rarely as real ones.
+ONSETS = "b c d f g h j k l m n p r s t v w z br ch cr dr fl gr kl pr sh st tr th".split()
+VOWELS = "a e i o u y ai ei ou".split()
+SYLLABLES = [o + v for o in ONSETS for v in VOWELS]
 UNICODE_WORDS = [
     "坂本",
     "龍一",
@@ -127,21 +114,66 @@ UNICODE_WORDS = [
 
 @dataclass
 class SynthConfig:
+    """The generator's knobs; the comment after each names the statistic it moves."""
+
     users: int = 992
-    plays: int = 19_150_000  # approximate total (rounded per user)
-    months: int = 51  # history length before END (Feb 2005 .. May 2009)
+    plays: int = 19_150_868  # lines in all (the archive's 19,150,868)
+    months: int = 51  # history length before the end (Feb 2005 .. May 2009)
     clusters: int = 16
-    artists: int = 0  # 0: plays // 110 (the real ratio), at least 60
-    tracks_per_artist: float = 6.0  # mean
-    session_plays: float = 13.0  # mean plays per session (20-minute gaps)
-    same_artist: float = 0.75  # P(next play by the same artist)
-    album_order: float = 0.6  # P(next same-artist track is the following one)
-    missing_artist_mbid: float = 0.03
-    missing_track_mbid: float = 0.11
+    artists: int = 0  # catalogue artists; 0: plays // 25 -> distinct artists
+    tracks_per_artist: float = 14.0  # catalogue tracks per artist, mean -> distinct tracks
+    track_zipf: float = 1.5  # popularity of an artist's tracks (> 1) -> distinct tracks
+    own_taste: float = 0.05  # (user, artist) pairs that favour other tracks than the hits
+    favourites: float = 2.0  # favourite artists per cluster: this * sqrt(user plays)
+    favourite_zipf: float = 1.3  # how a user's plays spread over its favourites -> 1m artists
+    explore: float = 0.03  # artist runs outside the favourites -> re-listens, artists
+    play_seconds: float = 255.0  # mean time from a play to the next in a session
+    session_plays: float = 13.4  # mean plays per session (20-minute gaps)
+    same_artist: float = 0.765  # P(next play by the same artist), within a session
+    album_order: float = 0.6  # P(a same-artist next track is the following one)
+    repeat_track: float = 0.013  # P(the same track again, back to back)
+    missing_artist_mbid: float = 0.39  # share of played artists without MBID (least played)
+    no_track_mbid_artists: float = 0.22  # share of those with MBID whose tracks have none
+    mbid_noise: float = 2.0  # sd of the noise on log(plays) that picks them -> their plays
+    missing_track_mbid: float = 0.05  # share of the other artists' tracks without MBID
+    to_end: float = 0.78  # share of users who listen until the end of the data
+    revisit: float = 0.4  # of those who stopped, share back for one session in the last month
+    min_span: float = 0.5  # shortest history, as a share of the months -> plays per window
+    recency: float = 0.3  # activity grows toward a user's last play: density ~ x^recency
+    final_growth: float = 0.18  # monthly growth of listening in the last 6 months -> 1m plays
+    burstiness: float = 1.2  # sd of the log of a user's monthly activity -> users per window
+    short_breaks: float = 0.45  # P(a session follows the previous after a break) -> gaps
+    break_hours: float = 0.5  # median length of such a break
+    peak_hour_sd: float = 0.8  # hours: spread of session starts around a user's hour
+    second_peak: float = 0.1  # share of listening days opened at a second hour -> gaps
+    user_spread: float = 0.25  # sd (log scale) of users' habits around the above -> spread
     stray_tabs: int = -1  # lines with a tab inside a name; -1: 1 per 2M plays, >= 2
     bad_timestamps: int = -1  # plays dated outside 2005-2009; -1: 1 per 1M plays, >= 1
+    common_titles: float = 0.2  # share of tracks titled from a shared pool -> track names
     untagged_tracks: float = 0.3  # share of tracks with no planted tags
     seed: int = 0
+
+    def check(self) -> None:
+        from lastfm.common import PipelineError
+
+        if self.track_zipf <= 1:
+            raise PipelineError(f"--track-zipf {self.track_zipf}: must be above 1")
+        for name in (
+            "own_taste",
+            "explore",
+            "same_artist",
+            "album_order",
+            "repeat_track",
+            "missing_artist_mbid",
+            "no_track_mbid_artists",
+            "missing_track_mbid",
+            "to_end",
+        ):
+            if not 0 <= getattr(self, name) <= 1:
+                flag = "--" + name.replace("_", "-")
+                raise PipelineError(f"{flag} {getattr(self, name)}: must be in [0, 1]")
+        if self.users < 1 or self.plays < self.users or self.months < 1:
+            raise PipelineError("--users, --plays and --months must be positive, plays >= users")
 
 
 def _uuids(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -155,10 +187,12 @@ def _uuids(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
-def _names(rng: np.random.Generator, n: int, words: tuple[int, int]) -> list[str]:
+def _names(
+    rng: np.random.Generator, n: int, words: tuple[int, int], min_syllables: int = 1
+) -> list[str]:
     counts = rng.integers(words[0], words[1] + 1, size=n)
     syl = rng.integers(0, len(SYLLABLES), size=(n, words[1], 3))
-    nsyl = rng.integers(1, 4, size=(n, words[1]))
+    nsyl = rng.integers(min_syllables, 4, size=(n, words[1]))
     kind = rng.random(n)
     uni = rng.integers(0, len(UNICODE_WORDS), size=n)
     names = []
@@ -178,38 +212,92 @@ def _names(rng: np.random.Generator, n: int, words: tuple[int, int]) -> list[str
     return names
 
 
-def _zipf_weights(n: int, a: float, rng: np.random.Generator) -> np.ndarray:
+def _zipf_weights(n: int, a: float, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Zipf weights of ``n`` items, in rank order (shuffled when ``rng`` is given)."""
     w = 1.0 / np.arange(1, n + 1) ** a
-    return rng.permutation(w / w.sum()) if n > 1 else np.ones(1)
+    w /= w.sum()
+    return rng.permutation(w) if rng is not None and n > 1 else w
+
+
+def _least_played(
+    plays: np.ndarray, share: float, noise: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Mask of ``share`` of the items: the least played by log(plays) + noise."""
+    n = int(round(share * len(plays)))
+    mask = np.zeros(len(plays), dtype=bool)
+    if n:
+        score = np.log(plays) + rng.normal(0.0, noise, size=len(plays))
+        mask[np.argpartition(score, n - 1)[:n]] = True
+    return mask
 
 
 class Catalogue:
-    """Artists (in clusters, with Zipf popularity) and their tracks."""
+    """Artists (in clusters, with Zipf popularity), their tracks and MBID gaps.
+
+    Names and MBIDs are made only for what is played (``name_played``).
+    """
 
     def __init__(self, cfg: SynthConfig, rng: np.random.Generator):
-        n_art = cfg.artists or max(60, cfg.plays // 110)
+        n_art = cfg.artists or max(60, cfg.plays // 25)
         self.cluster = rng.integers(0, cfg.clusters, size=n_art)
         self.pop = _zipf_weights(n_art, 1.0, rng)
-        n_tr = 1 + rng.poisson(cfg.tracks_per_artist - 1, size=n_art)
+        # Popular artists have more tracks: mean tracks ~ popularity^0.3.
+        lam = self.pop**0.3
+        lam = lam / lam.mean() * max(cfg.tracks_per_artist - 1, 0.0)
+        n_tr = 1 + rng.poisson(lam)
         self.first = np.concatenate([[0], np.cumsum(n_tr)[:-1]])
         self.ntracks = n_tr
-        n_tracks = int(n_tr.sum())
         self.track_artist = np.repeat(np.arange(n_art), n_tr)
-        art_mbid = _uuids(rng, n_art)
-        art_mbid[rng.random(n_art) < cfg.missing_artist_mbid] = ""
-        tr_mbid = _uuids(rng, n_tracks)
-        tr_mbid[rng.random(n_tracks) < cfg.missing_track_mbid] = ""
-        art_name = np.array(_names(rng, n_art, (1, 3)), dtype=object)
-        tr_name = np.array(_names(rng, n_tracks, (1, 4)), dtype=object)
-        tr_name[rng.random(n_tracks) < 2e-4] = ""  # a few tracks without a title
-        self.art_mbid, self.art_name = art_mbid, art_name
-        self.tr_mbid, self.tr_name = tr_mbid, tr_name
-        ta = self.track_artist
-        self.suffix = np.array(
-            [f"{art_mbid[a]}\t{art_name[a]}\t{tr_mbid[t]}\t{tr_name[t]}" for t, a in enumerate(ta)],
-            dtype=object,
-        )
         self.by_cluster = [np.flatnonzero(self.cluster == c) for c in range(cfg.clusters)]
+        self.suffix: np.ndarray | None = None
+
+    def assign_mbids(self, plays: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> None:
+        """Which artists and tracks have MBIDs, given each track's play count.
+
+        The least played artists have none (nor have their tracks); of the others,
+        the least played have none for their tracks; other tracks miss one at random.
+        """
+        art_plays = np.bincount(self.track_artist, weights=plays, minlength=len(self.pop))
+        played = np.flatnonzero(art_plays > 0)
+        self.art_has_mbid = np.ones(len(self.pop), dtype=bool)
+        self.art_has_mbid[
+            played[_least_played(art_plays[played], cfg.missing_artist_mbid, cfg.mbid_noise, rng)]
+        ] = False
+        mbid_art = played[self.art_has_mbid[played]]
+        no_tr = _least_played(art_plays[mbid_art], cfg.no_track_mbid_artists, cfg.mbid_noise, rng)
+        art_tracks_mbid = self.art_has_mbid.copy()
+        art_tracks_mbid[mbid_art[no_tr]] = False
+        self.tr_has_mbid = art_tracks_mbid[self.track_artist] & (
+            rng.random(len(self.track_artist)) >= cfg.missing_track_mbid
+        )
+
+    def name_played(self, played: np.ndarray, cfg: SynthConfig, rng: np.random.Generator) -> None:
+        """MBIDs, names and each played track's line tail (``suffix``)."""
+        n_art, n_tracks = len(self.pop), len(self.track_artist)
+        arts = np.unique(self.track_artist[played])
+        self.art_mbid = np.full(n_art, "", dtype=object)
+        self.art_name = np.full(n_art, "", dtype=object)
+        has = arts[self.art_has_mbid[arts]]
+        self.art_mbid[has] = _uuids(rng, len(has))
+        self.art_name[arts] = _names(rng, len(arts), (1, 3), min_syllables=2)
+        tracks = np.flatnonzero(played)
+        self.tr_mbid = np.full(n_tracks, "", dtype=object)
+        self.tr_name = np.full(n_tracks, "", dtype=object)
+        has = tracks[self.tr_has_mbid[tracks]]
+        self.tr_mbid[has] = _uuids(rng, len(has))
+        names = np.array(_names(rng, len(tracks), (1, 4)), dtype=object)
+        # Titles many artists share ("Intro", "Home"): a Zipf-weighted common pool.
+        shared = rng.random(len(tracks)) < cfg.common_titles
+        pool = np.array(_names(rng, COMMON_TITLES, (1, 2)), dtype=object)
+        names[shared] = pool[
+            rng.choice(COMMON_TITLES, size=int(shared.sum()), p=_zipf_weights(COMMON_TITLES, 0.8))
+        ]
+        names[rng.random(len(tracks)) < 2e-4] = ""  # a few tracks without a title
+        self.tr_name[tracks] = names
+        self.suffix = np.full(n_tracks, None, dtype=object)
+        am, an, tm, tn = self.art_mbid, self.art_name, self.tr_mbid, self.tr_name
+        ta = self.track_artist
+        self.suffix[tracks] = [f"{am[ta[t]]}\t{an[ta[t]]}\t{tm[t]}\t{tn[t]}" for t in tracks]
 
     def stray_tab_suffix(self, t: int, rng: np.random.Generator) -> str:
         """The line tail of track ``t`` with a tab inside its artist or track name."""
@@ -223,12 +311,85 @@ class Catalogue:
 
 
 def _user_plays(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Plays per user: log-normal, at least 60 (or all alike when too few), summing
+    to ``cfg.plays`` exactly."""
     w = rng.lognormal(0.0, 1.1, size=cfg.users)
-    n = np.maximum(60, np.round(w / w.sum() * cfg.plays)).astype(np.int64)
+    floor = min(60, cfg.plays // cfg.users)
+    n = np.maximum(floor, np.floor(w / w.sum() * cfg.plays)).astype(np.int64)
+    diff = cfg.plays - int(n.sum())
+    order = np.argsort(-n)  # the rounding error goes to (or comes from) the heaviest users
+    i = 0
+    while diff != 0:
+        u = order[i % len(order)]
+        step = 1 if diff > 0 else -1
+        if n[u] + step >= floor:
+            take = step * min(abs(diff), max(1, int(n[u]) // 10))
+            if step < 0:
+                take = -min(-take, int(n[u]) - floor)
+            n[u] += take
+            diff -= take
+        i += 1
     return n
 
 
-def _user_history(cfg, cat: Catalogue, n_plays: int, rng: np.random.Generator):
+def _session_starts(
+    cfg: SynthConfig, n_sess: int, busy: np.ndarray, hour_sd: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Start times (s) of one user's sessions, ``busy[i]`` seconds long each.
+
+    A session either follows the previous one after a short break (p=short_breaks;
+    log-normal, median ``break_hours``) or opens a listening day: days drawn over
+    the user's span (more toward its end, in months of random intensity), at the
+    user's own hour of the day. A session starts at least 21 minutes after the
+    previous one ends.
+    """
+    full = cfg.months * 30.4 * DAY
+    # A heavy listener's history is long enough to hold its sessions comfortably.
+    span = max(rng.uniform(cfg.min_span, 0.95), min(0.95, 3.0 * busy.sum() / full)) * full
+    end = END_TS - (0 if rng.random() < cfg.to_end else rng.uniform(0.0, 0.5) * span)
+    follows = rng.random(n_sess) < cfg.short_breaks
+    follows[0] = False
+    opens = np.flatnonzero(~follows)
+    n_days = len(opens)
+    # Listening days: distinct while there are enough, weighted by growth toward
+    # the end and a random intensity per month.
+    first_day = np.floor((end - span) / DAY)
+    n_span = max(1, int(span // DAY))
+    month = np.arange(n_span) // 30
+    w = rng.lognormal(0.0, cfg.burstiness, month[-1] + 1)[month]
+    w *= ((np.arange(n_span) + 0.5) / n_span) ** cfg.recency
+    # Everyone listens more in the data's last six months: growth per month.
+    months_left = np.minimum((END_TS - (first_day + np.arange(n_span)) * DAY) / (30.4 * DAY), 6)
+    w *= (1.0 + cfg.final_growth) ** (6 - months_left)
+    p = w / w.sum()
+    pick = rng.choice(n_span, size=min(n_days, n_span), replace=False, p=p)
+    if n_days > n_span:
+        pick = np.concatenate([pick, rng.choice(n_span, size=n_days - n_span, p=p)])
+    day = first_day + np.sort(pick)
+    # The user's hours: a main peak and, for some sessions, a second one 6-12 h later.
+    peak = rng.uniform(0, 24) + (rng.random(n_days) < cfg.second_peak) * rng.uniform(6, 12)
+    hour = np.mod(peak + rng.normal(0.0, hour_sd, size=n_days), 24.0)
+    opening = np.sort(day * DAY + hour * 3600)
+    # A following session: the previous one's end plus a break, chained from its opener.
+    need = busy + 1260.0
+    brk = np.where(follows, rng.lognormal(np.log(cfg.break_hours * 3600), 1.0, n_sess), 0.0)
+    step = np.concatenate([[0.0], busy[:-1]]) + brk
+    chain = np.cumsum(np.where(follows, step, 0.0))
+    opener = np.maximum.accumulate(np.where(follows, 0, np.arange(n_sess)))
+    start = opening[np.cumsum(~follows) - 1] + chain - chain[opener]
+    # No overlap: start'_i = max(start_i, start'_{i-1} + need_{i-1}), via a running max.
+    before = np.concatenate([[0.0], np.cumsum(need)[:-1]])
+    start = before + np.maximum.accumulate(start - before)
+    last_end = start[-1] + busy[-1]
+    if last_end > end:
+        start -= last_end - end
+    # Some users who stopped come back once in the data's last month.
+    if end < END_TS - 30 * DAY and n_sess > 1 and rng.random() < cfg.revisit:
+        start[-1] = END_TS - rng.uniform(0.1, 30.0) * DAY
+    return start
+
+
+def _user_history(cfg: SynthConfig, cat: Catalogue, n_plays: int, rng: np.random.Generator):
     """Return (ts_s ascending, track ids) of one user's history."""
     k = int(rng.integers(1, 4))
     clusters = rng.choice(cfg.clusters, size=k, replace=False)
@@ -239,27 +400,34 @@ def _user_history(cfg, cat: Catalogue, n_plays: int, rng: np.random.Generator):
         pool = cat.by_cluster[c]
         if len(pool) == 0:
             pool = np.arange(len(cat.pop))
-        m = int(min(len(pool), max(5, np.sqrt(n_plays) * 1.5)))
+        m = int(min(len(pool), max(5, np.sqrt(n_plays) * cfg.favourites)))
         p = cat.pop[pool] / cat.pop[pool].sum()
         chosen = rng.choice(pool, size=m, replace=False, p=p)
         favs.append(chosen)
-        fav_w.append(_zipf_weights(m, 1.1, rng))
-    # Sessions and their lengths.
-    n_sess = max(1, int(round(n_plays / cfg.session_plays)))
-    p_len = rng.geometric(1.0 / cfg.session_plays, size=n_sess).astype(np.float64)
+        fav_w.append(_zipf_weights(m, cfg.favourite_zipf))  # drawn by popularity, in order
+    # Sessions and their lengths (geometric).
+    # This user's habits: the configured ones, varied across users by user_spread.
+    sd = cfg.user_spread
+    session_plays = max(1.5, cfg.session_plays * np.exp(rng.normal(0.0, sd) - sd * sd / 2))
+    logit = np.log(cfg.same_artist / max(1e-9, 1 - cfg.same_artist))
+    same_artist = 1 / (1 + np.exp(-(logit + rng.normal(0.0, 2 * sd))))
+    play_seconds = cfg.play_seconds * np.exp(rng.normal(0.0, sd / 2))
+    hour_sd = cfg.peak_hour_sd * np.exp(rng.normal(0.0, sd))
+    n_sess = max(1, int(round(n_plays / session_plays)))
+    p_len = rng.geometric(1.0 / session_plays, size=n_sess).astype(np.float64)
     lens = 1 + rng.multinomial(n_plays - n_sess, p_len / p_len.sum())
-    # Artist runs: each play continues the artist with p=same_artist.
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    new_run = rng.random(n_plays) >= cfg.same_artist
-    new_run[starts] = True
+    first = np.zeros(n_plays, dtype=bool)
+    first[starts] = True
+    # Artist runs: each play continues the artist with p=same_artist.
+    new_run = (rng.random(n_plays) >= same_artist) | first
     run_id = np.cumsum(new_run) - 1
     n_runs = int(run_id[-1]) + 1
     sess_of_play = np.repeat(np.arange(n_sess), lens)
     sess_cluster = rng.choice(k, size=n_sess, p=cl_w)
-    run_sess = sess_of_play[np.flatnonzero(new_run)]
-    run_cl = sess_cluster[run_sess]
+    run_cl = sess_cluster[sess_of_play[np.flatnonzero(new_run)]]
     run_artist = np.empty(n_runs, dtype=np.int64)
-    explore = rng.random(n_runs) < 0.15
+    explore = rng.random(n_runs) < cfg.explore
     for ci in range(k):
         sel = np.flatnonzero(run_cl == ci)
         pick = rng.choice(len(favs[ci]), size=len(sel), p=fav_w[ci])
@@ -271,50 +439,69 @@ def _user_history(cfg, cat: Catalogue, n_plays: int, rng: np.random.Generator):
             run_artist[ex] = rng.choice(pool, size=len(ex), p=p)
     art = run_artist[run_id]
     nt = cat.ntracks[art]
-    # Track inside the artist: Zipf-ish random pick, or the next one (album order).
-    zipf_pick = np.minimum(rng.zipf(1.6, size=n_plays) - 1, nt - 1)
-    offset = zipf_pick.copy()
-    seq = (rng.random(n_plays) < cfg.album_order) & ~new_run
-    # Album order: offset = previous offset + 1; resolve chains with a cumulative trick.
+    # Track inside the artist: a Zipf pick among the artist's hits, rotated for
+    # users with their own taste in that artist; or the next one (album order).
+    u_art, inv = np.unique(art, return_inverse=True)
+    own = rng.random(len(u_art)) < cfg.own_taste
+    shift = np.where(own, rng.integers(0, 1 << 30, size=len(u_art)), 0)[inv]
+    offset = (rng.zipf(cfg.track_zipf, size=n_plays) - 1 + shift) % nt
     idx = np.arange(n_plays)
-    anchor = np.where(seq, 0, idx)
-    anchor = np.maximum.accumulate(anchor)
+    seq = (rng.random(n_plays) < cfg.album_order) & ~new_run
+    anchor = np.maximum.accumulate(np.where(seq, 0, idx))
     offset = (offset[anchor] + (idx - anchor)) % nt
+    # No accidental back-to-back repeat; deliberate ones with p=repeat_track.
+    again = np.r_[False, (art[1:] == art[:-1]) & (offset[1:] == offset[:-1])] & ~first
+    again &= nt > 1
+    offset[again] = (
+        offset[again] + 1 + rng.integers(0, 1 << 30, size=int(again.sum())) % (nt[again] - 1)
+    ) % nt[again]
     tracks = cat.first[art] + offset
-    # Timestamps: plays a track length apart; gaps between sessions of hours.
-    span = int(rng.uniform(0.08, 1.0) * cfg.months * 30.4 * DAY)
-    end = END_TS - (0 if rng.random() < 0.87 else int(rng.uniform(0, 0.5) * span))
-    dur = rng.integers(150, 420, size=n_plays)
-    busy = int(dur.sum())
-    gaps = rng.exponential(1.0, size=n_sess)
-    free = max(span - busy, n_sess * 1800)
-    gaps = 1260 + gaps / gaps.sum() * free
+    repeat = (rng.random(n_plays) < cfg.repeat_track) & ~first
+    tracks = tracks[np.maximum.accumulate(np.where(repeat, 0, idx))]
+    # Timestamps: plays a track length apart; sessions at the user's hours.
+    m = play_seconds
+    dur = rng.integers(int(0.55 * m), int(1.45 * m) + 1, size=n_plays)
     step = np.concatenate([[0], dur[:-1]]).astype(np.float64)
-    step[starts[1:]] = gaps[1:]
-    ts = np.cumsum(step)
-    ts = np.round(ts - ts[-1]).astype(np.int64) + end - int(dur[-1])
+    step[first] = 0.0
+    within = np.cumsum(step)
+    within -= within[starts][sess_of_play]
+    busy = within[np.r_[starts[1:] - 1, n_plays - 1]]
+    sess_start = _session_starts(cfg, n_sess, busy, hour_sd, rng)
+    ts = np.round(sess_start[sess_of_play] + within).astype(np.int64)
     return ts, tracks
+
+
+def simulate(cfg: SynthConfig) -> tuple[Catalogue, list[tuple[np.ndarray, np.ndarray]]]:
+    """The catalogue and each user's (timestamps, track ids), before any text."""
+    rng = np.random.default_rng(cfg.seed)
+    cat = Catalogue(cfg, rng)
+    n_user_plays = _user_plays(cfg, rng)
+    histories = [_user_history(cfg, cat, int(n), rng) for n in n_user_plays]
+    all_tracks = np.concatenate([tracks for _, tracks in histories])
+    counts = np.bincount(all_tracks, minlength=len(cat.track_artist))
+    cat.assign_mbids(counts, cfg, rng)
+    return cat, histories
 
 
 def generate(out: Path, cfg: SynthConfig, archive: bool = False) -> dict:
     """Write the synthetic dataset under ``out``; return its summary."""
-    rng = np.random.default_rng(cfg.seed)
+    cat, histories = simulate(cfg)
+    rng = np.random.default_rng([cfg.seed, 1])
     root = Path(out) / "lastfm-dataset-1K"
     root.mkdir(parents=True, exist_ok=True)
-    cat = Catalogue(cfg, rng)
-    n_user_plays = _user_plays(cfg, rng)
-    total = int(n_user_plays.sum())
+    played = np.zeros(len(cat.track_artist), dtype=bool)
+    for _, tracks in histories:
+        played[tracks] = True
+    cat.name_played(played, cfg, rng)
+    total = sum(len(t) for _, t in histories)
     n_stray = cfg.stray_tabs if cfg.stray_tabs >= 0 else max(2, total // 2_000_000)
     n_badts = cfg.bad_timestamps if cfg.bad_timestamps >= 0 else max(1, total // 1_000_000)
     special = rng.choice(total, size=n_stray + n_badts, replace=False)
     stray = set(special[:n_stray].tolist())
     badts = set(special[n_stray:].tolist())
-    played = np.zeros(len(cat.suffix), dtype=bool)
     n_lines, n_same, offset = 0, 0, 0
     with open(root / TSV_NAME, "w", encoding="utf-8", newline="\n") as fh:
-        for u in range(cfg.users):
-            ts, tracks = _user_history(cfg, cat, int(n_user_plays[u]), rng)
-            played[tracks] = True
+        for u, (ts, tracks) in enumerate(histories):
             n_same += int((cat.track_artist[tracks[1:]] == cat.track_artist[tracks[:-1]]).sum())
             ts_str = np.datetime_as_string(ts.astype("datetime64[s]"), unit="s")
             user = f"user_{u + 1:06d}"
@@ -345,8 +532,8 @@ def generate(out: Path, cfg: SynthConfig, archive: bool = False) -> dict:
         "config": asdict(cfg),
         "lines": n_lines,
         "users": cfg.users,
-        "artists": len(cat.art_name),
-        "tracks": len(cat.suffix),
+        "artists": len(cat.pop),
+        "tracks": len(cat.track_artist),
         "tracks_played": int(played.sum()),
         "stray_tab_lines": n_stray,
         "bad_timestamp_lines": n_badts,

@@ -21,17 +21,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lastfm import baselines as bl
+from lastfm import common
 from lastfm import config as cfgs
 from lastfm.common import PipelineError, log, markdown_table, run_main, write_json, write_text
 from lastfm.config import option
@@ -48,7 +47,7 @@ from lastfm.metrics import (
     segments,
     summarise,
 )
-from lastfm.paths import ROOT, Layout, make, slice_name
+from lastfm.paths import Layout, make, slice_name
 
 REPORT_METRICS = [f"{m}@{n}" for n in CUTOFFS for m in ("HR", "MRR", "NDCG")]
 
@@ -121,7 +120,7 @@ def tune_baselines(
         best, best_key, tried = None, None, []
         for params in grid.values:
             model = grid.cls(**params).fit(train, n_items)
-            res = evaluate(ranker_from_scorer(model.score), valid_events, n_items)
+            res = evaluate(ranker_from_scorer(model.scorer), valid_events, n_items)
             key = (res.summary["MRR@20"], res.summary["HR@20"])
             tried.append({"params": params, "MRR@20": key[0], "HR@20": key[1]})
             if best_key is None or key > best_key:
@@ -317,7 +316,9 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
     results: dict[str, dict] = {}
     raw: dict[str, EvalResult] = {}
     for model, info in chosen:
-        res = evaluate(ranker_from_scorer(model.score, ec.exclude_seen), test_events, n_items, pop)
+        res = evaluate(
+            ranker_from_scorer(model.scorer, ec.exclude_seen), test_events, n_items, pop
+        )
         results[model.name] = {"params": model.params, **res.summary, "tuning": info["tried"]}
         raw[model.name] = res
         log(
@@ -471,30 +472,8 @@ def group_seeds(model_records: dict, results: dict) -> list[dict]:
 
 def provenance(argv: list[str] | None, ec: EvalConfig) -> dict:
     """The command, commit and date of a results file (docs/RESULTS.md shows them)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            text=True,
-            capture_output=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=ROOT,
-            text=True,
-            capture_output=True,
-        ).stdout.strip()
-        commit += "+changes" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
     command = "python test_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    return {
-        "command": command.strip(),
-        "commit": commit,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "config": cfgs.as_dict(ec),
-    }
+    return {**common.provenance(command), "config": cfgs.as_dict(ec)}
 
 
 def results_markdown(res: dict) -> str:

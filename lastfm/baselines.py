@@ -105,7 +105,21 @@ class Baseline:
         pass
 
     def score(self, prefixes: np.ndarray, lengths: np.ndarray, times=None) -> np.ndarray:
-        raise NotImplementedError
+        """Scores (B, V+1) of every track for each prefix."""
+        sparse = self.sparse_scores(prefixes, lengths, times)
+        if sparse is None:
+            raise NotImplementedError
+        return sparse.toarray()
+
+    def sparse_scores(self, prefixes, lengths, times=None) -> sp.csr_matrix | None:
+        """The same scores as a float32 CSR matrix whose absent entries are 0, for the
+        methods that score few tracks per prefix (None for the others)."""
+        return None
+
+    @property
+    def scorer(self):
+        """What the evaluator calls: the sparse scores where the method has them."""
+        return self.sparse_scores if type(self).sparse_scores is not Baseline.sparse_scores else self.score
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params.items())
@@ -121,8 +135,8 @@ class LastItemBaseline(Baseline):
 
     table: sp.csr_matrix
 
-    def score(self, prefixes, lengths, times=None):
-        return self.table[_last_items(prefixes, lengths)].toarray().astype(np.float32)
+    def sparse_scores(self, prefixes, lengths, times=None):
+        return self.table[_last_items(prefixes, lengths)].astype(np.float32)
 
 
 class Pop(Baseline):
@@ -319,7 +333,7 @@ class VSKNN(SessionKNN):
         self.k, self.sample = k, sample
         self.weighting, self.score_weighting = weighting, score_weighting
 
-    def score(self, prefixes, lengths, times=None):
+    def sparse_scores(self, prefixes, lengths, times=None):
         q = self._query(prefixes, lengths, POSITION_WEIGHTS[self.weighting])
         distinct = np.maximum(np.diff(q.indptr), 1).astype(np.float64)
         sims = self._candidates(q, self.sample)
@@ -329,7 +343,7 @@ class VSKNN(SessionKNN):
         step = lengths[nb.row] - p + 1
         w = nb.data * STEP_WEIGHTS[self.score_weighting](step.astype(np.float64))
         votes = sp.csr_matrix((w, (nb.row, nb.col)), shape=nb.shape)
-        return (votes @ self.sessions.binary).toarray().astype(np.float32)
+        return (votes @ self.sessions.binary).tocsr().astype(np.float32)
 
 
 class VSTAN(SessionKNN):
@@ -359,7 +373,7 @@ class VSTAN(SessionKNN):
         self.spw, self.snh = lambda_spw, lambda_snh * 86_400.0
         self.inh, self.ipw, self.lidf = lambda_inh, lambda_ipw, lambda_idf
 
-    def score(self, prefixes, lengths, times=None):
+    def sparse_scores(self, prefixes, lengths, times=None):
         s = self.sessions
         q = self._query(prefixes, lengths, lambda p, n: np.exp((p - n) / self.spw))
         norm = np.sqrt(np.asarray(q.multiply(q).sum(axis=1)).ravel())
@@ -401,7 +415,7 @@ class VSTAN(SessionKNN):
             * (1.0 + s.idf[items] * self.lidf)
         )
         out = sp.csr_matrix((w, (rows[pair], items)), shape=(len(prefixes), self.n_items + 1))
-        return out.toarray().astype(np.float32)
+        return out.astype(np.float32)
 
 
 @dataclass

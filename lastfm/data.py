@@ -63,6 +63,25 @@ SCHEMAS: dict[str, dict[str, str]] = {
 }
 
 
+def session_starts(user: np.ndarray, ts_s: np.ndarray, mode: str, gap_s: float) -> np.ndarray:
+    """Boolean per play (sorted by user, then time): True where a new session starts.
+
+    ``mode`` "gap": after more than ``gap_s`` seconds without a play; "window":
+    at each fixed clock window of ``gap_s`` seconds (UTC).
+    """
+    new = np.ones(len(ts_s), dtype=bool)
+    if len(ts_s) > 1:
+        same_user = user[1:] == user[:-1]
+        if mode == "gap":
+            cont = (ts_s[1:] - ts_s[:-1]) <= gap_s
+        elif mode == "window":
+            cont = (ts_s[1:] // gap_s) == (ts_s[:-1] // gap_s)
+        else:
+            raise PipelineError(f"--mode {mode!r}: expected 'gap' or 'window'")
+        new[1:] = ~(same_user & cont)
+    return new
+
+
 def require_columns(columns: Iterable[str], schema: str, source: str | Path) -> None:
     """Raise PipelineError naming ``source`` when a column of ``schema`` is missing."""
     missing = [c for c in SCHEMAS[schema] if c not in set(columns)]

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from lastfm.baselines import SequentialRules
 from lastfm.common import PipelineError, log, markdown_table
 from lastfm.data import Events, recent
-from lastfm.metrics import device_logits, metric_values, target_ranks
+from lastfm.metrics import TOPK, device_logits, metric_values
 
 TABLE = "transitions.npz"
 # Doubling grids wide enough to hold the limits: the model alone (0, 0); the counts
@@ -117,7 +117,84 @@ def numpy_ops():
         np.add.at(out, (idx[:, 0], idx[:, 1]), values)
         return out
 
-    return SimpleNamespace(**vars(NUMPY_OPS), scatter=scatter, convert_to_numpy=np.asarray)
+    def top_k(x, k):
+        part = np.argpartition(-x, k - 1, axis=1)[:, :k]
+        vals = np.take_along_axis(x, part, axis=1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        return np.take_along_axis(vals, order, axis=1), np.take_along_axis(part, order, axis=1)
+
+    return SimpleNamespace(
+        **vars(NUMPY_OPS),
+        scatter=scatter,
+        convert_to_numpy=np.asarray,
+        top_k=top_k,
+        concatenate=np.concatenate,
+        full_like=np.full_like,
+    )
+
+
+def batch_candidates(base, targets: np.ndarray, succ: np.ndarray, ops, m: int = TOPK + 1):
+    """What a batch's ranks at cutoffs <= ``m - 1`` under any boost of the columns
+    ``succ`` (B, K) depend on, brought to the host as small arrays:
+    the ``m`` best base scores and their columns, the base scores of ``succ`` and of the
+    targets, and how many columns tie with the m-th best score.
+
+    Column 0 (padding) never counts; a NaN base score counts as -inf here, a NaN
+    target misses (ranks last), as in ``rank_counts``.
+    """
+    b = ops.where(ops.isnan(base), -np.inf, base)
+    b = ops.concatenate([ops.full_like(b[:, :1], -np.inf), b[:, 1:]], axis=1)
+    top_vals, top_ids = ops.top_k(b, m)
+    m_th = top_vals[:, -1:]
+    return {
+        "top_vals": np.asarray(ops.convert_to_numpy(top_vals)),
+        "top_ids": np.asarray(ops.convert_to_numpy(top_ids)),
+        "succ_vals": np.asarray(
+            ops.convert_to_numpy(ops.take_along_axis(base, np.asarray(succ, np.int32), axis=1))
+        ),
+        "target_vals": np.asarray(
+            ops.convert_to_numpy(
+                ops.take_along_axis(base, np.asarray(targets, np.int32)[:, None], axis=1)
+            )
+        )[:, 0],
+        # (column 0, set to -inf above, is not a tie even when the m-th best is -inf)
+        "m_th_ties": np.asarray(
+            ops.convert_to_numpy(
+                ops.sum(ops.cast(b == m_th, "int32"), axis=1)
+                - ops.cast(m_th[:, 0] == -np.inf, "int32")
+            )
+        ),
+    }
+
+
+def candidate_ranks(c: dict, targets: np.ndarray, succ: np.ndarray, add: np.ndarray) -> np.ndarray:
+    """Average ranks (B,) of ``targets`` after adding ``add`` (B, K) to the columns ``succ``
+    (B, K, distinct per row; 0 = empty slot), exact wherever the rank is below the number
+    of best base scores in ``c`` (``batch_candidates``), ``inf`` elsewhere.
+
+    Only the best base scores, the boosted columns and the target can score above the
+    target or tie with it, unless the target falls below the m-th best base score (then
+    m columns beat it) or ties with it (then the other columns at that score tie too).
+    """
+    n, m = c["top_ids"].shape
+    t_add = ((succ == targets[:, None]) * add).sum(axis=1)
+    s_t = c["target_vals"] + t_add.astype(np.float32)
+    cols = np.concatenate([c["top_ids"], succ], axis=1)  # (B, m+K)
+    vals = np.concatenate([c["top_vals"], c["succ_vals"] + add.astype(np.float32)], axis=1)
+    # The boost of a top column that is also a boosted column: counted once, boosted.
+    in_succ = (c["top_ids"][:, :, None] == succ[:, None, :]) & (succ[:, None, :] > 0)
+    keep = np.concatenate([~in_succ.any(axis=2), succ > 0], axis=1)
+    keep &= (cols != targets[:, None]) & (cols > 0)
+    higher = (keep & (vals > s_t[:, None])).sum(axis=1)
+    ties = (keep & (vals == s_t[:, None])).sum(axis=1)
+    # Columns outside the candidates tie with the target at the m-th best base score.
+    m_th = c["top_vals"][:, -1]
+    at_m = keep & (np.concatenate([c["top_vals"], c["succ_vals"]], axis=1) == m_th[:, None])
+    inside = at_m.sum(axis=1) + (c["target_vals"] == m_th)
+    ties = ties + np.where(s_t == m_th, c["m_th_ties"] - inside, 0)
+    ranks = 1.0 + higher + ties / 2.0
+    miss = (s_t < m_th) | np.isnan(c["target_vals"])
+    return np.where(miss, np.inf, ranks)
 
 
 def fit_scores(
@@ -135,20 +212,23 @@ def fit_scores(
     ``scores(x, batch_slice) -> (B, V+1)`` (``ops``: keras.ops or ``numpy_ops()``).
 
     Ties go to the first grid point, so (0, 0), the scorer alone, unless a hybrid is
-    better. Each validation batch is scored once for the whole grid. Sets the chosen
-    weights; returns what a ``config.json`` records.
+    better. Each validation batch is scored once for the whole grid, and its ranks
+    under every grid point come from a few candidate columns (``candidate_ranks``:
+    exact at the cutoffs the choice uses). Sets the chosen weights; returns what a
+    ``config.json`` records.
     """
     grid = [(w, v) for w in weights for v in pop_weights]
     ranks = np.zeros((len(grid), len(valid)), np.float64)
     for start in range(0, len(valid), batch_size):
         sl = slice(start, start + batch_size)
         x = recent(valid.prefixes[sl], valid.lengths[sl], input_len)
-        base = scores(x, sl)
+        targets = valid.targets[sl]
+        last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
+        succ = transitions.ids[last].astype(np.int64)
+        c = batch_candidates(scores(x, sl), targets, succ, ops, min(TOPK + 1, n_items))
         for g, (w, v) in enumerate(grid):
-            s = base
-            if w or v:
-                s = base + ops.scatter(*transitions.boost(x, w, v), (len(x), n_items + 1))
-            ranks[g, sl] = ops.convert_to_numpy(target_ranks(s, valid.targets[sl], ops))
+            _, add = transitions.boost(x, w, v)
+            ranks[g, sl] = candidate_ranks(c, targets, succ, add.reshape(succ.shape))
     rows = []
     for g, (w, v) in enumerate(grid):
         m = metric_values(ranks[g])

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
+import scipy.sparse as sp
 import pandas as pd
 
 from lastfm.data import Events, recent
@@ -115,6 +116,60 @@ def topk_from_scores(scores: np.ndarray, k: int = TOPK, block: int = 128) -> np.
     return np.take_along_axis(np.take_along_axis(cand, part, axis=1), order, axis=1) + 1
 
 
+def rank_counts_sparse(scores, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``rank_counts`` of a CSR matrix (B, V+1) whose absent entries score 0, in time
+    proportional to its stored entries: the absent columns are counted, not compared.
+    Column 0 (padding) never counts."""
+    m = scores.tocsr()
+    m.sum_duplicates()
+    b, width = m.shape
+    targets = np.asarray(targets)
+    rows = np.repeat(np.arange(b), np.diff(m.indptr))
+    real = m.indices > 0
+    rows, vals = rows[real], m.data[real]
+    t_val = np.asarray(m[np.arange(b), targets]).ravel().astype(m.dtype)
+    tv = t_val[rows]
+    gt = np.bincount(rows, weights=vals > tv, minlength=b).astype(np.int64)
+    eq = np.bincount(rows, weights=vals == tv, minlength=b).astype(np.int64)
+    absent = (width - 1) - np.bincount(rows, minlength=b)
+    higher = gt + np.where(t_val < 0, absent, 0)
+    ties = eq + np.where(t_val == 0, absent, 0) - 1
+    nan = np.isnan(t_val)
+    return np.where(nan, width - 2, higher), np.where(nan, 0, ties)
+
+
+def topk_sparse(scores, k: int = TOPK) -> np.ndarray:
+    """Top-k ids (B, k) of a CSR matrix of non-negative scores (absent = 0), best first:
+    the positive entries by score (ties: lower id), then the lowest ids scoring 0 (the
+    most popular tracks: ids follow training popularity)."""
+    m = scores.tocsr()
+    m.sum_duplicates()
+    b, width = m.shape
+    k = min(k, width - 1)
+    rows = np.repeat(np.arange(b), np.diff(m.indptr))
+    pos = (m.data > 0) & (m.indices > 0)
+    r, c, v = rows[pos], m.indices[pos].astype(np.int64), m.data[pos]
+    order = np.lexsort((c, -v, r))
+    r, c = r[order], c[order]
+    first = np.searchsorted(r, np.arange(b))
+    rank = np.arange(len(r)) - first[r]
+    out = np.zeros((b, k), np.int64)
+    keep = rank < k
+    out[r[keep], rank[keep]] = c[keep]
+    n_pos = np.minimum(np.bincount(r, minlength=b), k)
+    if (n_pos < k).any():
+        cand = np.arange(1, min(2 * k, width - 1) + 1)  # (C,) enough unless all are positive
+        keys = np.sort(r * width + c)
+        taken = np.isin(
+            (np.arange(b)[:, None] * width + cand[None, :]).ravel(), keys
+        ).reshape(b, -1)
+        free_rank = np.cumsum(~taken, axis=1) - 1  # (B, C) rank among free candidates
+        slot = n_pos[:, None] + free_rank
+        put = ~taken & (slot < k)
+        out[np.nonzero(put)[0], slot[put]] = np.broadcast_to(cand, taken.shape)[put]
+    return out
+
+
 # A scorer takes (prefixes (B, L), lengths (B,)) and returns scores (B, V+1).
 Scorer = Callable[..., np.ndarray]
 # A ranker returns (higher (B,), ties (B,), top-k ids (B, k)) given prefixes, lengths,
@@ -125,15 +180,19 @@ Ranker = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False) -> Ranker:
     """The numpy ranker of a scorer (B, V+1 scores per batch of prefixes). A scorer with
     ``needs_times`` (or the method of an object with it) also gets the prefixes' last
-    times."""
+    times. Sparse non-negative scores (a CSR matrix, absent = 0) are ranked without
+    densifying them (``rank_counts_sparse``, ``topk_sparse``): the same ranks."""
     needs_times = getattr(scorer, "needs_times", False) or getattr(
         getattr(scorer, "__self__", None), "needs_times", False
     )
 
     def rank(prefixes, lengths, targets, times=None):
-        s = np.asarray(
-            scorer(prefixes, lengths, times) if needs_times else scorer(prefixes, lengths)
-        )
+        s = scorer(prefixes, lengths, times) if needs_times else scorer(prefixes, lengths)
+        if sp.issparse(s) and not exclude_seen and s.dtype in (np.float32, np.float64):
+            data = s.tocsr().data
+            if not (data < 0).any() and not np.isnan(data).any():
+                return (*rank_counts_sparse(s, targets), topk_sparse(s))
+        s = s.toarray() if sp.issparse(s) else np.asarray(s)
         # A copy (column 0 and seen tracks are overwritten) in the scorer's own float
         # precision (float32 stays: upcasting adds no information and slows the evaluator).
         scores = s.astype(s.dtype if s.dtype in (np.float32, np.float64) else np.float64)

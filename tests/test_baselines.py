@@ -74,6 +74,27 @@ def test_every_baseline_beats_pop_on_generated_data(pipeline_data):
         assert res[name]["HR@20"] > res["POP"]["HR@20"] + 0.1, (name, res)
 
 
+def test_sparse_scores_rank_as_their_dense_scores(pipeline_data):
+    """The evaluator ranks sparse scores without densifying them: the same counts."""
+    d = pipeline_data / "sessions" / "3m"
+    train, test = pd.read_parquet(d / "train.parquet"), pd.read_parquet(d / "test.parquet")
+    n = len(pd.read_parquet(d / "vocab.parquet"))
+    ev = make_events(test, 50)
+    for m in (
+        bl.SequentialRules(),
+        bl.AssociationRules(),
+        bl.ItemKNN(),
+        bl.VSKNN(weighting="linear", score_weighting="linear"),
+        bl.VSTAN(),
+    ):
+        m.fit(train, n)
+        assert m.scorer == m.sparse_scores
+        sparse = evaluate(ranker_from_scorer(m.scorer), ev, n)
+        dense = evaluate(ranker_from_scorer(m.score), ev, n)
+        assert np.array_equal(sparse.higher, dense.higher), m.name
+        assert np.array_equal(sparse.ties, dense.ties), m.name
+
+
 def test_equal_counts_tie_without_a_hidden_popularity_prior():
     # 1 -> 2 and 1 -> 3 once each; 3 is more popular. No method gets a popularity
     # tie-break any more: both targets share the average rank 1.5.

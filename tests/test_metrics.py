@@ -113,3 +113,39 @@ def test_two_stage_topk_matches_full_sort_on_wide_rows():
     scores[3, 29_000:29_030] = 50.0 + np.arange(30)  # the top 20 packed in one block
     order = np.argsort(-scores[:, 1:], axis=1, kind="stable")[:, :20] + 1
     assert (topk_from_scores(scores, 20) == order).all()
+
+
+def test_sparse_ranking_equals_dense_ranking_with_ties():
+    import scipy.sparse as sp
+
+    from lastfm.metrics import rank_counts, rank_counts_sparse, topk_from_scores, topk_sparse
+
+    rng = np.random.default_rng(5)
+    b, v = 200, 300
+    dense = (rng.integers(0, 4, size=(b, v + 1)) * (rng.random((b, v + 1)) < 0.05)).astype(
+        np.float32
+    )
+    dense[:5, 0] = 7.0  # padding never counts
+    dense[5:10] = 0.0  # rows with no stored score at all
+    dense[3, 4] = 0.0
+    coo = sp.csr_matrix(dense).tocoo()
+    m = sp.csr_matrix(  # with an explicit zero at (3, 4): still a zero
+        (np.r_[coo.data, 0.0].astype(np.float32), (np.r_[coo.row, 3], np.r_[coo.col, 4])),
+        shape=dense.shape,
+    )
+    assert m[3, 4] == 0 and m.nnz == coo.nnz + 1
+    targets = rng.integers(1, v + 1, size=b)
+    targets[:40] = np.argmax(dense[:40, 1:], axis=1) + 1  # some targets score above 0
+    ref = dense.copy()
+    ref[:, 0] = -np.inf
+    for got, want in zip(rank_counts_sparse(m, targets), rank_counts(ref, targets)):
+        assert np.array_equal(got, want)
+    top = topk_sparse(m)
+    dense_top = topk_from_scores(ref)
+    for i in range(b):
+        n_pos = int((ref[i, 1:] > 0).sum())
+        # the same scores in the same order; zeros filled with the lowest free ids
+        assert np.array_equal(ref[i, top[i]], ref[i, dense_top[i]])
+        assert len(set(top[i].tolist())) == 20 and 0 not in top[i]
+        zeros = top[i][n_pos:]
+        assert np.array_equal(zeros, np.sort(zeros)) and (ref[i, zeros] == 0).all()

@@ -70,8 +70,12 @@ def test_split_is_by_time_and_vocab_from_train(pipeline_data):
         assert set(SCHEMAS["sessions"]) == set(df.columns), name
         assert len(df) > 0, name
     ends = {n: df.groupby("session_id")["ts_s"].max() for n, df in parts.items()}
-    assert ends["train"].max() < meta["split_bounds"]["valid_from_s"] <= ends["valid"].min()
-    assert ends["valid"].max() < meta["split_bounds"]["test_from_s"] <= ends["test"].min()
+    # A session belongs to the split where its last play falls; removing tracks unseen in
+    # training can move a validation or test session's last kept play earlier, so only
+    # the upper bounds are exact here (build_sessions' toy tests check the rest).
+    bounds = meta["split_bounds"]
+    assert ends["train"].max() < bounds["valid_from_s"] <= ends["valid"].max()
+    assert ends["valid"].max() < bounds["test_from_s"] <= ends["test"].max()
     # Vocabulary: training tracks only, ids 1..V by popularity; others mapped into it.
     assert vocab["item_idx"].tolist() == list(range(1, len(vocab) + 1))
     assert vocab["train_count"].is_monotonic_decreasing
