@@ -316,9 +316,7 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
     results: dict[str, dict] = {}
     raw: dict[str, EvalResult] = {}
     for model, info in chosen:
-        res = evaluate(
-            ranker_from_scorer(model.scorer, ec.exclude_seen), test_events, n_items, pop
-        )
+        res = evaluate(ranker_from_scorer(model.scorer, ec.exclude_seen), test_events, n_items, pop)
         results[model.name] = {"params": model.params, **res.summary, "tuning": info["tried"]}
         raw[model.name] = res
         log(

@@ -119,7 +119,8 @@ class Baseline:
     @property
     def scorer(self):
         """What the evaluator calls: the sparse scores where the method has them."""
-        return self.sparse_scores if type(self).sparse_scores is not Baseline.sparse_scores else self.score
+        has_sparse = type(self).sparse_scores is not Baseline.sparse_scores
+        return self.sparse_scores if has_sparse else self.score
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.params.items())

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import numpy as np
-import scipy.sparse as sp
 import pandas as pd
+import scipy.sparse as sp
 
 from lastfm.data import Events, recent
 
@@ -160,9 +160,9 @@ def topk_sparse(scores, k: int = TOPK) -> np.ndarray:
     if (n_pos < k).any():
         cand = np.arange(1, min(2 * k, width - 1) + 1)  # (C,) enough unless all are positive
         keys = np.sort(r * width + c)
-        taken = np.isin(
-            (np.arange(b)[:, None] * width + cand[None, :]).ravel(), keys
-        ).reshape(b, -1)
+        taken = np.isin((np.arange(b)[:, None] * width + cand[None, :]).ravel(), keys).reshape(
+            b, -1
+        )
         free_rank = np.cumsum(~taken, axis=1) - 1  # (B, C) rank among free candidates
         slot = n_pos[:, None] + free_rank
         put = ~taken & (slot < k)

@@ -13,7 +13,8 @@ from lastfm.metrics import target_ranks
 def dense_ranks(base, targets, succ, add):
     s = base.copy()
     rows = np.repeat(np.arange(len(base)), succ.shape[1])
-    np.add.at(s, (rows, succ.ravel()), np.where(succ.ravel() > 0, add.ravel(), 0).astype(np.float32))
+    values = np.where(succ.ravel() > 0, add.ravel(), 0).astype(np.float32)
+    np.add.at(s, (rows, succ.ravel()), values)
     return target_ranks(s, targets)
 
 
