@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from lastfm import baselines as bl
 from lastfm import common
@@ -117,10 +118,10 @@ def tune_baselines(
     for grid in bl.GRIDS:
         if grid.cls.name not in names:
             continue
-        best, best_key, tried = None, None, []
+        best, best_key, tried, prev = None, None, [], None
         for params in grid.values:
-            model = grid.cls(**params).fit(train, n_items)
-            res = evaluate(ranker_from_scorer(model.scorer), valid_events, n_items)
+            model = prev = grid.cls(**params).fit(train, n_items, like=prev)
+            res = evaluate(ranker_from_scorer(model.scorer, with_topk=False), valid_events, n_items)
             key = (res.summary["MRR@20"], res.summary["HR@20"])
             tried.append({"params": params, "MRR@20": key[0], "HR@20": key[1]})
             if best_key is None or key > best_key:
@@ -154,15 +155,15 @@ def baseline_ensemble(chosen, train, valid: Events, n_items: int, ec: EvalConfig
     best, _ = max(cands, key=lambda c: max(t["MRR@20"] for t in c[1]["tried"]))
 
     def base_scores(prefixes, lengths, times):
-        s = np.asarray(
-            best.score(prefixes, lengths, times)
-            if best.needs_times
-            else best.score(prefixes, lengths),
-            np.float32,
-        ).copy()
-        s[:, 0] = 0.0
-        top = s.max(axis=1, keepdims=True)
-        return s / np.where(top > 0, top, 1.0)
+        """The base's sparse scores, column 0 dropped, each row scaled to a maximum of 1."""
+        s = best.sparse_scores(prefixes, lengths, times).tocsr().astype(np.float32)
+        s.data[s.indices == 0] = 0.0
+        s.eliminate_zeros()
+        top = np.asarray(s.max(axis=1).todense(), np.float32).ravel()
+        s.data /= np.where(top > 0, top, np.float32(1.0))[
+            np.repeat(np.arange(s.shape[0]), np.diff(s.indptr))
+        ]
+        return s
 
     trans = hybrid.Transitions.from_train(train, n_items, ec.transitions)
     times = valid.times if valid.times is not None else np.zeros(len(valid))
@@ -185,8 +186,7 @@ def baseline_ensemble(chosen, train, valid: Events, n_items: int, ec: EvalConfig
     def scorer(prefixes, lengths, times=None):
         s = base_scores(prefixes, lengths, times)
         idx, add = trans.boost(recent(prefixes, lengths, ec.prefix_len))
-        np.add.at(s, (idx[:, 0], idx[:, 1]), add)
-        return s
+        return s + sp.csr_matrix((add, (idx[:, 0], idx[:, 1])), shape=s.shape)
 
     scorer.needs_times = True
     return best.name + ENSEMBLE, ranker_from_scorer(scorer, ec.exclude_seen), record

@@ -45,6 +45,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from lastfm.metrics import SharedPlusSparse
+
 
 def _last_items(prefixes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return prefixes[np.arange(len(prefixes)), np.maximum(lengths - 1, 0)]
@@ -93,12 +95,16 @@ class Baseline:
     params: dict = {}
     needs_times = False  # score() takes the time of each prefix's last play
 
-    def fit(self, train: pd.DataFrame, n_items: int) -> Baseline:
+    def fit(self, train: pd.DataFrame, n_items: int, like: Baseline | None = None) -> Baseline:
+        """Fit on ``train``; ``like``: a model of the same kind already fitted on the same
+        data, whose parameter-free structures are reused (a grid's earlier point)."""
         self.n_items = n_items
+        self._like = like if type(like) is type(self) and like.n_items == n_items else None
         pop = np.bincount(train["item_idx"].to_numpy(), minlength=n_items + 1).astype(np.float64)
         pop[0] = 0
         self.pop = pop
         self._fit(train)
+        self._like = None  # not kept: a grid would hold every earlier point
         return self
 
     def _fit(self, train: pd.DataFrame) -> None:
@@ -111,9 +117,10 @@ class Baseline:
             raise NotImplementedError
         return sparse.toarray()
 
-    def sparse_scores(self, prefixes, lengths, times=None) -> sp.csr_matrix | None:
-        """The same scores as a float32 CSR matrix whose absent entries are 0, for the
-        methods that score few tracks per prefix (None for the others)."""
+    def sparse_scores(self, prefixes, lengths, times=None):
+        """The same scores as a float32 CSR matrix whose absent entries are 0 (the methods
+        that score few tracks per prefix), or as ``SharedPlusSparse`` (a vector all rows
+        share plus a sparse part); None where the method has neither."""
         return None
 
     @property
@@ -146,6 +153,10 @@ class Pop(Baseline):
     def score(self, prefixes, lengths, times=None):
         return np.broadcast_to(self.pop.astype(np.float32), (len(prefixes), len(self.pop)))
 
+    def sparse_scores(self, prefixes, lengths, times=None):
+        empty = sp.csr_matrix((len(prefixes), len(self.pop)), dtype=np.float32)
+        return SharedPlusSparse(self.pop.astype(np.float32), empty)
+
 
 class SessionPop(Baseline):
     name = "S-POP"
@@ -156,6 +167,16 @@ class SessionPop(Baseline):
         np.add.at(out, (rows, prefixes.ravel()), 1.0)
         out[:, 0] = 0
         return out + self.pop[None, :] / (self.pop.max() + 1)  # float64: its own tie-break
+
+    def sparse_scores(self, prefixes, lengths, times=None):
+        rows = np.repeat(np.arange(len(prefixes)), prefixes.shape[1])
+        items = prefixes.ravel()
+        real = items > 0
+        counts = sp.csr_matrix(
+            (np.ones(int(real.sum())), (rows[real], items[real])),
+            shape=(len(prefixes), self.n_items + 1),
+        )
+        return SharedPlusSparse(self.pop / (self.pop.max() + 1), counts)
 
 
 class SequentialRules(LastItemBaseline):
@@ -288,7 +309,8 @@ class SessionKNN(Baseline):
     """The neighbourhood search V-SKNN and VSTAN share (see the module docstring)."""
 
     def _fit(self, train):
-        self.sessions = TrainingSessions(train, self.n_items)
+        like = self._like
+        self.sessions = like.sessions if like is not None else TrainingSessions(train, self.n_items)
 
     def _query(self, prefixes, lengths, weight):
         return _prefix_weights(prefixes, lengths, weight, self.n_items)
@@ -307,15 +329,21 @@ class SessionKNN(Baseline):
 
     def _shared_position(self, prefixes, lengths, rows, sess):
         """For neighbour pairs (row, session): the 1-based prefix position of the most
-        recent prefix item the session holds (0 if none)."""
+        recent prefix item the session holds (0 if none). Walks back from each prefix's
+        last item and stops for a pair at its first hit."""
         best = np.zeros(len(rows), np.int64)
         base = sess * (self.n_items + 1)
-        for j in range(prefixes.shape[1]):
-            ok = j < lengths[rows]
-            if not ok.any():
+        todo = np.arange(len(rows))
+        last = lengths[rows] - 1
+        for d in range(prefixes.shape[1]):
+            idx = last[todo] - d
+            ok = idx >= 0
+            todo, idx = todo[ok], idx[ok]
+            if not len(todo):
                 break
-            member = ok & _in_sorted(self.sessions.keys, base + prefixes[rows, j])
-            best[member] = j + 1
+            member = _in_sorted(self.sessions.keys, base[todo] + prefixes[rows[todo], idx])
+            best[todo[member]] = idx[member] + 1
+            todo = todo[~member]
         return best
 
 

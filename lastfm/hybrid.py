@@ -167,6 +167,31 @@ def batch_candidates(base, targets: np.ndarray, succ: np.ndarray, ops, m: int = 
     }
 
 
+def sparse_batch_candidates(base, targets: np.ndarray, succ: np.ndarray, m: int = TOPK + 1):
+    """``batch_candidates`` of non-negative CSR scores (absent = 0), without densifying."""
+    from lastfm.metrics import topk_sparse
+
+    csr = base.tocsr()
+    csr.sum_duplicates()
+    b, width = csr.shape
+    top_ids = topk_sparse(csr, m)
+    rows = np.arange(b)[:, None]
+    top_vals = np.asarray(csr[rows, top_ids].todense(), dtype=csr.dtype)
+    m_th = top_vals[:, -1]
+    r = np.repeat(np.arange(b), np.diff(csr.indptr))
+    real = csr.indices > 0
+    r, vals = r[real], csr.data[real]
+    stored_eq = np.bincount(r, weights=vals == m_th[r], minlength=b).astype(np.int64)
+    absent = (width - 1) - np.bincount(r, minlength=b)
+    return {
+        "top_vals": top_vals,
+        "top_ids": top_ids,
+        "succ_vals": np.asarray(csr[rows, succ].todense(), dtype=csr.dtype),
+        "target_vals": np.asarray(csr[np.arange(b), targets], dtype=csr.dtype).ravel(),
+        "m_th_ties": stored_eq + np.where(m_th == 0, absent, 0),
+    }
+
+
 def candidate_ranks(c: dict, targets: np.ndarray, succ: np.ndarray, add: np.ndarray) -> np.ndarray:
     """Average ranks (B,) of ``targets`` after adding ``add`` (B, K) to the columns ``succ``
     (B, K, distinct per row; 0 = empty slot), exact wherever the rank is below the number
@@ -211,11 +236,11 @@ def fit_scores(
     """Choose ``transitions``' two weights on validation MRR@20 for a scorer
     ``scores(x, batch_slice) -> (B, V+1)`` (``ops``: keras.ops or ``numpy_ops()``).
 
-    Ties go to the first grid point, so (0, 0), the scorer alone, unless a hybrid is
-    better. Each validation batch is scored once for the whole grid, and its ranks
-    under every grid point come from a few candidate columns (``candidate_ranks``:
-    exact at the cutoffs the choice uses). Sets the chosen weights; returns what a
-    ``config.json`` records.
+    Non-negative sparse scores (a CSR matrix) stay sparse. Ties go to the first grid
+    point, so (0, 0), the scorer alone, unless a hybrid is better. Each validation
+    batch is scored once for the whole grid, and its ranks under every grid point come
+    from a few candidate columns (``candidate_ranks``: exact at the cutoffs the choice
+    uses). Sets the chosen weights; returns what a ``config.json`` records.
     """
     grid = [(w, v) for w in weights for v in pop_weights]
     ranks = np.zeros((len(grid), len(valid)), np.float64)
@@ -225,7 +250,11 @@ def fit_scores(
         targets = valid.targets[sl]
         last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
         succ = transitions.ids[last].astype(np.int64)
-        c = batch_candidates(scores(x, sl), targets, succ, ops, min(TOPK + 1, n_items))
+        base, m = scores(x, sl), min(TOPK + 1, n_items)
+        if sp.issparse(base):
+            c = sparse_batch_candidates(base, targets, succ, m)
+        else:
+            c = batch_candidates(base, targets, succ, ops, m)
         for g, (w, v) in enumerate(grid):
             _, add = transitions.boost(x, w, v)
             ranks[g, sl] = candidate_ranks(c, targets, succ, add.reshape(succ.shape))

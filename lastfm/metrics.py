@@ -138,6 +138,68 @@ def rank_counts_sparse(scores, targets: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.where(nan, width - 2, higher), np.where(nan, 0, ties)
 
 
+@dataclass
+class SharedPlusSparse:
+    """Scores of a batch as one vector every row shares plus sparse per-row additions
+    (POP: popularity alone; S-POP: the session's counts on top of it)."""
+
+    shared: np.ndarray  # (V+1,)
+    extra: sp.csr_matrix  # (B, V+1), absent = 0
+
+    def toarray(self) -> np.ndarray:
+        return self.extra.toarray() + self.shared[None, :]
+
+
+def rank_counts_shared(scores: SharedPlusSparse, targets: np.ndarray):
+    """``rank_counts`` of shared + sparse scores: the shared vector's order is sorted once,
+    each row's stored entries correct it. Column 0 (padding) never counts."""
+    u = scores.shared
+    m = scores.extra.tocsr()
+    m.sum_duplicates()
+    b, width = m.shape
+    targets = np.asarray(targets)
+    su = np.sort(u[1:])
+    s_t = u[targets] + np.asarray(m[np.arange(b), targets]).ravel().astype(u.dtype)
+    right = np.searchsorted(su, s_t, side="right")
+    higher = (width - 1) - right
+    ties = right - np.searchsorted(su, s_t, side="left") - 1
+    rows = np.repeat(np.arange(b), np.diff(m.indptr))
+    real = m.indices > 0
+    rows, cols, e = rows[real], m.indices[real], m.data[real].astype(u.dtype)
+    old, new, st = u[cols], u[cols] + e, s_t[rows]
+    higher = higher + np.bincount(rows, weights=(new > st).astype(int) - (old > st), minlength=b)
+    ties = ties + np.bincount(rows, weights=(new == st).astype(int) - (old == st), minlength=b)
+    return higher.astype(np.int64), ties.astype(np.int64)
+
+
+def topk_shared(scores: SharedPlusSparse, k: int = TOPK) -> np.ndarray:
+    """Top-k ids of shared + sparse scores (ties: lower id): among each row's stored
+    entries and the shared vector's best ``k`` + (most stored entries in a row)."""
+    m = scores.extra.tocsr()
+    m.sum_duplicates()
+    b, width = m.shape
+    k = min(k, width - 1)
+    per_row = np.diff(m.indptr)
+    extra_n = int(per_row.max(initial=0))
+    u = scores.shared
+    n_best = min(width - 1, k + extra_n)
+    best = np.lexsort((np.arange(1, width), -u[1:]))[:n_best] + 1  # (n_best,) ids
+    stored = np.zeros((b, max(extra_n, 1)), np.int64)
+    rank_in_row = np.arange(m.nnz) - np.repeat(m.indptr[:-1], per_row)
+    stored[np.repeat(np.arange(b), per_row), rank_in_row] = m.indices
+    cand = np.concatenate([np.broadcast_to(best, (b, n_best)), stored], axis=1)
+    vals = u[cand] + np.asarray(m[np.arange(b)[:, None], cand].todense()).astype(u.dtype)
+    dup = np.zeros(cand.shape, bool)  # keep one copy of each id per row
+    order = np.argsort(cand, axis=1, kind="stable")
+    sc = np.take_along_axis(cand, order, axis=1)
+    dup_sorted = np.zeros_like(dup)
+    dup_sorted[:, 1:] = sc[:, 1:] == sc[:, :-1]
+    np.put_along_axis(dup, order, dup_sorted, axis=1)
+    vals = np.where(dup | (cand <= 0), -np.inf, vals)
+    pick = np.lexsort((cand, -vals), axis=1)[:, :k]
+    return np.take_along_axis(cand, pick, axis=1)
+
+
 def topk_sparse(scores, k: int = TOPK) -> np.ndarray:
     """Top-k ids (B, k) of a CSR matrix of non-negative scores (absent = 0), best first:
     the positive entries by score (ties: lower id), then the lowest ids scoring 0 (the
@@ -177,31 +239,45 @@ Scorer = Callable[..., np.ndarray]
 Ranker = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
-def ranker_from_scorer(scorer: Scorer, exclude_seen: bool = False) -> Ranker:
+def ranker_from_scorer(
+    scorer: Scorer, exclude_seen: bool = False, with_topk: bool = True
+) -> Ranker:
     """The numpy ranker of a scorer (B, V+1 scores per batch of prefixes). A scorer with
     ``needs_times`` (or the method of an object with it) also gets the prefixes' last
-    times. Sparse non-negative scores (a CSR matrix, absent = 0) are ranked without
-    densifying them (``rank_counts_sparse``, ``topk_sparse``): the same ranks."""
+    times. Sparse non-negative scores (a CSR matrix, absent = 0) and shared + sparse
+    scores (``SharedPlusSparse``) are ranked without densifying them: the same ranks.
+    ``with_topk=False``: ranks only (the top-k lists come back empty)."""
     needs_times = getattr(scorer, "needs_times", False) or getattr(
         getattr(scorer, "__self__", None), "needs_times", False
     )
 
     def rank(prefixes, lengths, targets, times=None):
         s = scorer(prefixes, lengths, times) if needs_times else scorer(prefixes, lengths)
+        if isinstance(s, SharedPlusSparse) and not exclude_seen:
+            if np.isfinite(s.shared).all() and np.isfinite(s.extra.data).all():
+                top = topk_shared(s) if with_topk else no_topk(len(targets))
+                return (*rank_counts_shared(s, targets), top)
         if sp.issparse(s) and not exclude_seen and s.dtype in (np.float32, np.float64):
             data = s.tocsr().data
             if not (data < 0).any() and not np.isnan(data).any():
-                return (*rank_counts_sparse(s, targets), topk_sparse(s))
-        s = s.toarray() if sp.issparse(s) else np.asarray(s)
+                top = topk_sparse(s) if with_topk else no_topk(len(targets))
+                return (*rank_counts_sparse(s, targets), top)
+        s = s.toarray() if isinstance(s, SharedPlusSparse) or sp.issparse(s) else np.asarray(s)
         # A copy (column 0 and seen tracks are overwritten) in the scorer's own float
         # precision (float32 stays: upcasting adds no information and slows the evaluator).
         scores = s.astype(s.dtype if s.dtype in (np.float32, np.float64) else np.float64)
         scores[:, 0] = -np.inf
         if exclude_seen:
             scores[seen_indices(prefixes)] = -np.inf
-        return (*rank_counts(scores, targets), topk_from_scores(scores))
+        top = topk_from_scores(scores) if with_topk else no_topk(len(targets))
+        return (*rank_counts(scores, targets), top)
 
     return rank
+
+
+def no_topk(n: int) -> np.ndarray:
+    """Placeholder lists (all 0) where only ranks are wanted (tuning)."""
+    return np.zeros((n, TOPK), np.int64)
 
 
 def device_ranker(model, exclude_seen: bool = False, boost=None) -> Ranker:

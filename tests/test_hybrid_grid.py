@@ -74,3 +74,22 @@ def test_fit_scores_chooses_as_the_dense_grid_would():
             if best is None or mrr > best[0]:
                 best = (mrr, w, v)
     assert (rec["valid_MRR@20"], rec["weight"], rec["pop_weight"]) == best
+
+
+def test_sparse_candidates_rank_as_dense_ones():
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(4)
+    b, v, k = 200, 80, 5
+    base = (rng.integers(0, 3, size=(b, v + 1)) * (rng.random((b, v + 1)) < 0.1)).astype(np.float32)
+    base[:, 0] = 0.0
+    base[:20] = 0.0  # rows without any score: the 21st best is a zero
+    targets = rng.integers(1, v + 1, size=b)
+    succ = np.stack([rng.permutation(np.arange(1, v + 1))[:k] for _ in range(b)])
+    add = rng.integers(0, 3, size=(b, k)).astype(np.float32)
+    dense_c = hybrid.batch_candidates(base, targets, succ, hybrid.numpy_ops())
+    sparse_c = hybrid.sparse_batch_candidates(sp.csr_matrix(base), targets, succ)
+    want = hybrid.candidate_ranks(dense_c, targets, succ, add)
+    got = hybrid.candidate_ranks(sparse_c, targets, succ, add)
+    assert np.array_equal(got, want)
+    assert np.array_equal(got[want <= 20], dense_ranks(base, targets, succ, add)[want <= 20])

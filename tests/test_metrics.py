@@ -149,3 +149,51 @@ def test_sparse_ranking_equals_dense_ranking_with_ties():
         assert len(set(top[i].tolist())) == 20 and 0 not in top[i]
         zeros = top[i][n_pos:]
         assert np.array_equal(zeros, np.sort(zeros)) and (ref[i, zeros] == 0).all()
+
+
+def test_shared_plus_sparse_ranks_as_dense_and_pop_baselines_use_it():
+    import pandas as pd
+    import scipy.sparse as sp
+
+    from lastfm import baselines as bl
+    from lastfm.metrics import (
+        SharedPlusSparse,
+        evaluate,
+        rank_counts,
+        rank_counts_shared,
+        ranker_from_scorer,
+        topk_shared,
+    )
+
+    rng = np.random.default_rng(9)
+    b, v = 120, 200
+    shared = rng.integers(0, 5, size=v + 1).astype(np.float64) / 8  # many ties
+    extra = sp.random(b, v + 1, density=0.03, random_state=1, format="csr")
+    extra.data = np.ceil(extra.data * 3)
+    scores = SharedPlusSparse(shared, extra)
+    targets = rng.integers(1, v + 1, size=b)
+    ref = scores.toarray()
+    ref[:, 0] = -np.inf
+    for got, want in zip(rank_counts_shared(scores, targets), rank_counts(ref, targets)):
+        assert np.array_equal(got, want)
+    top = topk_shared(scores)
+    for i in range(b):
+        want = sorted(ref[i, 1:], reverse=True)[:20]
+        assert np.array_equal(ref[i, top[i]], want) and len(set(top[i].tolist())) == 20
+    # POP and S-POP rank the same through their shared + sparse scores as densely.
+    train = pd.DataFrame(
+        {"session_id": np.repeat(np.arange(60), 5), "item_idx": rng.integers(1, 40, size=300)}
+    )
+    prefixes = rng.integers(0, 40, size=(50, 6))
+    prefixes[:, 0] = np.maximum(prefixes[:, 0], 1)
+    from lastfm.data import Events
+
+    ev = Events(
+        prefixes, (prefixes > 0).sum(1), rng.integers(1, 40, 50), np.arange(50), np.ones(50)
+    )
+    ev.prefixes = np.array([np.r_[p[p > 0], p[p == 0]] for p in prefixes])
+    for m in (bl.Pop().fit(train, 40), bl.SessionPop().fit(train, 40)):
+        fast = evaluate(ranker_from_scorer(m.scorer), ev, 40)
+        slow = evaluate(ranker_from_scorer(m.score), ev, 40)
+        assert m.scorer == m.sparse_scores
+        assert np.array_equal(fast.higher, slow.higher) and np.array_equal(fast.ties, slow.ties)
