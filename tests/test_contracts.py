@@ -230,3 +230,16 @@ def test_an_old_saved_model_asks_for_retraining(tmp_path):
     )
     with pytest.raises(PipelineError, match="retrain"):
         load_trained(tmp_path)
+
+
+def test_results_doc_builds_from_every_results_file_but_the_fidelity_report():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_results", ROOT / "docs" / "build_results.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = mod.build()
+    for p in (ROOT / "results").glob("*.json"):
+        assert (f"`results/{p.name}`" in text) == (p.stem != "fidelity"), p.name
