@@ -349,8 +349,7 @@ def _session_starts(
     end = END_TS - (0 if rng.random() < cfg.to_end else rng.uniform(0.0, 0.5) * span)
     follows = rng.random(n_sess) < cfg.short_breaks
     follows[0] = False
-    opens = np.flatnonzero(~follows)
-    n_days = len(opens)
+    n_days = int((~follows).sum())
     # Listening days: distinct while there are enough, weighted by growth toward
     # the end and a random intensity per month.
     first_day = np.floor((end - span) / DAY)
