@@ -483,7 +483,12 @@ def simulate(cfg: SynthConfig) -> tuple[Catalogue, list[tuple[np.ndarray, np.nda
 
 
 def generate(out: Path, cfg: SynthConfig, archive: bool = False) -> dict:
-    """Write the synthetic dataset under ``out``; return its summary."""
+    """Write the synthetic dataset under ``out``; return its summary.
+
+    ``synth_meta.json`` is removed first and written last: a killed run leaves no
+    summary beside a partial dataset (``bench/fidelity.py`` trusts data with one).
+    """
+    Path(out, "synth_meta.json").unlink(missing_ok=True)
     cat, histories = simulate(cfg)
     rng = np.random.default_rng([cfg.seed, 1])
     root = Path(out) / "lastfm-dataset-1K"

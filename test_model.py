@@ -42,6 +42,7 @@ from lastfm.metrics import (
     EvalResult,
     bootstrap_ci,
     by_prefix_length,
+    csr_rows,
     evaluate,
     ranker_from_scorer,
     segment_table,
@@ -160,9 +161,7 @@ def baseline_ensemble(chosen, train, valid: Events, n_items: int, ec: EvalConfig
         s.data[s.indices == 0] = 0.0
         s.eliminate_zeros()
         top = np.asarray(s.max(axis=1).todense(), np.float32).ravel()
-        s.data /= np.where(top > 0, top, np.float32(1.0))[
-            np.repeat(np.arange(s.shape[0]), np.diff(s.indptr))
-        ]
+        s.data /= np.where(top > 0, top, np.float32(1.0))[csr_rows(s)]
         return s
 
     trans = hybrid.Transitions.from_train(train, n_items, ec.transitions)

@@ -55,8 +55,7 @@ def raw_plays(tsv: Path) -> dict[str, np.ndarray]:
     user, ts, artist = enc["user_id"], enc["ts_s"], enc["artist_name"]
     rev = np.arange(len(ts))[::-1]  # the file lists each user's plays newest first
     order = rev[np.lexsort((ts[rev], user[rev]))]
-    _, track = np.unique(track[order], return_inverse=True)
-    return {"user": user[order], "ts": ts[order], "artist": artist[order], "track": track}
+    return {"user": user[order], "ts": ts[order], "artist": artist[order], "track": track[order]}
 
 
 def population(layout: Layout) -> list[dict]:
@@ -258,7 +257,8 @@ def main(argv=None) -> int:
     tsv = synth_dir / "lastfm-dataset-1K" / synth.TSV_NAME
     cfg = synth.SynthConfig()
     meta_path = synth_dir / "synth_meta.json"
-    stale = not tsv.exists() or read_json(meta_path)["config"] != synth.asdict(cfg)
+    # synth.generate writes its summary last: without one the data may be partial.
+    stale = not meta_path.exists() or read_json(meta_path)["config"] != synth.asdict(cfg)
     if args.regenerate or stale:
         log(f"generating the full-scale synthetic data into {synth_dir}")
         synth.generate(synth_dir, cfg)

@@ -161,13 +161,6 @@ class Pop(Baseline):
 class SessionPop(Baseline):
     name = "S-POP"
 
-    def score(self, prefixes, lengths, times=None):
-        out = np.zeros((len(prefixes), self.n_items + 1), np.float64)
-        rows = np.repeat(np.arange(len(prefixes)), prefixes.shape[1])
-        np.add.at(out, (rows, prefixes.ravel()), 1.0)
-        out[:, 0] = 0
-        return out + self.pop[None, :] / (self.pop.max() + 1)  # float64: its own tie-break
-
     def sparse_scores(self, prefixes, lengths, times=None):
         rows = np.repeat(np.arange(len(prefixes)), prefixes.shape[1])
         items = prefixes.ravel()
@@ -176,6 +169,7 @@ class SessionPop(Baseline):
             (np.ones(int(real.sum())), (rows[real], items[real])),
             shape=(len(prefixes), self.n_items + 1),
         )
+        # The session's counts, then popularity below 1 (float64): its own tie-break.
         return SharedPlusSparse(self.pop / (self.pop.max() + 1), counts)
 
 

@@ -72,7 +72,7 @@ def behaviour(
     same_artist = (artist[1:] == artist[:-1])[inner]
     repeat = (track[1:] == track[:-1])[inner]
     seen = pd.DataFrame({"u": user, "t": track}).duplicated().to_numpy()
-    windows = np.bincount(user[session_starts(user, ts, "window", gap_s)], minlength=n_users)
+    windows = fixed_window_sessions(user, ts, gap_s // 60)
     hour = (ts // 3600) % 24
     by_hour = np.bincount(user * 24 + hour, minlength=n_users * 24).reshape(n_users, 24)
     top4 = np.sort(by_hour, axis=1)[:, -4:].sum(axis=1)

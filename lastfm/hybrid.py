@@ -25,7 +25,7 @@ import scipy.sparse as sp
 from lastfm.baselines import SequentialRules
 from lastfm.common import PipelineError, log, markdown_table
 from lastfm.data import Events, recent
-from lastfm.metrics import TOPK, device_logits, metric_values
+from lastfm.metrics import TOPK, csr_rows, device_logits, metric_values, topk_sparse
 
 TABLE = "transitions.npz"
 # Doubling grids wide enough to hold the limits: the model alone (0, 0); the counts
@@ -74,14 +74,27 @@ class Transitions:
         self, x: np.ndarray, weight: float | None = None, pop_weight: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Scatter indices (B*K, 2) and values (B*K,) for prefixes ``x`` (B, L)."""
-        w = self.weight if weight is None else weight
-        v = self.pop_weight if pop_weight is None else pop_weight
-        last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
-        succ, cnt = self.ids[last], self.counts[last]  # (B, K)
+        succ, log_counts, log_plays = self.successors(x)
         rows = np.repeat(np.arange(len(x)), succ.shape[1])
         idx = np.stack([rows, succ.ravel()], axis=1).astype(np.int32)
-        add = (w * np.log1p(cnt) + v * np.log1p(self.plays[succ])) * (succ > 0)
-        return idx, add.ravel().astype(np.float32)
+        return idx, self.boost_values(log_counts, log_plays, weight, pop_weight).ravel()
+
+    def successors(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The last track's successors (B, K) (0 = empty slot) in prefixes ``x`` (B, L),
+        with log(1 + count) and log(1 + plays) of each (0 in empty slots)."""
+        last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
+        succ, cnt = self.ids[last], self.counts[last]  # (B, K)
+        filled = succ > 0
+        return succ, np.log1p(cnt) * filled, np.log1p(self.plays[succ]) * filled
+
+    def boost_values(
+        self, log_counts, log_plays, weight: float | None = None, pop_weight: float | None = None
+    ) -> np.ndarray:
+        """The added scores (B, K) float32 of ``successors``' terms under the weights
+        (default: the chosen ones)."""
+        w = self.weight if weight is None else weight
+        v = self.pop_weight if pop_weight is None else pop_weight
+        return (w * log_counts + v * log_plays).astype(np.float32)
 
     def active(self) -> bool:
         return bool(self.weight or self.pop_weight)
@@ -169,8 +182,6 @@ def batch_candidates(base, targets: np.ndarray, succ: np.ndarray, ops, m: int = 
 
 def sparse_batch_candidates(base, targets: np.ndarray, succ: np.ndarray, m: int = TOPK + 1):
     """``batch_candidates`` of non-negative CSR scores (absent = 0), without densifying."""
-    from lastfm.metrics import topk_sparse
-
     csr = base.tocsr()
     csr.sum_duplicates()
     b, width = csr.shape
@@ -178,7 +189,7 @@ def sparse_batch_candidates(base, targets: np.ndarray, succ: np.ndarray, m: int 
     rows = np.arange(b)[:, None]
     top_vals = np.asarray(csr[rows, top_ids].todense(), dtype=csr.dtype)
     m_th = top_vals[:, -1]
-    r = np.repeat(np.arange(b), np.diff(csr.indptr))
+    r = csr_rows(csr)
     real = csr.indices > 0
     r, vals = r[real], csr.data[real]
     stored_eq = np.bincount(r, weights=vals == m_th[r], minlength=b).astype(np.int64)
@@ -201,7 +212,6 @@ def candidate_ranks(c: dict, targets: np.ndarray, succ: np.ndarray, add: np.ndar
     target or tie with it, unless the target falls below the m-th best base score (then
     m columns beat it) or ties with it (then the other columns at that score tie too).
     """
-    n, m = c["top_ids"].shape
     t_add = ((succ == targets[:, None]) * add).sum(axis=1)
     s_t = c["target_vals"] + t_add.astype(np.float32)
     cols = np.concatenate([c["top_ids"], succ], axis=1)  # (B, m+K)
@@ -248,16 +258,16 @@ def fit_scores(
         sl = slice(start, start + batch_size)
         x = recent(valid.prefixes[sl], valid.lengths[sl], input_len)
         targets = valid.targets[sl]
-        last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
-        succ = transitions.ids[last].astype(np.int64)
+        succ, log_counts, log_plays = transitions.successors(x)
+        succ = succ.astype(np.int64)
         base, m = scores(x, sl), min(TOPK + 1, n_items)
         if sp.issparse(base):
             c = sparse_batch_candidates(base, targets, succ, m)
         else:
             c = batch_candidates(base, targets, succ, ops, m)
         for g, (w, v) in enumerate(grid):
-            _, add = transitions.boost(x, w, v)
-            ranks[g, sl] = candidate_ranks(c, targets, succ, add.reshape(succ.shape))
+            add = transitions.boost_values(log_counts, log_plays, w, v)
+            ranks[g, sl] = candidate_ranks(c, targets, succ, add)
     rows = []
     for g, (w, v) in enumerate(grid):
         m = metric_values(ranks[g])

@@ -116,6 +116,11 @@ def topk_from_scores(scores: np.ndarray, k: int = TOPK, block: int = 128) -> np.
     return np.take_along_axis(np.take_along_axis(cand, part, axis=1), order, axis=1) + 1
 
 
+def csr_rows(m) -> np.ndarray:
+    """The row of each stored entry of a CSR matrix."""
+    return np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+
+
 def rank_counts_sparse(scores, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``rank_counts`` of a CSR matrix (B, V+1) whose absent entries score 0, in time
     proportional to its stored entries: the absent columns are counted, not compared.
@@ -124,9 +129,8 @@ def rank_counts_sparse(scores, targets: np.ndarray) -> tuple[np.ndarray, np.ndar
     m.sum_duplicates()
     b, width = m.shape
     targets = np.asarray(targets)
-    rows = np.repeat(np.arange(b), np.diff(m.indptr))
     real = m.indices > 0
-    rows, vals = rows[real], m.data[real]
+    rows, vals = csr_rows(m)[real], m.data[real]
     t_val = np.asarray(m[np.arange(b), targets]).ravel().astype(m.dtype)
     tv = t_val[rows]
     gt = np.bincount(rows, weights=vals > tv, minlength=b).astype(np.int64)
@@ -163,9 +167,8 @@ def rank_counts_shared(scores: SharedPlusSparse, targets: np.ndarray):
     right = np.searchsorted(su, s_t, side="right")
     higher = (width - 1) - right
     ties = right - np.searchsorted(su, s_t, side="left") - 1
-    rows = np.repeat(np.arange(b), np.diff(m.indptr))
     real = m.indices > 0
-    rows, cols, e = rows[real], m.indices[real], m.data[real].astype(u.dtype)
+    rows, cols, e = csr_rows(m)[real], m.indices[real], m.data[real].astype(u.dtype)
     old, new, st = u[cols], u[cols] + e, s_t[rows]
     higher = higher + np.bincount(rows, weights=(new > st).astype(int) - (old > st), minlength=b)
     ties = ties + np.bincount(rows, weights=(new == st).astype(int) - (old == st), minlength=b)
@@ -179,23 +182,23 @@ def topk_shared(scores: SharedPlusSparse, k: int = TOPK) -> np.ndarray:
     m.sum_duplicates()
     b, width = m.shape
     k = min(k, width - 1)
-    per_row = np.diff(m.indptr)
-    extra_n = int(per_row.max(initial=0))
     u = scores.shared
-    n_best = min(width - 1, k + extra_n)
-    best = np.lexsort((np.arange(1, width), -u[1:]))[:n_best] + 1  # (n_best,) ids
-    stored = np.zeros((b, max(extra_n, 1)), np.int64)
-    rank_in_row = np.arange(m.nnz) - np.repeat(m.indptr[:-1], per_row)
-    stored[np.repeat(np.arange(b), per_row), rank_in_row] = m.indices
-    cand = np.concatenate([np.broadcast_to(best, (b, n_best)), stored], axis=1)
-    vals = u[cand] + np.asarray(m[np.arange(b)[:, None], cand].todense()).astype(u.dtype)
-    dup = np.zeros(cand.shape, bool)  # keep one copy of each id per row
-    order = np.argsort(cand, axis=1, kind="stable")
-    sc = np.take_along_axis(cand, order, axis=1)
-    dup_sorted = np.zeros_like(dup)
-    dup_sorted[:, 1:] = sc[:, 1:] == sc[:, :-1]
-    np.put_along_axis(dup, order, dup_sorted, axis=1)
-    vals = np.where(dup | (cand <= 0), -np.inf, vals)
+    per_row = np.diff(m.indptr)
+    n_stored = max(int(per_row.max(initial=0)), 1)
+    best = np.lexsort((np.arange(1, width), -u[1:]))[: min(width - 1, k + n_stored)] + 1
+    # Each row's stored entries (B, n_stored), with their summed scores; -inf pads.
+    stored = np.zeros((b, n_stored), np.int64)
+    stored_vals = np.full((b, n_stored), -np.inf)
+    rows, slot = csr_rows(m), np.arange(m.nnz) - np.repeat(m.indptr[:-1], per_row)
+    stored[rows, slot] = m.indices
+    stored_vals[rows, slot] = np.where(
+        m.indices > 0, u[m.indices] + m.data.astype(u.dtype), -np.inf
+    )
+    # The shared best, except where a row's stored entry already holds the id.
+    in_row = (best[None, :, None] == stored[:, None, :]).any(axis=2)
+    best_vals = np.where(in_row, -np.inf, u[best])
+    cand = np.concatenate([np.broadcast_to(best, (b, len(best))), stored], axis=1)
+    vals = np.concatenate([best_vals, stored_vals], axis=1)
     pick = np.lexsort((cand, -vals), axis=1)[:, :k]
     return np.take_along_axis(cand, pick, axis=1)
 
@@ -208,7 +211,7 @@ def topk_sparse(scores, k: int = TOPK) -> np.ndarray:
     m.sum_duplicates()
     b, width = m.shape
     k = min(k, width - 1)
-    rows = np.repeat(np.arange(b), np.diff(m.indptr))
+    rows = csr_rows(m)
     pos = (m.data > 0) & (m.indices > 0)
     r, c, v = rows[pos], m.indices[pos].astype(np.int64), m.data[pos]
     order = np.lexsort((c, -v, r))

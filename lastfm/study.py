@@ -32,7 +32,7 @@ STUDY = {
 # The study's sessions: each user's timeline cut into fixed 20-minute clock windows,
 # counted per month window before any filter; users with >= 6 sessions in 1m.
 STUDY_SESSIONS = {"6m": 448_074, "3m": 325_614, "2m": 259_027, "1m": 173_327}
-STUDY_1M = {"sessions": 173_327, "users": 742, "plays_per_session": 3.4}
+STUDY_1M = {"sessions": STUDY_SESSIONS["1m"], "users": 742, "plays_per_session": 3.4}
 
 # The archive's README.txt ("Data Statistics").
 README = {
