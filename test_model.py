@@ -236,14 +236,21 @@ def events_md5(events: Events, vocab_md5: str, exclude_seen: bool, prefix_len: i
     return h.hexdigest()
 
 
-def save_ranks(path: Path, raw: dict, results: dict, fingerprint: str) -> None:
-    """Per-event ranks and top-20 of every method evaluated, to merge elsewhere."""
+def save_ranks(
+    path: Path, raw: dict, results: dict, fingerprint: str, model_records: dict | None = None
+) -> None:
+    """Per-event ranks and top-20 of every method evaluated, to merge elsewhere; with each
+    network's configuration (``model_records``) so that its seeds group where it merges."""
     names = list(raw)
     meta = {
         "events_md5": fingerprint,
         "methods": names,
         "params": {n: results[n]["params"] for n in names},
         "seconds": {n: raw[n].seconds for n in names},
+        "model_records": {
+            d: [{k: rec.get(k) for k in RECORD_KEYS}, labels]
+            for d, (rec, labels) in (model_records or {}).items()
+        },
     }
     arrays = {}
     for i, n in enumerate(names):
@@ -254,8 +261,11 @@ def save_ranks(path: Path, raw: dict, results: dict, fingerprint: str) -> None:
     np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
-def load_ranks(path: Path, fingerprint: str, events: Events) -> dict[str, tuple[EvalResult, dict]]:
-    """Methods saved by ``--save-ranks``; refuses ranks of other events or protocol."""
+def load_ranks(
+    path: Path, fingerprint: str, events: Events
+) -> tuple[dict[str, tuple[EvalResult, dict]], dict]:
+    """Methods saved by ``--save-ranks`` and the networks' records (as ``model_records``,
+    keyed by the file and folder); refuses ranks of other events or protocol."""
     path = Path(path)
     if not path.exists():
         raise PipelineError(f"--ranks-from {path}: file not found")
@@ -296,7 +306,8 @@ def load_ranks(path: Path, fingerprint: str, events: Events) -> dict[str, tuple[
                     f"--ranks-from {path}: {n} has {len(res.ranks)} events, expected {len(events)}"
                 )
             out[n] = (res, meta["params"][n])
-    return out
+    records = {f"{path}:{d}": tuple(v) for d, v in meta.get("model_records", {}).items()}
+    return out, records
 
 
 def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
@@ -354,10 +365,12 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
             )
     fingerprint = events_md5(test_events, meta["vocab_md5"], ec.exclude_seen, ec.prefix_len)
     if ec.save_ranks:
-        save_ranks(Path(ec.save_ranks), raw, results, fingerprint)
+        save_ranks(Path(ec.save_ranks), raw, results, fingerprint, model_records)
         log(f"saved per-event ranks of {', '.join(raw)} to {ec.save_ranks}")
     for path in ec.ranks_files():
-        for name, (res, params) in load_ranks(path, fingerprint, test_events).items():
+        loaded, records = load_ranks(path, fingerprint, test_events)
+        model_records.update(records)
+        for name, (res, params) in loaded.items():
             if name in raw:
                 if np.array_equal(raw[name].ranks, res.ranks):
                     log(f"{name} (from {path}): same ranks as evaluated here; kept once")
@@ -438,15 +451,23 @@ def paired_diff(results: dict, raw: dict, name: str, other: str, ec: EvalConfig)
     }
 
 
+# What of a trained model's record a --save-ranks file keeps (for its seed group).
+RECORD_KEYS = ("model", "train", "best_epoch", "stopped", "history")
+# Training options that are not part of a configuration: runs differing only in them
+# are seeds of one configuration (a time budget only limits a run; each run's stop and
+# epochs are listed in its group).
+NOT_CONFIGURATION = ("seed", "out", "time_budget", "verbose", "tensorboard")
+
+
 def group_seeds(model_records: dict, results: dict) -> list[dict]:
     """Models whose configurations differ only in their seed, as groups: mean and sd of
     each row (network alone, hybrid) over seeds, and whether its paired difference to the
     best baseline (and to the baseline ensemble) is positive for every seed."""
     groups: dict[str, list] = {}
     for record, labels in model_records.values():
-        train = {k: v for k, v in record["train"].items() if k not in ("seed", "out")}
+        train = {k: v for k, v in record["train"].items() if k not in NOT_CONFIGURATION}
         key = json.dumps({"model": record["model"], "train": train}, sort_keys=True)
-        groups.setdefault(key, []).append((record["train"]["seed"], labels))
+        groups.setdefault(key, []).append((record, labels))
     out = []
     for members in groups.values():
         if len(members) < 2:
@@ -455,7 +476,9 @@ def group_seeds(model_records: dict, results: dict) -> list[dict]:
             rows = [results[labels[variant]] for _, labels in members if len(labels) > variant]
             g = {
                 "rows": [labels[variant] for _, labels in members if len(labels) > variant],
-                "seeds": [seed for seed, _ in members],
+                "seeds": [record["train"]["seed"] for record, _ in members],
+                "epochs": [len(record.get("history") or []) or None for record, _ in members],
+                "stopped": [record.get("stopped") for record, _ in members],
             }
             for m in ("HR@20", "MRR@20"):
                 v = np.array([r[m] for r in rows])
@@ -595,13 +618,20 @@ def extra_markdown(res: dict) -> str:
                     f"{g['HR@20']['mean']:.4f} +- {g['HR@20']['sd']:.4f}",
                     f"{g['MRR@20']['mean']:.4f} +- {g['MRR@20']['sd']:.4f}",
                     "; ".join(holds) or "none",
+                    ", ".join(
+                        f"{e}{' (' + stop + ')' if stop and stop != 'epochs' else ''}"
+                        for e, stop in zip(g.get("epochs") or [], g.get("stopped") or [])
+                    ),
                 ]
             )
         parts.append(
             "Seeds (the same configuration trained with different seeds; mean +- sd; "
             "a claim holds only where the paired difference's interval is above 0 for "
             "every seed):\n\n"
-            + markdown_table(["rows", "seeds", "HR@20", "MRR@20", "holds for every seed"], rows)
+            + markdown_table(
+                ["rows", "seeds", "HR@20", "MRR@20", "holds for every seed", "epochs (stop)"],
+                rows,
+            )
         )
     budgets = [[n, len(m["tuning"])] for n, m in methods.items() if m.get("tuning")]
     if budgets:

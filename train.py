@@ -62,6 +62,11 @@ class TrainConfig:
     cosine: bool = option(False, "cosine learning-rate decay to 0.1 x lr")
     clip_norm: float = option(1.0, "global-norm gradient clip (0: off)")
     patience: int = option(2, "epochs without validation MRR@20 gain before stopping")
+    time_budget: float = option(
+        0.0,
+        "seconds for training (0: no limit): no epoch starts that the last one's "
+        "time says would end past it; the stop is recorded",
+    )
     valid_events: int = option(20_000, "validation events (drawn with --seed) per epoch")
     max_train_examples: int = option(0, "use only the most recent N examples (0: all)")
     transitions: int = option(
@@ -79,7 +84,9 @@ class TrainConfig:
 
     def check(self) -> None:
         cfgs.require_at_least(self, 1, "epochs", "batch_size", "patience", "valid_events")
-        cfgs.require_at_least(self, 0, "max_train_examples", "transitions", "clip_norm")
+        cfgs.require_at_least(
+            self, 0, "max_train_examples", "transitions", "clip_norm", "time_budget"
+        )
         if self.lr <= 0:
             raise PipelineError(f"--lr {self.lr}: must be positive")
         if self.transitions_only and not self.transitions:
@@ -237,6 +244,7 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
         work / "model.keras",
         work / "history.csv",
         len(train_ev),
+        tc.time_budget,
     )
     callbacks = [cb, keras.callbacks.TerminateOnNaN()]
     if keras.backend.backend() == "tensorflow" and tc.tensorboard:
@@ -262,6 +270,7 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
         "valid_events": len(valid_ev),
         "best_epoch": cb.best_epoch,
         "best_valid": cb.best,
+        "stopped": cb.stopped,
         "history": cb.rows,
     }
     if not (work / "model.keras").exists():
@@ -321,7 +330,11 @@ def transitions_only(layout: Layout, tc: TrainConfig) -> dict:
 
 
 class ValidationCallback(keras.callbacks.Callback):
-    """Per epoch: validation HR@20/MRR@20, timing; early stopping; best model saved."""
+    """Per epoch: validation HR@20/MRR@20, timing; early stopping; best model saved.
+
+    ``stopped`` says why training ended: ``early stopping``, ``time budget``
+    (the next epoch, timed as the last one's batches, would end past ``time_budget``
+    seconds from the start of training) or ``epochs`` (all ran)."""
 
     def __init__(
         self,
@@ -332,14 +345,31 @@ class ValidationCallback(keras.callbacks.Callback):
         path: Path,
         csv_path: Path,
         n_train: int,
+        time_budget: float = 0.0,
     ):
         super().__init__()
         self.rec_model, self.valid, self.n_items = rec_model, valid, n_items
         self.patience, self.path, self.csv_path, self.n_train = patience, path, csv_path, n_train
         self.best, self.best_epoch, self.wait, self.rows = -1.0, 0, 0, []
+        self.time_budget, self.stopped = time_budget, "epochs"
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.t0 = time.perf_counter()
+        self.t0 = self.batch_end = time.perf_counter()
+        self.batch_s = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.perf_counter()
+        self.batch_s.append(now - self.batch_end)
+        self.batch_end = now
+
+    def next_epoch_s(self, valid_s: float) -> float:
+        """The next epoch's expected time: the median time between batches times the
+        batches (compiling, which slows an epoch's first batches, left out), plus this
+        epoch's validation time."""
+        return float(np.median(self.batch_s)) * len(self.batch_s) + valid_s
 
     def on_epoch_end(self, epoch, logs=None):
         secs = time.perf_counter() - self.t0
@@ -366,7 +396,15 @@ class ValidationCallback(keras.callbacks.Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 log(f"early stop: no validation MRR@20 gain for {self.patience} epoch(s)")
-                self.rec_model.stop_training = True
+                self.rec_model.stop_training, self.stopped = True, "early stopping"
+                return
+        last = epoch + 1 >= self.params.get("epochs", 0)
+        spent = time.perf_counter() - self.start
+        if self.time_budget and not last and self.batch_s:
+            if spent + self.next_epoch_s(res.seconds) <= self.time_budget:
+                return
+            log(f"stop: another epoch would end past --time-budget {self.time_budget:g} s")
+            self.rec_model.stop_training, self.stopped = True, "time budget"
 
 
 def plot_history(rows: list[dict], path: Path) -> None:

@@ -1,88 +1,122 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (JAX there, no TensorFlow): throughput at the
-# NARM-comparison sizes (full and sampled softmax), then the full-scale
-# training runs on the generated 1-month window and every trained model's
-# per-event test ranks (merge here with test_model.py --ranks-from).
+# One call on a lent GPU machine (JAX there, no TensorFlow): a lease's whole work.
+#   1. Throughput of every network at the peers' comparison sizes (30K tracks, embedding 64,
+#      hidden 100, batch 256, prefixes up to 20), alone on the GPU, one process.
+#   2. Every network (ARCHS) trained on the 1-month window with seeds 0 1 2 at the
+#      configuration its validation chose in the 200-user protocol (CONFIG below), one
+#      process per network in parallel; then its per-event test ranks (ranks_<arch>.npz).
+#   3. In parallel with 2: the study's network on the time slices 1m.slice1..5, evaluated
+#      there (network rows only), then the CPU run's configuration for a backend check.
+# Every training run gets --time-budget from the time left before DEADLINE (seconds for the
+# whole script), so the call ends with what finished; each stop is recorded.
 #
-# Before the call, on this machine:
-#   keras, namex, optree wheels in .whl/; the 1m window's splits and tags in
-#   .gpudata/{sessions,tags}/1m/ (both folders listed in .git/info/exclude)
-# Calls: carry [".whl", ".gpudata"], command "bash bench/gpu_run.sh bench", then
-# (while the machine is warm) "EPOCHS=8 CAP=140 BUDGET_S=530 bash bench/gpu_run.sh train"
-# (the calls that gave the README's GPU figures: 199 s and 354 s on an H200).
-# Results land in $OUT (data/gpu_out without one). Each step has a time cap
-# (BUDGET_S, seconds for the whole call) so that a slow step cannot eat the lease.
+# Before the call, on this machine (bench/README.md, "On a GPU"):
+#   keras, namex, optree wheels in .whl/; the splits and tags of 1m and 1m.slice1..5
+#   (parquet and json only) in .gpudata/{sessions,tags}/; both in .git/info/exclude.
+# Call: carry [".whl", ".gpudata"], command "bash bench/gpu_run.sh", timeout_s 600.
+# Back in $OUT (data/gpu_out without one): ranks_<arch>.npz, ranks_check.npz, logs.tgz
+# (logs, every model's config.json and history.csv, the slices' results). Merge here:
+#   python test_model.py --window 1m --ranks-from <the ranks files>
+# Dry run on this machine: SKIP_WHEELS=1 PY=.venv/bin/python LASTFM_DATA_DIR=<small data>
+#   BENCH_EXAMPLES=2000 DEADLINE=300 bash bench/gpu_run.sh
 set -u
-PHASE=${1:-all}
 OUT=${OUT:-data/gpu_out}
-mkdir -p "$OUT"
+L=$OUT/logs
+mkdir -p "$L"
 T0=$(date +%s)
-left() { echo $(( ${BUDGET_S:-540} - ($(date +%s) - T0) )); }
-if [ -z "${SKIP_WHEELS:-}" ] && ls .whl/*.whl >/dev/null 2>&1; then
+DEADLINE=${DEADLINE:-540}   # seconds for the whole script
+EVAL_S=${EVAL_S:-80}        # kept for the test ranks after training
+OVERHEAD_S=${OVERHEAD_S:-30} # per run: loading, compiling, the hybrid's fit
+EPOCHS=${EPOCHS:-5}
+ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}
+elapsed() { echo $(( $(date +%s) - T0 )); }
+if [ -z "${SKIP_WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit 1
 fi
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 LASTFM_DATA_DIR=${LASTFM_DATA_DIR:-.gpudata}
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
+export XLA_PYTHON_CLIENT_PREALLOCATE=false OMP_NUM_THREADS=2
+# Seeds 1 and 2 reuse seed 0's compiled steps (same shapes, same program).
+export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 PY=${PY:-python3}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$OUT/bench.log"
-$PY -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)" \
-  2>&1 | tee -a "$OUT/bench.log"
+D=$LASTFM_DATA_DIR
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+  $PY -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"
+} >"$L/device.txt" 2>&1
+cat "$L/device.txt"
 
-# 1. Throughput of every network (ARCHS) at NARM's sizes (30K items, emb 64, hidden 100,
-#    batch 256, L 20) and at the 1m window's vocabulary (106K tracks).
-if [ "$PHASE" != train ]; then
-  BENCH="bench/bench_model.py --examples ${BENCH_EXAMPLES:-100000} --epochs 3 --no-tags"
-  for arch in ${ARCHS:-bigru_att narm gru4rec sasrec stamp}; do
-    for extra in "--items 30000" "--items 106395"; do
-      timeout 100 $PY $BENCH --arch "$arch" $extra 2>&1 | grep -E '^\{|Error|error' \
-        | tee -a "$OUT/bench.log"
-    done
-  done
-fi
-[ "$PHASE" = bench ] && exit 0
+# The configuration each network's validation chose (protocol-200u-1m: lr 0.006, the
+# dropout below, of dropout 0.1 / 0.25); all: cosine decay, patience 2, full softmax.
+declare -A CONFIG=([bigru_att]="--dropout 0.25" [narm]="--dropout 0.25"
+  [gru4rec]="--dropout 0.1" [sasrec]="--dropout 0.1" [stamp]="--dropout 0.1")
+TRAIN=(train.py --epochs "$EPOCHS" --cosine --lr 0.006 --patience 2 --verbose 0 --no-tensorboard)
+TRAIN_END=$(( DEADLINE - EVAL_S ))
 
-# 2. Full-scale training runs, chosen on validation MRR@20 only.
-TRAIN="train.py --window 1m --epochs ${EPOCHS:-6} --cosine --lr 0.006 --patience 2 --verbose 0"
-run() {  # name, cap_s, flags
-  local name=$1 cap=$2; shift 2
-  [ "$(left)" -gt 60 ] || { echo "skip $name: $(left) s left" | tee -a "$OUT/train.log"; return; }
-  [ "$cap" -lt "$(( $(left) - 40 ))" ] || cap=$(( $(left) - 40 ))
-  echo "== $name ($*) cap ${cap}s" | tee -a "$OUT/train.log"
-  timeout "$cap" $PY $TRAIN --out "$LASTFM_DATA_DIR/models/$name" "$@" 2>&1 \
-    | grep -E '"epoch"|best epoch|Error|error' | tee -a "$OUT/train.log"
-}
-CAP=${CAP:-150}
-run succ_tags "$CAP"
-run succ128_tags "$CAP" --emb-dim 128
-# Without tags: the configuration that won on validation, tags off.
-emb=$($PY - "$LASTFM_DATA_DIR/models" <<'PYEOF'
-import json, sys
-from pathlib import Path
-best = {}
-for n in ("succ_tags", "succ128_tags"):
-    p = Path(sys.argv[1]) / n / "config.json"
-    if p.exists() and "best_valid" in json.loads(p.read_text()):
-        c = json.loads(p.read_text())
-        best[c["model"]["emb_dim"]] = c["best_valid"]
-print(max(best, key=best.get) if best else 64)
+# 1. Throughput, one process (imports once), full-width batches (one compiled step each).
+timeout $(( DEADLINE / 5 )) $PY - "$ARCHS" "${BENCH_EXAMPLES:-60000}" >"$L/bench.jsonl" 2>"$L/bench.err" <<'PYEOF'
+import runpy, sys
+archs, n = sys.argv[1].split(), sys.argv[2]
+for arch in archs:
+    sys.argv = ["bench_model.py", "--arch", arch, "--items", "30000", "--examples", n,
+                "--epochs", "3", "--no-tags", "--bucket-step", "0"]
+    try:
+        runpy.run_path("bench/bench_model.py", run_name="__main__")
+    except Exception as e:  # one network's failure must not cost the others' figures
+        print(f"{arch}: {type(e).__name__}: {e}", file=sys.stderr)
 PYEOF
-)
-run succ_notags "$CAP" --no-tags --emb-dim "$emb"
-# The peers at the same settings (seed 0; SEEDS=1,2 adds seeds), for the table of networks.
-for arch in ${PEERS:-narm gru4rec sasrec stamp}; do
-  for seed in 0 ${SEEDS//,/ }; do
-    run "${arch}_seed$seed" "$CAP" --arch "$arch" --seed "$seed"
-  done
-done
+echo "bench done at $(elapsed) s"; cat "$L/bench.jsonl"
 
-# 3. Test ranks of every trained model (the choice among them is made on validation).
-dirs=$(ls -d "$LASTFM_DATA_DIR"/models/*/ 2>/dev/null | while read -r d; do
-  [ -f "$d/model.keras" ] && echo "${d%/}"; done | paste -sd, -)
-if [ -n "$dirs" ]; then
-  timeout "$(( $(left) > 30 ? $(left) : 30 ))" $PY test_model.py --window 1m --methods "" \
-    --models "$dirs" --n-boot 200 --save-ranks "$OUT/ranks.npz" 2>&1 | tail -n 30 \
-    | tee -a "$OUT/eval.log"
-  for d in ${dirs//,/ }; do cp "$d/config.json" "$OUT/config_$(basename "$d").json"; done
-fi
-echo "total $(( $(date +%s) - T0 )) s" | tee -a "$OUT/train.log"
+train_run() {  # name, runs left in this process (this one included), train.py flags...
+  local name=$1 left=$2; shift 2
+  local budget=$(( (TRAIN_END - $(elapsed)) / left - OVERHEAD_S ))
+  if [ "$budget" -lt 15 ]; then
+    echo "skip $name: $(elapsed) s elapsed" >>"$L/skipped.txt"; return 1
+  fi
+  $PY "${TRAIN[@]}" --time-budget "$budget" "$@" >"$L/train_$name.log" 2>&1
+}
+
+network() {  # arch: seeds 0 1 2, then the test ranks of those that finished
+  local arch=$1 dirs=() n=3
+  for seed in 0 1 2; do
+    local out=$D/models/1m/${arch}_seed$seed
+    train_run "${arch}_seed$seed" "$n" --window 1m --arch "$arch" ${CONFIG[$arch]} \
+      --seed "$seed" --out "$out"
+    n=$(( n - 1 ))
+    [ -f "$out/config.json" ] && dirs+=("$out")
+  done
+  [ ${#dirs[@]} -gt 0 ] || return
+  timeout $(( DEADLINE - $(elapsed) - 5 )) $PY test_model.py --window 1m --methods "" \
+    --n-boot 10 --models "$(IFS=,; echo "${dirs[*]}")" --save-ranks "$OUT/ranks_$arch.npz" \
+    >"$L/eval_$arch.log" 2>&1
+}
+
+slices() {  # the study's network on each time slice, then the CPU run's configuration
+  local k
+  for k in 1 2 3 4 5; do
+    train_run "slice$k" $(( 7 - k )) --window "1m.slice$k" --arch bigru_att \
+      ${CONFIG[bigru_att]} --seed 0
+  done
+  timeout $(( DEADLINE - $(elapsed) - 5 )) $PY test_model.py --window 1m --slices 5 \
+    --methods "" --n-boot 10 >"$L/eval_slices.log" 2>&1
+  # The configuration of the published CPU (TensorFlow) runs: 3 epochs, dropout 0.1.
+  local out=$D/models/1m/check_bigru_att_seed0
+  TRAIN=(train.py --epochs 3 --cosine --lr 0.006 --patience 3 --verbose 0 --no-tensorboard)
+  train_run check 1 --window 1m --arch bigru_att --dropout 0.1 --seed 0 --out "$out" &&
+    timeout $(( DEADLINE - $(elapsed) - 5 )) $PY test_model.py --window 1m --methods "" \
+      --n-boot 10 --models "$out" --save-ranks "$OUT/ranks_check.npz" >"$L/eval_check.log" 2>&1
+}
+
+for arch in $ARCHS; do network "$arch" & done
+[ -n "${NO_SLICES:-}" ] || slices &
+wait
+echo "trained and evaluated at $(elapsed) s"
+for d in "$D"/models/*/*/ "$D"/models/1m.slice*/; do
+  [ -f "$d/config.json" ] || continue
+  n=$(echo "${d%/}" | sed "s|$D/models/||; s|/|__|g")
+  cp "$d/config.json" "$L/config_$n.json"
+  [ -f "$d/history.csv" ] && cp "$d/history.csv" "$L/history_$n.csv"
+done
+cp "$D"/reports/results_slices.json "$L/" 2>/dev/null
+nvidia-smi --query-gpu=memory.used --format=csv >>"$L/device.txt" 2>&1
+tar -czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$L"
+echo "total $(elapsed) s"

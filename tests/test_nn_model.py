@@ -116,6 +116,7 @@ def test_short_training_learns_saves_and_refuses_mismatch(pipeline_data, monkeyp
     config = trainer.train(layout, mc, tc)
     rows = config["history"]
     assert rows[-1]["loss"] < rows[0]["loss"]
+    assert config["stopped"] == "epochs" and len(rows) == 4
     # validation HR@20 beats POP on the same validation split
     splits, vocab, meta = load_splits(layout, "3m")
 
@@ -358,7 +359,9 @@ def rank_of(row, item):
 
 
 def test_seeds_of_one_configuration_are_grouped(pipeline_data, tmp_path, monkeypatch):
-    """Two seeds of one configuration: a group with mean, sd and the every-seed verdict."""
+    """Two seeds of one configuration: a group with mean, sd and the every-seed verdict,
+    also when one seed's ranks come from a --save-ranks file (a GPU machine's) and the
+    runs had different time budgets (a limit, not a configuration)."""
     import shutil
 
     import test_model as evaluation
@@ -390,15 +393,20 @@ def test_seeds_of_one_configuration_are_grouped(pipeline_data, tmp_path, monkeyp
                 str(out),
                 "--transitions",
                 "0",
+                "--time-budget",
+                str(3600 * seed),
             ]
         )
         dirs.append(str(out))
-    evaluation.main(
-        ["--window", "3m", "--methods", "POP,SR", "--n-boot", "20", "--models", ",".join(dirs)]
-    )
+    saved = tmp_path / "ranks.npz"
+    flags = ["--window", "3m", "--n-boot", "20", "--models"]
+    evaluation.main(flags + [dirs[1], "--methods", "", "--save-ranks", str(saved)])
+    evaluation.main(flags + [dirs[0], "--methods", "POP,SR", "--ranks-from", str(saved)])
     res = json.loads((data / "reports" / "results.json").read_text())
     (group,) = res["seed_groups"]
     assert group["seeds"] == [1, 2] and len(group["rows"]) == 2
+    assert group["epochs"] == [1, 1] and group["stopped"] == ["epochs", "epochs"]
+    assert res["methods"][group["rows"][1]]["ranks_from"] == str(saved)
     vals = [res["methods"][r]["MRR@20"] for r in group["rows"]]
     assert group["MRR@20"]["mean"] == pytest.approx(np.mean(vals))
     assert group["MRR@20"]["sd"] == pytest.approx(np.std(vals, ddof=1))
@@ -487,6 +495,27 @@ def test_peer_short_training_beats_pop(arch, pipeline_data, tmp_path, monkeypatc
     assert max(r["valid_HR@20"] for r in record["history"]) > pop_hr
     loaded, _ = load_trained(data / "models" / "3m")
     assert type(loaded).__name__.lower().startswith(arch[:4])
+
+
+def test_time_budget_stops_before_an_epoch_that_would_overrun(pipeline_data, tmp_path):
+    """--time-budget: no epoch starts that the last one's time says would end past it; the
+    stop is recorded; a negative budget is refused."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "sessions", data / "sessions")
+    flags = ["--data-dir", str(data), "--window", "3m", "--epochs", "4", "--emb-dim", "8"]
+    flags += ["--hidden", "8", "--fc-dim", "8", "--verbose", "0", "--transitions", "0"]
+    flags += ["--no-tensorboard", "--patience", "4"]
+    record = trainer.train(*trainer.parse_args(flags + ["--time-budget", "0.001"]))
+    assert record["stopped"] == "time budget" and len(record["history"]) == 1
+    saved = json.loads((data / "models" / "3m" / "config.json").read_text())
+    assert saved["stopped"] == "time budget" and saved["best_epoch"] == 1
+    # a budget larger than the run: every epoch runs
+    record = trainer.train(*trainer.parse_args(flags + ["--time-budget", "3600"]))
+    assert record["stopped"] == "epochs" and len(record["history"]) == 4
+    with pytest.raises(PipelineError, match="--time-budget -1"):
+        trainer.parse_args(flags + ["--time-budget", "-1"])
 
 
 def test_every_network_runs_under_jax():
