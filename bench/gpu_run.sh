@@ -19,6 +19,8 @@
 #   python test_model.py --window 1m --ranks-from <the ranks files>
 # Dry run on this machine: SKIP_WHEELS=1 PY=.venv/bin/python LASTFM_DATA_DIR=<small data>
 #   BENCH_EXAMPLES=2000 DEADLINE=300 bash bench/gpu_run.sh
+# A second call for runs the first cut short: e.g. BENCH=0 CHECK=0 ARCHS="bigru_att sasrec"
+#   SEEDS=0 DEADLINE=270 (then bench/ranks_subset.py drops the replaced rows).
 set -u
 OUT=${OUT:-data/gpu_out}
 L=$OUT/logs
@@ -29,6 +31,7 @@ EVAL_S=${EVAL_S:-80}        # kept for the test ranks after training
 OVERHEAD_S=${OVERHEAD_S:-30} # per run: loading, compiling, the hybrid's fit
 EPOCHS=${EPOCHS:-5}
 ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}
+SEEDS=${SEEDS:-0 1 2}
 elapsed() { echo $(( $(date +%s) - T0 )); }
 if [ -z "${SKIP_WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -53,7 +56,7 @@ TRAIN=(train.py --epochs "$EPOCHS" --cosine --lr 0.006 --patience 2 --verbose 0 
 TRAIN_END=$(( DEADLINE - EVAL_S ))
 
 # 1. Throughput, one process (imports once), full-width batches (one compiled step each).
-timeout $(( DEADLINE / 5 )) $PY - "$ARCHS" "${BENCH_EXAMPLES:-60000}" >"$L/bench.jsonl" 2>"$L/bench.err" <<'PYEOF'
+[ "${BENCH:-1}" = 0 ] || timeout $(( DEADLINE / 5 )) $PY - "$ARCHS" "${BENCH_EXAMPLES:-60000}" >"$L/bench.jsonl" 2>"$L/bench.err" <<'PYEOF'
 import runpy, sys
 archs, n = sys.argv[1].split(), sys.argv[2]
 for arch in archs:
@@ -64,7 +67,7 @@ for arch in archs:
     except Exception as e:  # one network's failure must not cost the others' figures
         print(f"{arch}: {type(e).__name__}: {e}", file=sys.stderr)
 PYEOF
-echo "bench done at $(elapsed) s"; cat "$L/bench.jsonl"
+echo "bench done at $(elapsed) s"; cat "$L/bench.jsonl" 2>/dev/null
 
 train_run() {  # name, runs left in this process (this one included), train.py flags...
   local name=$1 left=$2; shift 2
@@ -75,9 +78,10 @@ train_run() {  # name, runs left in this process (this one included), train.py f
   $PY "${TRAIN[@]}" --time-budget "$budget" "$@" >"$L/train_$name.log" 2>&1
 }
 
-network() {  # arch: seeds 0 1 2, then the test ranks of those that finished
-  local arch=$1 dirs=() n=3
-  for seed in 0 1 2; do
+network() {  # arch: each of SEEDS, then the test ranks of those that finished
+  local arch=$1 dirs=() n
+  n=$(echo $SEEDS | wc -w)
+  for seed in $SEEDS; do
     local out=$D/models/1m/${arch}_seed$seed
     train_run "${arch}_seed$seed" "$n" --window 1m --arch "$arch" ${CONFIG[$arch]} \
       --seed "$seed" --out "$out"
@@ -90,14 +94,16 @@ network() {  # arch: seeds 0 1 2, then the test ranks of those that finished
     >"$L/eval_$arch.log" 2>&1
 }
 
-slices() {  # the study's network on each time slice, then the CPU run's configuration
-  local k
+slices() {  # the study's network on each time slice (in parallel), then the CPU run's
+  local k    # configuration
   for k in 1 2 3 4 5; do
-    train_run "slice$k" $(( 7 - k )) --window "1m.slice$k" --arch bigru_att \
-      ${CONFIG[bigru_att]} --seed 0
+    train_run "slice$k" 1 --window "1m.slice$k" --arch bigru_att ${CONFIG[bigru_att]} \
+      --seed 0 &
   done
+  wait
   timeout $(( DEADLINE - $(elapsed) - 5 )) $PY test_model.py --window 1m --slices 5 \
     --methods "" --n-boot 10 >"$L/eval_slices.log" 2>&1
+  [ "${CHECK:-1}" = 1 ] || return
   # The configuration of the published CPU (TensorFlow) runs: 3 epochs, dropout 0.1.
   local out=$D/models/1m/check_bigru_att_seed0
   TRAIN=(train.py --epochs 3 --cosine --lr 0.006 --patience 3 --verbose 0 --no-tensorboard)

@@ -134,3 +134,35 @@ def test_time_slices_are_disjoint_time_ordered_and_evaluated(pipeline_data, tmp_
     assert res["summary"]["SR"]["MRR@20"]["mean"] == pytest.approx(sum(sr) / 3)
     log = (data / "reports" / "test_log.jsonl").read_text().splitlines()
     assert len(log) >= 6 and json.loads(log[0])["method"] == "POP"  # every look is logged
+
+
+def test_ranks_subset_drops_methods_so_a_rerun_can_replace_them(
+    pipeline_data, monkeypatch, tmp_path
+):
+    """bench/ranks_subset.py: the kept methods merge unchanged; a dropped one is gone; a
+    name not in the file is an error."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "ranks_subset", Path(evaluation.__file__).parent / "bench" / "ranks_subset.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
+    rep = pipeline_data / "reports"
+    both, kept = tmp_path / "both.npz", tmp_path / "kept.npz"
+    evaluation.main(
+        ["--methods", "SR,POP", "--no-model", "--n-boot", "20", "--save-ranks", str(both)]
+    )
+    before = json.loads((rep / "results.json").read_text())["methods"]
+    assert mod.subset(both, kept, ["SR"]) == ["POP"]
+    evaluation.main(
+        ["--methods", "S-POP", "--no-model", "--n-boot", "20", "--ranks-from", str(kept)]
+    )
+    after = json.loads((rep / "results.json").read_text())["methods"]
+    assert set(after) == {"S-POP", "POP"}
+    for m in ("HR@20", "MRR@20", "coverage@20"):
+        assert after["POP"][m] == pytest.approx(before["POP"][m])
+    with pytest.raises(PipelineError, match="no method"):
+        mod.subset(both, kept, ["VSTAN"])
