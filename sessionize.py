@@ -56,6 +56,12 @@ class SessionConfig:
     min_user_sessions: int = option(6, "drop users with fewer sessions")
     valid_frac: float = option(0.1, "share of the time span for validation, before test")
     test_frac: float = option(0.1, "last share of the time span for test")
+    unseen: str = option(
+        "splice",
+        "validation/test plays of tracks unseen in training: splice (drop them: A, X, B "
+        "becomes A -> B) or keep (id 0, out of vocabulary, in their place: never a target)",
+        choices=["splice", "keep"],
+    )
     slices: int = option(
         1,
         "N > 1: cut each window into N consecutive time slices, each "
@@ -201,26 +207,33 @@ def build_vocab(train: pd.DataFrame, plays: pd.DataFrame) -> pd.DataFrame:
     return vocab
 
 
-def apply_vocab(part: pd.DataFrame, vocab: pd.DataFrame, min_len: int) -> tuple[pd.DataFrame, dict]:
-    """Map track_idx to item_idx; drop unseen tracks (splicing the session: A, X, B
-    becomes A -> B), then sessions under min_len. Returns the kept plays and the
-    accounting of what is not scored (sorted by session and position on input)."""
+def apply_vocab(
+    part: pd.DataFrame, vocab: pd.DataFrame, min_len: int, keep_unseen: bool = False
+) -> tuple[pd.DataFrame, dict]:
+    """Map track_idx to item_idx. Tracks unseen in training are dropped (splicing the
+    session: A, X, B becomes A -> B), or with ``keep_unseen`` kept in their place as
+    item 0 (out of vocabulary: never a target, see ``data.make_events``); then sessions
+    under min_len go. Returns the kept plays and the accounting of what is not scored
+    (sorted by session and position on input); ``events_after_unseen``: scored events with
+    an unseen play earlier in their session (``events_spliced`` when it was removed)."""
     lookup = pd.Series(vocab["item_idx"].to_numpy(), index=vocab["track_idx"].to_numpy())
     item = lookup.reindex(part["track_idx"].to_numpy()).to_numpy()
     seen = ~np.isnan(item)
     sess = part["sess"].to_numpy()
     first = np.r_[True, sess[1:] != sess[:-1]] if len(sess) else np.zeros(0, bool)
     event = ~first  # every play after a session's first predicts something
-    # a removed play before this one in its session: its prefix is spliced
-    removed_before = pd.Series(~seen).groupby(sess).cumsum().to_numpy() - (~seen)
-    out = part[seen].copy()
-    out["item_idx"] = item[seen].astype(np.int32)
-    out["spliced"] = removed_before[seen] > 0
+    # an unseen play before this one in its session (removed: its prefix is spliced)
+    unseen_before = pd.Series(~seen).groupby(sess).cumsum().to_numpy() - (~seen)
+    kept = np.ones(len(part), bool) if keep_unseen else seen
+    out = part[kept].copy()
+    out["item_idx"] = np.where(seen, item, 0)[kept].astype(np.int32)
+    out["after_unseen"] = unseen_before[kept] > 0
     lens = out.groupby("sess")["sess"].transform("size")
     n_before = part["sess"].nunique()
     out = out[lens.to_numpy() >= max(2, min_len)].copy()
     out["position"] = out.groupby("sess").cumcount().astype(np.int16)
-    scored = out["position"].to_numpy() >= 1
+    scored = (out["position"].to_numpy() >= 1) & (out["item_idx"].to_numpy() > 0)
+    after = int((scored & out["after_unseen"].to_numpy()).sum())
     acct = {
         "plays": int(len(part)),
         "unseen_plays": int((~seen).sum()),
@@ -228,12 +241,13 @@ def apply_vocab(part: pd.DataFrame, vocab: pd.DataFrame, min_len: int) -> tuple[
         "events_before_filtering": int(event.sum()),
         "events_unseen_target": int((event & ~seen).sum()),
         "events_scored": int(scored.sum()),
-        "events_spliced": int((scored & out["spliced"].to_numpy()).sum()),
+        "events_spliced": 0 if keep_unseen else after,
+        "events_after_unseen": after,
     }
     acct["events_unscorable"] = (
         acct["events_before_filtering"] - acct["events_unseen_target"] - acct["events_scored"]
     )
-    return out.drop(columns="spliced").reset_index(drop=True), acct
+    return out.drop(columns="after_unseen").reset_index(drop=True), acct
 
 
 def split_stats(parts: dict[str, pd.DataFrame]) -> dict[str, dict]:
@@ -244,7 +258,7 @@ def split_stats(parts: dict[str, pd.DataFrame]) -> dict[str, dict]:
             "sessions": int(df["session_id"].nunique()),
             "plays": int(len(df)),
             "users": int(df["user_idx"].nunique()),
-            "tracks": int(df["item_idx"].nunique()),
+            "tracks": int(df.loc[df["item_idx"] > 0, "item_idx"].nunique()),  # 0: unseen
             "len_mean": float(lens.mean()),
             "len_median": float(np.median(lens)),
             "len_p90": float(np.percentile(lens, 90)),
@@ -306,7 +320,9 @@ def sessionize_window(
         }
     }
     for name in ("valid", "test"):
-        parts[name], dropped[name] = apply_vocab(parts[name], vocab, cfg.min_len)
+        parts[name], dropped[name] = apply_vocab(
+            parts[name], vocab, cfg.min_len, keep_unseen=cfg.unseen == "keep"
+        )
     for name, df in parts.items():
         df = df.rename(columns={"sess": "session_id"})
         df = df[["session_id", "user_idx", "position", "item_idx", "ts_s"]]

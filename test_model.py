@@ -413,6 +413,7 @@ def run_evaluation(layout: Layout, ec: EvalConfig) -> dict:
     return {
         "window": ec.window,
         "accounting": meta.get("accounting"),
+        "unseen": (meta.get("params") or {}).get("unseen", "splice"),
         "exclude_seen": ec.exclude_seen,
         "prefix_len": ec.prefix_len,
         "n_boot": ec.n_boot,
@@ -564,15 +565,27 @@ def extra_markdown(res: dict) -> str:
     acct = (res.get("accounting") or {}).get("test")
     if acct and acct.get("events_before_filtering"):
         tot = acct["events_before_filtering"]
+        kept = res.get("unseen") == "keep"
+        after = acct.get("events_after_unseen", acct["events_spliced"])
         parts.append(
             f"Not scored (test split): {acct['unseen_plays']:,} of {acct['plays']:,} plays "
             f"({acct['unseen_plays'] / max(acct['plays'], 1):.1%}) are tracks unseen in training "
-            f"and were removed; of {tot:,} next-play events before that, "
+            + (
+                "and stay in the prefixes as id 0 (`sessionize.py --unseen keep`)"
+                if kept
+                else "and were removed"
+            )
+            + f"; of {tot:,} next-play events, "
             f"{acct['events_unseen_target']:,} ({acct['events_unseen_target'] / tot:.1%}) have an "
             f"unseen target and {acct['events_unscorable']:,} lost their prefix; of the "
-            f"{acct['events_scored']:,} scored, {acct['events_spliced']:,} "
-            f"({acct['events_spliced'] / max(acct['events_scored'], 1):.1%}) predict across a "
-            "removed track. Counting every unscored event as a miss:\n\n"
+            f"{acct['events_scored']:,} scored, {after:,} "
+            f"({after / max(acct['events_scored'], 1):.1%}) "
+            + (
+                "have an unseen play earlier in their session"
+                if kept
+                else "predict across a removed track"
+            )
+            + ". Counting every unscored event as a miss:\n\n"
             + markdown_table(
                 ["method", "HR@20", "MRR@20"],
                 [

@@ -288,7 +288,7 @@ def _prefix_weights(prefixes, lengths, weight, n_items: int) -> sp.csr_matrix:
     b, L = prefixes.shape
     p = np.broadcast_to(np.arange(1, L + 1), (b, L))
     n = np.broadcast_to(lengths[:, None], (b, L))
-    ok = p <= n
+    ok = (p <= n) & (prefixes > 0)  # a kept unseen play (0) holds a position, no weight
     rows, cols = np.nonzero(ok)
     items = prefixes[rows, cols].astype(np.int64)
     w = weight(p[ok].astype(np.float64), n[ok].astype(np.float64))

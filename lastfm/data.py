@@ -37,7 +37,8 @@ SCHEMAS: dict[str, dict[str, str]] = {
         "session_id": "int64 session id, increasing with start time",
         "user_idx": "int32 user index",
         "position": "int16 0-based position inside the session",
-        "item_idx": "int32 1-based track index into vocab.parquet (0 is padding)",
+        "item_idx": "int32 1-based track index into vocab.parquet (0: padding, or a track "
+        "unseen in training kept by sessionize.py --unseen keep)",
         "ts_s": "int64 UTC seconds",
     },
     # sessionize.py -> sessions/<window>/vocab.parquet
@@ -172,13 +173,15 @@ class Events:
 
 def make_events(split: pd.DataFrame, prefix_len: int) -> Events:
     """Every (most recent ``prefix_len`` plays, next track) of ``split`` (sorted by
-    session, position): for each session and each position t >= 1."""
+    session, position): for each session and each position t >= 1 whose track is in the
+    vocabulary. A play of a track unseen in training (item 0, kept by ``sessionize.py
+    --unseen keep``) is never a target but keeps its place in later prefixes."""
     sid = split["session_id"].to_numpy()
     items = split["item_idx"].to_numpy().astype(np.int32)
     new = np.r_[True, sid[1:] != sid[:-1]]
     start = np.maximum.accumulate(np.where(new, np.arange(len(sid)), 0))
     pos = np.arange(len(sid)) - start
-    ev = np.flatnonzero(pos >= 1)
+    ev = np.flatnonzero((pos >= 1) & (items > 0))
     lengths = np.minimum(pos[ev], prefix_len).astype(np.int32)
     prefixes = np.zeros((len(ev), prefix_len), dtype=np.int32)
     for j in range(prefix_len):  # column j holds the (j+1)-th most ancient kept prefix item

@@ -82,7 +82,8 @@ class Transitions:
     def successors(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The last track's successors (B, K) (0 = empty slot) in prefixes ``x`` (B, L),
         with log(1 + count) and log(1 + plays) of each (0 in empty slots)."""
-        last = x[np.arange(len(x)), np.maximum((x > 0).sum(axis=1) - 1, 0)]
+        # The last real play (masked plays inside, id 0, skipped as the networks do).
+        last = x[np.arange(len(x)), (np.arange(x.shape[1])[None, :] * (x > 0)).max(axis=1)]
         succ, cnt = self.ids[last], self.counts[last]  # (B, K)
         filled = succ > 0
         return succ, np.log1p(cnt) * filled, np.log1p(self.plays[succ]) * filled

@@ -133,8 +133,12 @@ class NextItemModel(keras.Model):
 
     @staticmethod
     def last_position(mask):
-        """(B,) index of each prefix's last real play."""
-        return ops.maximum(ops.sum(ops.cast(mask, "int32"), axis=1) - 1, 0)
+        """(B,) index of each prefix's last real play: the last True of ``mask`` (B, L),
+        right padding and masked plays inside the prefix (tracks unseen in training)
+        skipped; 0 when there is none."""
+        m = ops.cast(mask, "int32")
+        pos = ops.arange(ops.shape(m)[1], dtype="int32")[None, :]
+        return ops.max(m * pos, axis=1)
 
     def logits(self, rep):
         """Scores (B, V+1) of every track; column 0 (padding) pushed to NEG.

@@ -53,6 +53,26 @@ def test_vsknn_neighbour_sessions_vote():
     assert s[0, 5] > s[0, 1]  # 5 shares a session with 6; 1 does not
 
 
+def test_a_kept_unseen_play_holds_a_position_and_has_no_rules():
+    """sessionize.py --unseen keep: an unseen play (0) inside a prefix holds its position
+    in the session-kNN weights but adds no item; as the last play, the rules of the last
+    track (SR, AR, Item-kNN) find none; S-POP never counts it."""
+    lin = bl.POSITION_WEIGHTS["linear"]
+    w = bl._prefix_weights(np.array([[5, 0, 3]]), np.array([3]), lin, N)
+    spliced = bl._prefix_weights(np.array([[5, 3, 0]]), np.array([2]), lin, N)
+    assert sorted(w.indices.tolist()) == sorted(spliced.indices.tolist()) == [3, 5]
+    assert w[0, 5] < spliced[0, 5] and w[0, 3] == spliced[0, 3] == 1.0
+    for m in (bl.SequentialRules(steps=1), bl.AssociationRules(), bl.ItemKNN(k=10)):
+        m.fit(TRAIN, N)
+        last_unseen = np.asarray(m.score(np.array([[1, 0]], np.int32), np.array([2])))
+        assert not last_unseen[0, 1:].any()
+        assert np.asarray(m.score(np.array([[1, 0]], np.int32), np.array([1])))[0, 2] > 0
+    sp = bl.SessionPop().fit(TRAIN, N)
+    a = np.asarray(sp.score(np.array([[6, 0, 6]], np.int32), np.array([3])))
+    b = np.asarray(sp.score(np.array([[6, 6, 0]], np.int32), np.array([2])))
+    np.testing.assert_array_equal(a[:, 1:], b[:, 1:])
+
+
 def test_keep_top_k():
     import scipy.sparse as sp
 

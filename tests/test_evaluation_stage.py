@@ -166,3 +166,30 @@ def test_ranks_subset_drops_methods_so_a_rerun_can_replace_them(
         assert after["POP"][m] == pytest.approx(before["POP"][m])
     with pytest.raises(PipelineError, match="no method"):
         mod.subset(both, kept, ["VSTAN"])
+
+
+def test_unseen_tracks_kept_in_the_prefixes_end_to_end(pipeline_data, monkeypatch, tmp_path):
+    """sessionize.py --unseen keep -> test_model.py: the same unseen-target count as
+    splicing, no event spliced, more events scored (those whose prefix was only unseen
+    tracks), the mode stated in the results."""
+    import shutil
+
+    import sessionize
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "preprocessed", data / "preprocessed")
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
+    sessionize.main(["--windows", "1m", "--min-user-sessions", "3", "--unseen", "keep"])
+    splits = {s: pd.read_parquet(data / "sessions" / "1m" / f"{s}.parquet") for s in ("test",)}
+    assert (splits["test"]["item_idx"] == 0).any()
+    evaluation.main(["--window", "1m", "--methods", "SR", "--no-model", "--n-boot", "20"])
+    keep = json.loads((data / "reports" / "results.json").read_text())
+    spliced = json.loads((pipeline_data / "sessions" / "1m" / "meta.json").read_text())
+    a, b = keep["accounting"]["test"], spliced["accounting"]["test"]
+    assert keep["unseen"] == "keep" and a["events_spliced"] == 0
+    assert a["events_unseen_target"] == b["events_unseen_target"] > 0
+    assert a["events_scored"] >= b["events_scored"] and a["events_unscorable"] == 0
+    assert a["events_after_unseen"] >= b["events_spliced"]
+    assert keep["test_events"] == a["events_scored"]
+    md = (data / "reports" / "results.md").read_text()
+    assert "stay in the prefixes as id 0" in md

@@ -45,6 +45,26 @@ def test_padding_never_changes_the_output():
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["bigru_att", "narm", "gru4rec", "sasrec", "stamp"])
+def test_an_unseen_play_kept_in_the_prefix_is_masked(arch):
+    """sessionize.py --unseen keep leaves id 0 where an unseen track was played: every
+    network skips it (inside the prefix or as its last play), as it skips padding; SASRec,
+    whose positions count from the first play, keeps its position."""
+    cfg = ModelConfig(arch=arch, input_len=6, emb_dim=8, hidden=6, fc_dim=8, dropout=0.0)
+    m = build_model(V, cfg, seed=1)
+    # 5, X, 7, 9 and X, 5, 7, X, 9 (a last X looks like padding: skipped as well)
+    kept = np.array([[5, 0, 7, 9, 0, 0], [0, 5, 7, 0, 9, 0]], np.int32)
+    spliced = np.array([[5, 7, 9, 0, 0, 0], [5, 7, 9, 0, 0, 0]], np.int32)
+    a = keras.ops.convert_to_numpy(m.logits(m(kept)))
+    b = keras.ops.convert_to_numpy(m.logits(m(spliced)))
+    if arch == "sasrec":
+        assert not np.allclose(a, b, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    pos = keras.ops.convert_to_numpy(m.last_position(kept > 0))
+    assert pos.tolist() == [3, 4]
+
+
 def test_last_position_logic_in_mixed_batches():
     m = small_model()
     seqs = [[3], [4, 5], [6, 7, 8, 9, 10, 11], [12, 13, 14]]

@@ -141,9 +141,32 @@ def test_unscored_events_are_accounted_on_a_toy_case():
         "events_unseen_target": 1,
         "events_scored": 3,
         "events_spliced": 2,
+        "events_after_unseen": 2,
         "events_unscorable": 1,
     }
     assert out["item_idx"].tolist() == [1, 2, 3, 1, 2]
+    # --unseen keep: X stays as id 0 in its place, never a target; session 1 keeps its
+    # event (20 after X); the same unseen-target count, nothing lost, nothing spliced
+    out, acct = sessionize.apply_vocab(part, vocab, min_len=2, keep_unseen=True)
+    assert out["item_idx"].tolist() == [1, 0, 2, 3, 0, 2, 1, 2]
+    assert out["position"].tolist() == [0, 1, 2, 3, 0, 1, 0, 1]
+    assert acct == {
+        "plays": 8,
+        "unseen_plays": 2,
+        "sessions_dropped": 0,
+        "events_before_filtering": 5,
+        "events_unseen_target": 1,
+        "events_scored": 4,
+        "events_spliced": 0,
+        "events_after_unseen": 3,
+        "events_unscorable": 0,
+    }
+    from lastfm.data import make_events
+
+    ev = make_events(out.rename(columns={"sess": "session_id"}), 3)
+    assert ev.targets.tolist() == [2, 3, 2, 2]  # X (0) is never a target
+    assert ev.prefixes.tolist() == [[1, 0, 0], [1, 0, 2], [0, 0, 0], [1, 0, 0]]
+    assert ev.lengths.tolist() == [2, 3, 1, 1]
 
 
 def test_the_user_filter_never_counts_test_sessions():
