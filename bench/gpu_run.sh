@@ -13,7 +13,10 @@
 # Before the call, on this machine (bench/README.md, "On a GPU"):
 #   keras, namex, optree wheels in .whl/; the splits and tags of 1m and 1m.slice1..5
 #   (parquet and json only) in .gpudata/{sessions,tags}/; both in .git/info/exclude.
-# Call: carry [".whl", ".gpudata"], command "bash bench/gpu_run.sh", timeout_s 600.
+# Call: carry [".whl", ".gpudata"], command "LASTFM_COMMIT=<git rev-parse --short HEAD here>
+# bash bench/gpu_run.sh", timeout_s 600 (the machine's copy has stale git metadata).
+# Measured there (bench/README.md): with six processes compiling at once, first epochs took
+# 40-150 s; a call for converged runs should skip the throughput phase (BENCH=0).
 # Back in $OUT (data/gpu_out without one): ranks_<arch>.npz, ranks_check.npz, logs.tgz
 # (logs, every model's config.json and history.csv, the slices' results). Merge here:
 #   python test_model.py --window 1m --ranks-from <the ranks files>

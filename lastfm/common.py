@@ -119,11 +119,10 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def provenance(command: str) -> dict[str, str]:
-    """The command, commit (``+changes`` when the tree differs) and UTC date of a
-    results file."""
+def git_commit() -> str:
+    """The checkout's short commit, ``+changes`` when tracked files differ; ``unknown``
+    without git."""
     import subprocess
-    from datetime import UTC, datetime
 
     root = Path(__file__).resolve().parents[1]
     try:
@@ -140,9 +139,19 @@ def provenance(command: str) -> dict[str, str]:
             text=True,
             capture_output=True,
         ).stdout.strip()
-        commit += "+changes" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
+def provenance(command: str) -> dict[str, str]:
+    """The command, commit (``+changes`` when the tree differs) and UTC date of a
+    results file. ``$LASTFM_COMMIT`` names the commit instead, for a copy of the code whose
+    git metadata is missing or stale (a lent GPU machine's copy of the working tree)."""
+    from datetime import UTC, datetime
+
+    named = os.environ.get("LASTFM_COMMIT", "").strip()
+    commit = f"{named} (named by LASTFM_COMMIT)" if named else git_commit()
     return {
         "command": command.strip(),
         "commit": commit,

@@ -243,3 +243,14 @@ def test_results_doc_builds_from_every_results_file_but_the_fidelity_report():
     text = mod.build()
     for p in (ROOT / "results").glob("*.json"):
         assert (f"`results/{p.name}`" in text) == (p.stem != "fidelity"), p.name
+
+
+def test_provenance_names_the_commit_given_where_git_metadata_is_stale(monkeypatch):
+    """A lent machine's copy of the tree can carry stale git metadata: $LASTFM_COMMIT wins."""
+    from lastfm.common import git_commit, provenance
+
+    monkeypatch.delenv("LASTFM_COMMIT", raising=False)
+    assert provenance("python x.py")["commit"] == git_commit()
+    monkeypatch.setenv("LASTFM_COMMIT", "abc1234")
+    p = provenance(" python x.py ")
+    assert p["commit"] == "abc1234 (named by LASTFM_COMMIT)" and p["command"] == "python x.py"
