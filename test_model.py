@@ -236,6 +236,53 @@ def events_md5(events: Events, vocab_md5: str, exclude_seen: bool, prefix_len: i
     return h.hexdigest()
 
 
+# Each method i of a --save-ranks file: arrays <part>_i (int32, one row per event).
+RANK_PARTS = ("higher", "ties", "topk")
+
+
+def write_ranks_file(path: Path, meta: dict, methods: list[dict]) -> None:
+    """A ``--save-ranks`` file, written atomically: ``meta`` (JSON; its ``methods`` names
+    ``methods`` in order) and each method's ``RANK_PARTS`` arrays."""
+
+    def write(tmp: Path) -> None:
+        arrays = {
+            f"{part}_{i}": np.asarray(m[part]).astype(np.int32)
+            for i, m in enumerate(methods)
+            for part in RANK_PARTS
+        }
+        with open(tmp, "wb") as fh:  # a file object: np.savez adds no ".npz" to the name
+            np.savez_compressed(fh, meta=np.array(json.dumps(meta)), **arrays)
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    common.write_atomic(Path(path), write)
+
+
+def read_ranks_file(path: Path) -> tuple[dict, list[dict]]:
+    """The meta and per-method arrays (``RANK_PARTS``) of a ``--save-ranks`` file; a
+    one-line error for a missing file, another file, or one written before tie counts."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"--ranks-from {path}: file not found")
+    try:
+        with np.load(path) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k] for k in z.files}
+        missing = [k for k in ("methods", "events_md5", "params", "seconds") if k not in meta]
+        if missing:
+            raise KeyError(missing[0])
+        names = meta["methods"]
+    except (OSError, ValueError, KeyError, TypeError) as e:  # not a --save-ranks file
+        raise PipelineError(
+            f"--ranks-from {path}: not a file written by --save-ranks ({type(e).__name__}: {e})"
+        ) from e
+    if any(f"higher_{i}" not in arrays for i in range(len(names))):
+        raise PipelineError(
+            f"--ranks-from {path}: written before the tie counts were "
+            "kept; evaluate that method again with --save-ranks"
+        )
+    return meta, [{part: arrays[f"{part}_{i}"] for part in RANK_PARTS} for i in range(len(names))]
+
+
 def save_ranks(
     path: Path, raw: dict, results: dict, fingerprint: str, model_records: dict | None = None
 ) -> None:
@@ -252,13 +299,9 @@ def save_ranks(
             for d, (rec, labels) in (model_records or {}).items()
         },
     }
-    arrays = {}
-    for i, n in enumerate(names):
-        arrays[f"higher_{i}"] = raw[n].higher.astype(np.int32)
-        arrays[f"ties_{i}"] = raw[n].ties.astype(np.int32)
-        arrays[f"topk_{i}"] = raw[n].topk.astype(np.int32)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+    write_ranks_file(
+        path, meta, [{part: getattr(raw[n], part) for part in RANK_PARTS} for n in names]
+    )
 
 
 def load_ranks(
@@ -266,46 +309,27 @@ def load_ranks(
 ) -> tuple[dict[str, tuple[EvalResult, dict]], dict]:
     """Methods saved by ``--save-ranks`` and the networks' records (as ``model_records``,
     keyed by the file and folder); refuses ranks of other events or protocol."""
-    path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"--ranks-from {path}: file not found")
-    z = None
-    try:
-        z = np.load(path)
-        meta = json.loads(str(z["meta"]))
-        names, saved_md5 = meta["methods"], meta["events_md5"]
-    except (OSError, ValueError, KeyError, TypeError) as e:  # not a --save-ranks file
-        if z is not None:
-            z.close()
+    meta, methods = read_ranks_file(path)
+    if meta["events_md5"] != fingerprint:
         raise PipelineError(
-            f"--ranks-from {path}: not a file written by --save-ranks ({type(e).__name__}: {e})"
-        ) from e
-    with z:
-        if saved_md5 != fingerprint:
+            f"--ranks-from {path}: saved for other test events, vocabulary, --prefix-len or "
+            "--exclude-seen than this evaluation; evaluate on the same splits and options"
+        )
+    out = {}
+    for n, m in zip(meta["methods"], methods):
+        res = EvalResult(
+            m["higher"].astype(np.int64),
+            m["ties"].astype(np.int64),
+            events.sessions,
+            events.positions,
+            m["topk"].astype(np.int64),
+            float(meta["seconds"][n]),
+        )
+        if len(res.ranks) != len(events):
             raise PipelineError(
-                f"--ranks-from {path}: saved for other test events, vocabulary, --prefix-len or "
-                "--exclude-seen than this evaluation; evaluate on the same splits and options"
+                f"--ranks-from {path}: {n} has {len(res.ranks)} events, expected {len(events)}"
             )
-        out = {}
-        for i, n in enumerate(names):
-            if f"higher_{i}" not in z:
-                raise PipelineError(
-                    f"--ranks-from {path}: written before the tie counts were "
-                    "kept; evaluate that method again with --save-ranks"
-                )
-            res = EvalResult(
-                z[f"higher_{i}"].astype(np.int64),
-                z[f"ties_{i}"].astype(np.int64),
-                events.sessions,
-                events.positions,
-                z[f"topk_{i}"].astype(np.int64),
-                float(meta["seconds"][n]),
-            )
-            if len(res.ranks) != len(events):
-                raise PipelineError(
-                    f"--ranks-from {path}: {n} has {len(res.ranks)} events, expected {len(events)}"
-                )
-            out[n] = (res, meta["params"][n])
+        out[n] = (res, meta["params"][n])
     records = {f"{path}:{d}": tuple(v) for d, v in meta.get("model_records", {}).items()}
     return out, records
 

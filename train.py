@@ -398,11 +398,10 @@ class ValidationCallback(keras.callbacks.Callback):
                 log(f"early stop: no validation MRR@20 gain for {self.patience} epoch(s)")
                 self.rec_model.stop_training, self.stopped = True, "early stopping"
                 return
-        last = epoch + 1 >= self.params.get("epochs", 0)
+        if not self.time_budget or not self.batch_s or epoch + 1 >= self.params.get("epochs", 0):
+            return
         spent = time.perf_counter() - self.start
-        if self.time_budget and not last and self.batch_s:
-            if spent + self.next_epoch_s(res.seconds) <= self.time_budget:
-                return
+        if spent + self.next_epoch_s(res.seconds) > self.time_budget:
             log(f"stop: another epoch would end past --time-budget {self.time_budget:g} s")
             self.rec_model.stop_training, self.stopped = True, "time budget"
 

@@ -109,7 +109,7 @@ slices() {  # the study's network on each time slice (in parallel), then the CPU
   [ "${CHECK:-1}" = 1 ] || return
   # The configuration of the published CPU (TensorFlow) runs: 3 epochs, dropout 0.1.
   local out=$D/models/1m/check_bigru_att_seed0
-  TRAIN=(train.py --epochs 3 --cosine --lr 0.006 --patience 3 --verbose 0 --no-tensorboard)
+  local -a TRAIN=(train.py --epochs 3 --cosine --lr 0.006 --patience 3 --verbose 0 --no-tensorboard)
   train_run check 1 --window 1m --arch bigru_att --dropout 0.1 --seed 0 --out "$out" &&
     timeout $(( DEADLINE - $(elapsed) - 5 )) $PY test_model.py --window 1m --methods "" \
       --n-boot 10 --models "$out" --save-ranks "$OUT/ranks_check.npz" >"$L/eval_check.log" 2>&1

@@ -10,40 +10,35 @@ A dropped network's record goes too; a name not in the file is an error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lastfm.common import PipelineError, log, run_main  # noqa: E402
+from test_model import read_ranks_file, write_ranks_file  # noqa: E402
 
 
 def subset(src: Path, dst: Path, drop: list[str]) -> list[str]:
     """Write ``dst``: ``src`` without the methods ``drop``; returns the methods kept."""
-    with np.load(src) as z:
-        meta = json.loads(str(z["meta"]))
-        arrays = {k: z[k] for k in z.files if k != "meta"}
+    meta, methods = read_ranks_file(src)
     names = meta["methods"]
     unknown = sorted(set(drop) - set(names))
     if unknown:
         raise PipelineError(f"{src}: no method {unknown}; it has {names}")
-    keep = [n for n in names if n not in drop]
-    out, new_meta = {}, {**meta, "methods": keep}
-    for key in ("params", "seconds"):
-        new_meta[key] = {n: meta[key][n] for n in keep}
-    for j, n in enumerate(keep):
-        i = names.index(n)
-        for part in ("higher", "ties", "topk"):
-            out[f"{part}_{j}"] = arrays[f"{part}_{i}"]
-    new_meta["model_records"] = {
-        d: v for d, v in meta.get("model_records", {}).items() if not set(v[1]) & set(drop)
+    keep = [i for i, n in enumerate(names) if n not in drop]
+    kept = [names[i] for i in keep]
+    new_meta = {
+        **meta,
+        "methods": kept,
+        "params": {n: meta["params"][n] for n in kept},
+        "seconds": {n: meta["seconds"][n] for n in kept},
+        "model_records": {
+            d: v for d, v in meta.get("model_records", {}).items() if not set(v[1]) & set(drop)
+        },
     }
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(dst, meta=np.array(json.dumps(new_meta)), **out)
-    return keep
+    write_ranks_file(dst, new_meta, [methods[i] for i in keep])
+    return kept
 
 
 def main(argv=None) -> None:

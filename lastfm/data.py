@@ -200,6 +200,14 @@ def sample_events(events: Events, n: int, seed: int) -> Events:
     return events.subset(np.sort(rng.choice(len(events), n, replace=False)))
 
 
+def last_real_position(mask, ops=np):
+    """(B,) index of each row's last True in ``mask`` (B, L): the last real play of a
+    prefix, right padding and masked plays inside it (tracks unseen in training, id 0)
+    skipped; 0 when there is none. ``ops``: numpy, or ``keras.ops`` inside a network."""
+    pos = ops.arange(ops.shape(mask)[1], dtype="int32")[None, :]
+    return ops.max(ops.where(mask, pos, 0), axis=1)
+
+
 def recent(prefixes: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:
     """The most recent ``max_len`` items of right-padded prefixes, right-padded."""
     out = np.zeros((len(prefixes), max_len), np.int32)

@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from lastfm.baselines import SequentialRules
 from lastfm.common import PipelineError, log, markdown_table
-from lastfm.data import Events, recent
+from lastfm.data import Events, last_real_position, recent
 from lastfm.metrics import TOPK, csr_rows, device_logits, metric_values, topk_sparse
 
 TABLE = "transitions.npz"
@@ -82,8 +82,7 @@ class Transitions:
     def successors(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The last track's successors (B, K) (0 = empty slot) in prefixes ``x`` (B, L),
         with log(1 + count) and log(1 + plays) of each (0 in empty slots)."""
-        # The last real play (masked plays inside, id 0, skipped as the networks do).
-        last = x[np.arange(len(x)), (np.arange(x.shape[1])[None, :] * (x > 0)).max(axis=1)]
+        last = x[np.arange(len(x)), last_real_position(x > 0)]  # as the networks find it
         succ, cnt = self.ids[last], self.counts[last]  # (B, K)
         filled = succ > 0
         return succ, np.log1p(cnt) * filled, np.log1p(self.plays[succ]) * filled

@@ -24,6 +24,7 @@ from keras import layers, ops
 from lastfm import config as cfgs
 from lastfm.common import PipelineError
 from lastfm.config import option
+from lastfm.data import last_real_position
 
 NEG = -1e9
 ARCHS: dict[str, type] = {}
@@ -133,12 +134,8 @@ class NextItemModel(keras.Model):
 
     @staticmethod
     def last_position(mask):
-        """(B,) index of each prefix's last real play: the last True of ``mask`` (B, L),
-        right padding and masked plays inside the prefix (tracks unseen in training)
-        skipped; 0 when there is none."""
-        m = ops.cast(mask, "int32")
-        pos = ops.arange(ops.shape(m)[1], dtype="int32")[None, :]
-        return ops.max(m * pos, axis=1)
+        """(B,) index of each prefix's last real play (``data.last_real_position``)."""
+        return last_real_position(ops.cast(mask, "bool"), ops)
 
     def logits(self, rep):
         """Scores (B, V+1) of every track; column 0 (padding) pushed to NEG.
