@@ -31,8 +31,8 @@ vocabulary: normalised tags used by at least ``--min-tag-count`` tracks),
 
 from __future__ import annotations
 
-import argparse
 import fcntl
+import io
 import json
 import math
 import os
@@ -55,6 +55,7 @@ from lastfm import config as cfgs
 from lastfm.common import (
     PipelineError,
     ensure_writable,
+    folder_lock,
     log,
     markdown_table,
     read_json,
@@ -125,12 +126,16 @@ class RateLimiter:
     and phases of a process.
 
     ``acquire`` takes a slot and ``done`` returns it when the answer has come back. A slot
-    counts from its request's start until ``n / rate + margin`` seconds after its answer
-    (``n = max(1, floor(rate))``), and at most ``n`` slots count at once. A request reaches
-    the server between its start and its answer, so any ``n + 1`` arrivals span more than
-    ``n / rate`` >= 1 second whatever the network's or the threads' delays: counting from the
-    start alone let jitter bunch arrivals. ``slow_down`` (after Last.fm's error 29) halves
-    the rate for a while. A wait ends early with ``Stopped`` when ``stop`` is set.
+    counts from its request's start until ``W = max(1, n / rate) + margin`` seconds after
+    its answer (``n = max(1, floor(rate))``), and a request starts only while fewer than
+    ``n`` slots count. A request reaches the server between its start and its answer, so
+    every other request reaching it within 1 second of a request X's arrival still counted
+    when X started: any 1-second window sees at most ``n`` arrivals, whatever the network's
+    or the threads' delays, with ``n`` the limit in force when the window's last request
+    started. ``W`` is never under 1 second and answers are kept for the longest ``W`` any
+    rate of this limiter has, so a change of rate (``slow_down`` after Last.fm's error 29
+    halves it for a while, then it comes back) never forgets a request that still counts.
+    A wait ends early with ``Stopped`` when ``stop`` is set.
     """
 
     def __init__(
@@ -149,9 +154,16 @@ class RateLimiter:
         self.lock = threading.Lock()
         self.restore_at = 0.0
 
-    def window(self) -> tuple[int, float]:
-        n = max(1, math.floor(self.rate))
-        return n, n / self.rate + self.margin
+    def window(self, rate: float | None = None) -> tuple[int, float]:
+        """(n, W) at ``rate`` (default: the current one); see the class docstring."""
+        rate = self.rate if rate is None else rate
+        n = max(1, math.floor(rate))
+        return n, max(1.0, n / rate) + self.margin
+
+    def horizon(self) -> float:
+        """How long an answer is kept: the longest window of any rate this limiter takes
+        (the slowest, ``slow_down``'s floor)."""
+        return max(self.window(self.base_rate)[1], self.window(self.base_rate / 4)[1])
 
     def acquire(self) -> list[float] | None:
         """Wait for a free slot and take it (give it to ``done``); ``Stopped`` if the run
@@ -166,12 +178,13 @@ class RateLimiter:
                 if self.restore_at and now >= self.restore_at:
                     self.rate, self.restore_at = self.base_rate, 0.0
                 n, window = self.window()
-                self.slots = [s for s in self.slots if s[0] + window > now]
-                if len(self.slots) < n:
+                keep = self.horizon()
+                self.slots = [s for s in self.slots if s[0] + keep > now]
+                ends = sorted(s[0] for s in self.slots if s[0] + window > now)
+                if len(ends) < n:
                     slot = [math.inf]
                     self.slots.append(slot)
                     return slot
-                ends = sorted(s[0] for s in self.slots)
                 wait_s = ends[len(ends) - n] + window - now  # inf: until an answer comes
             self.sleep(min(max(wait_s, 0.001), 0.05))
 
@@ -204,7 +217,7 @@ class TagCache:
 
     def __init__(self, path: Path):
         path = Path(path)
-        self.path = path
+        self.path, self.written = path, 0  # written: answers put by this run
         ensure_writable(path.parent)
         self.lock_file = open(str(path) + ".lock", "a")
         try:
@@ -307,6 +320,7 @@ class TagCache:
             self.db.commit()
         except sqlite3.Error as err:
             raise PipelineError(f"{self.path}: {err}; rerun to resume") from None
+        self.written += 1
 
     def answers(self, keys: list[str]) -> dict[str, tuple[str, list]]:
         out = {}
@@ -392,6 +406,10 @@ class MbidTrack(pylast.Track):
 
 class PermanentError(Exception):
     pass
+
+
+class WorkerFailed(Exception):
+    """What a fetch worker died of (the run stops with it)."""
 
 
 def fetch_one(
@@ -483,6 +501,9 @@ def run_fetch(
             except PermanentError as err:
                 results.put((job, err))
                 return
+            except BaseException as err:  # noqa: BLE001 - a dead worker fails the run
+                results.put((job, WorkerFailed(f"{type(err).__name__}: {err}"[:300])))
+                return
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(workers)]
     for t in threads:
@@ -503,6 +524,11 @@ def run_fetch(
                     f"{res}: stopping. Check LASTFM_API_KEY (or --api-key); "
                     f"{done:,} answers so far are saved in the cache"
                 )
+            if isinstance(res, WorkerFailed):
+                raise PipelineError(
+                    f"a fetch worker failed ({res}); stopping. {done:,} answers so far are "
+                    "saved in the cache; rerun to resume"
+                )
             status, tags, error, attempts = res
             cache.put(job.key, job.kind, status, tags, error, attempts)
             counts[status] += 1
@@ -514,6 +540,11 @@ def run_fetch(
         if done < len(jobs):
             stop.set()  # stop every worker and wait; nothing new is sent
         bar.close()
+    if done < len(jobs):  # every worker ended without a reason: never a quiet success
+        raise PipelineError(
+            f"{len(jobs) - done:,} of {len(jobs):,} answers never came (the workers ended); "
+            f"{done:,} are saved in the cache; rerun to resume"
+        )
     return counts
 
 
@@ -594,9 +625,28 @@ def read_tags_file(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise PipelineError(f"--tags-file {path}: no such file")
     sep = "," if path.suffix.lower() == ".csv" else "\t"
-    df = pd.read_csv(
-        path, sep=sep, dtype=str, keep_default_na=False, quoting=3 if sep == "\t" else 0
-    )
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise PipelineError(
+            f"{path}, line {line}: byte {raw[err.start]:#04x} is not UTF-8; save the file as UTF-8"
+        ) from None
+    if not text.strip():
+        raise PipelineError(f"{path}: empty; expected a header artist, track, tag, weight")
+    try:
+        df = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            dtype=str,
+            keep_default_na=False,
+            quoting=3 if sep == "\t" else 0,
+        )
+    except pd.errors.ParserError as err:
+        raise PipelineError(
+            f"{path}: not a {'CSV' if sep == ',' else 'TSV'} table ({err})"
+        ) from None
     missing = [c for c in ("artist", "track", "tag", "weight") if c not in df.columns]
     if missing:
         raise PipelineError(
@@ -643,7 +693,12 @@ def tags_for_window(
             "skipping tags; train.py will train the model without tags."
         )
         return None
-    out = ensure_writable(layout.tags(window))  # before any request
+    with folder_lock(layout.tags(window)) as out:  # one writer; writable before any request
+        return window_tags(layout, window, cfg, api_key, limiter, vocab, vocab_md5, out)
+
+
+def window_tags(layout, window, cfg, api_key, limiter, vocab, vocab_md5, out: Path) -> dict:
+    """``tags_for_window``'s work in its folder ``out`` (held by the caller)."""
     items = vocab["item_idx"].to_numpy()
     per_item: dict[int, list] = {}
     answers_by_status: dict[str, int] = {}
@@ -673,7 +728,13 @@ def tags_for_window(
                 f"({len(jobs) - len(todo):,} cached); {cfg.workers} workers at "
                 f"{cfg.rate:g} requests/s"
             )
-            counts = fetch_todo(jobs, todo, cache, network, cfg, limiter)
+            try:
+                counts = fetch_todo(jobs, todo, cache, network, cfg, limiter)
+            except KeyboardInterrupt as stop:  # Ctrl-C or SIGTERM: say what is kept
+                raise type(stop)(
+                    f"{cache.written:,} answers of this run are saved in {cache.path}; rerun "
+                    "the same command to resume (cached answers are not asked again)"
+                ) from None
             log(f"answers this run: {counts}")
             answers = cache.answers([j.key for j in jobs])
             for item, job in zip(items, jobs):
@@ -756,7 +817,7 @@ def report(metas: dict[str, dict]) -> str:
 
 
 def parse_args(argv=None) -> tuple[Layout, TagsConfig]:
-    ap = argparse.ArgumentParser(description="Fetch Last.fm top tags for each track (pylast).")
+    ap = cfgs.parser("Fetch Last.fm top tags for each track (pylast).")
     cfgs.add_data_dir(ap)
     cfgs.add_flags(ap, TagsConfig, "tags")
     args = ap.parse_args(argv)
@@ -777,11 +838,13 @@ def main(argv=None) -> None:
     md = report(metas)
     write_text(reports / "tags.md", md)
     print(md)
-    errors = {w: m["answers"].get("error", 0) for w, m in metas.items()}
+    errors = {
+        w: m["answers"].get("error", 0) + m["answers"].get("missing", 0) for w, m in metas.items()
+    }
     if sum(errors.values()):
         msg = (
-            f"{sum(errors.values()):,} tracks' answers are errors ({errors}); the tables "
-            "were written without them and a rerun asks for them again"
+            f"{sum(errors.values()):,} tracks' answers are errors or never came ({errors}); "
+            "the tables were written without them and a rerun asks for them again"
         )
         if not cfg.allow_errors:
             raise PipelineError(msg + " (--allow-errors accepts them)")

@@ -45,7 +45,7 @@ from keras import layers, ops
 
 from lastfm import config as cfgs
 from lastfm import gru4rec, narm, sasrec, stamp  # noqa: F401 - the peers register their arch
-from lastfm.common import PipelineError, read_json
+from lastfm.common import PipelineError, file_md5, read_json
 from lastfm.nn import ARCHS, NEG, ModelConfig, NextItemModel, register
 
 
@@ -84,8 +84,7 @@ class SessionRecommender(NextItemModel):
         return [self.succ_emb]
 
     def call(self, items, training=False):
-        items = ops.cast(items, "int32")
-        mask = ops.not_equal(items, 0)  # (B, L) True = real play
+        items, mask = self.rnn_inputs(items)  # (B, L) right-padded; True = read
         x = self.in_drop(self.embed(items), training=training)
         seq, fwd, bwd = self.bigru(x, mask=mask, training=training)  # (B,L,2H), (B,H), (B,H)
         last = ops.concatenate([fwd, bwd], axis=-1)  # (B, 2H) global encoder
@@ -118,6 +117,28 @@ def build_model(n_items: int, config: ModelConfig, n_tags: int = 0, seed: int = 
     return model
 
 
+def check_folder(model_dir: Path, record: dict) -> None:
+    """PipelineError unless every file ``config.json`` lists (``outputs``: the model,
+    the hybrid's table, the history) is there with its recorded size and MD5: a folder
+    whose parts come from different runs, or a damaged file, is never scored."""
+    listed = record.get("outputs")
+    if not listed:
+        raise PipelineError(
+            f"{model_dir}/config.json lists no files with checksums (written by an older "
+            "version of train.py); retrain with train.py"
+        )
+    for name, rec in listed.items():
+        path = model_dir / name
+        if not path.exists():
+            raise PipelineError(f"{path}: missing, but {model_dir}/config.json lists it; retrain")
+        if path.stat().st_size != rec.get("bytes") or file_md5(path) != rec.get("md5"):
+            raise PipelineError(
+                f"{path}: not the file {model_dir}/config.json was written with (size or "
+                "MD5 differ: another or interrupted run wrote it, or it is damaged); "
+                f"retrain, or rerun train.py --transitions-only --out {model_dir}"
+            )
+
+
 def load_trained(model_dir: Path, expected_vocab_md5: str | None = None):
     """The model in ``model_dir`` (``model.keras``) and its ``config.json`` record.
 
@@ -135,6 +156,7 @@ def load_trained(model_dir: Path, expected_vocab_md5: str | None = None):
             "the code); retrain with train.py"
         )
     model_config = cfgs.load(ModelConfig, record["model"], str(cfg_path))
+    check_folder(Path(model_dir), record)
     if expected_vocab_md5 is not None and record.get("vocab_md5") != expected_vocab_md5:
         raise PipelineError(
             f"{path} was trained on another vocabulary (window {record.get('window')}, "

@@ -14,7 +14,6 @@ Outputs (under the data root, ``lastfm.paths.Layout``):
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import http.client
 import os
@@ -40,12 +39,14 @@ from lastfm.common import (
     PipelineError,
     file_md5,
     fingerprint,
+    folder_lock,
     log,
     markdown_table,
     outputs_record,
     read_json,
     run_main,
     stage_current,
+    sweep_litter,
     write_json,
     write_parquet,
     write_text,
@@ -611,12 +612,12 @@ def resolve_input(layout: Layout, cfg: PreprocessConfig) -> Path:
                 f"or a folder holding {Path(TSV).name})"
             )
         return p
-    raw = make(layout.raw())
-    archive = download(cfg.url, raw / ARCHIVE, md5=cfg.md5, size=cfg.size)
-    if not extracted_current(archive, raw):
-        log(f"extracting {archive}")
-        real = cfg.url in (URL, MIRROR)  # the published plays MD5 is checked for the real one
-        extract(archive, raw, tsv_md5=KNOWN_MD5[Path(TSV).name] if real else None)
+    with folder_lock(layout.raw()) as raw:  # one download and extraction at a time
+        archive = download(cfg.url, raw / ARCHIVE, md5=cfg.md5, size=cfg.size)
+        if not extracted_current(archive, raw):
+            log(f"extracting {archive}")
+            real = cfg.url in (URL, MIRROR)  # the published plays MD5 is checked for the real one
+            extract(archive, raw, tsv_md5=KNOWN_MD5[Path(TSV).name] if real else None)
     return raw / TSV
 
 
@@ -752,7 +753,7 @@ def _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to
 
 
 def parse_args(argv=None) -> tuple[Layout, PreprocessConfig]:
-    ap = argparse.ArgumentParser(description="Download, parse, clean and window Last.fm-1K.")
+    ap = cfgs.parser("Download, parse, clean and window Last.fm-1K.")
     cfgs.add_data_dir(ap)
     cfgs.add_flags(ap, PreprocessConfig, "preprocessing")
     args = ap.parse_args(argv)
@@ -761,10 +762,17 @@ def parse_args(argv=None) -> tuple[Layout, PreprocessConfig]:
 
 def main(argv=None) -> None:
     layout, cfg = parse_args(argv)
+    with folder_lock(layout.preprocessed()) as out:
+        run(layout, cfg, out)
+
+
+def run(layout: Layout, cfg: PreprocessConfig, out: Path) -> None:
+    """The stage, in ``out`` (held by ``main``): skip when current, else write every
+    output and then the manifest."""
     months = cfg.month_list()
     tsv = resolve_input(layout, cfg)
-    out = make(layout.preprocessed())
     reports = make(layout.reports())
+    sweep_litter(reports)
     params = {
         "months": months,
         "anchor": cfg.anchor,

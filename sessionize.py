@@ -69,8 +69,7 @@ class SessionConfig:
     )
 
     def check(self) -> None:
-        if self.gap_minutes <= 0:
-            raise PipelineError(f"--gap-minutes {self.gap_minutes}: must be positive")
+        cfgs.require_above(self, 0, "gap_minutes")
         cfgs.require_at_least(self, 0, "max_session_len", "min_len", "min_user_sessions")
         cfgs.require_at_least(self, 1, "slices")
         check_fracs(self.valid_frac, self.test_frac)
@@ -381,6 +380,25 @@ def sessionize_window(
     return manifest
 
 
+def window_outputs(src, out, cfg, params, time_range, plays, args) -> dict:
+    """One window's outputs in ``out`` (held by the caller): its manifest when current for
+    ``params``, else the window sessionized, written, and its manifest written last."""
+    if not args.force and common.stage_current(out / "meta.json", params):
+        log(f"{out} is current; skipping")
+        return read_json(out / "meta.json")
+    log(f"sessionizing {src}" + (f" {time_range}" if time_range else ""))
+    (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last
+    manifest = sessionize_window(src, out, cfg, time_range, plays)
+    names = [f"{s}.{ext}" for s in SPLITS for ext in ("parquet", "tsv")]
+    names += ["vocab.parquet", "stats.md", "stats.json"]
+    common.write_json(
+        out / "meta.json",
+        {"params": params, **manifest, "outputs": common.outputs_record(out, names)},
+    )
+    print((out / "stats.md").read_text())
+    return manifest
+
+
 def vocab_checksum(vocab: pd.DataFrame) -> str:
     """Identity of a vocabulary: MD5 of its ordered track keys."""
     import hashlib
@@ -428,7 +446,7 @@ def study_table(results: dict[str, dict]) -> str:
 
 
 def parse_args(argv=None) -> tuple[Layout, SessionConfig, argparse.Namespace]:
-    ap = argparse.ArgumentParser(description="Sessionize and split the preprocessed windows.")
+    ap = cfgs.parser("Sessionize and split the preprocessed windows.")
     cfgs.add_data_dir(ap)
     ap.add_argument(
         "--windows",
@@ -463,7 +481,6 @@ def main(argv=None) -> None:
         else:
             jobs.append((w, src, None))
     for w, src, time_range in jobs:
-        out = make(layout.sessions(w))
         # The input by content (its MD5 in preprocess's manifest), not by its file time.
         recorded = pre.get("outputs", {}).get(src.name)
         params = {
@@ -472,23 +489,11 @@ def main(argv=None) -> None:
             "time_range": time_range,
             "version": OUTPUT_VERSION,
         }
-        if not args.force and common.stage_current(out / "meta.json", params):
-            log(f"{out} is current; skipping")
-            results[w] = read_json(out / "meta.json")
-            continue
-        log(f"sessionizing {src}" + (f" {time_range}" if time_range else ""))
-        (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last
-        manifest = sessionize_window(src, out, cfg, time_range, tables.get(src))
-        names = [f"{s}.{ext}" for s in SPLITS for ext in ("parquet", "tsv")]
-        names += ["vocab.parquet", "stats.md", "stats.json"]
-        common.write_json(
-            out / "meta.json",
-            {"params": params, **manifest, "outputs": common.outputs_record(out, names)},
-        )
-        results[w] = manifest
-        print((out / "stats.md").read_text())
+        with common.folder_lock(layout.sessions(w)) as out:  # one writer per window
+            results[w] = window_outputs(src, out, cfg, params, time_range, tables.get(src), args)
     table = study_table(results)
     reports = make(layout.reports())
+    common.sweep_litter(reports)
     common.write_text(
         reports / "sessions.md",
         "## Sessions per window\n\n"

@@ -31,7 +31,6 @@ Usage: ``python synth.py --out data/synthetic --users 40 --plays 200000``.
 
 from __future__ import annotations
 
-import argparse
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,8 +155,7 @@ class SynthConfig:
     def check(self) -> None:
         from lastfm.common import PipelineError
 
-        if self.track_zipf <= 1:
-            raise PipelineError(f"--track-zipf {self.track_zipf}: must be above 1")
+        cfgs.require_above(self, 1, "track_zipf")
         for name in (
             "own_taste",
             "explore",
@@ -607,7 +605,7 @@ def _write_ground_truth(
 
 
 def parse_args(argv=None) -> tuple[Path, SynthConfig, bool]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = cfgs.parser(__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="default <data>/synthetic")
     ap.add_argument("--archive", action="store_true", help="also pack lastfm-dataset-1K.tar.gz")
     cfgs.add_flags(ap, SynthConfig, "generator")

@@ -21,7 +21,6 @@ Backend: Keras 3 with TensorFlow by default; ``KERAS_BACKEND=jax`` or
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -36,7 +35,17 @@ import numpy as np
 
 from lastfm import config as cfgs
 from lastfm import hybrid
-from lastfm.common import PipelineError, log, markdown_table, run_main, write_json, write_text
+from lastfm.common import (
+    PipelineError,
+    code_provenance,
+    folder_lock,
+    log,
+    markdown_table,
+    outputs_record,
+    run_main,
+    write_json,
+    write_text,
+)
 from lastfm.config import option
 from lastfm.data import Events, load_splits, load_tag_tables, make_events, sample_events
 from lastfm.metrics import device_ranker, evaluate
@@ -87,8 +96,7 @@ class TrainConfig:
         cfgs.require_at_least(
             self, 0, "max_train_examples", "transitions", "clip_norm", "time_budget"
         )
-        if self.lr <= 0:
-            raise PipelineError(f"--lr {self.lr}: must be positive")
+        cfgs.require_above(self, 0, "lr")
         if self.transitions_only and not self.transitions:
             raise PipelineError("--transitions-only needs --transitions K > 0")
 
@@ -207,7 +215,14 @@ def model_folder(layout: Layout, tc: TrainConfig) -> Path:
 
 
 def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
-    """Train, choose the hybrid, write the model folder and reports; return its record."""
+    """Train, choose the hybrid, write the model folder and reports; return its record.
+    The model folder is held for the whole run (``folder_lock``): one writer at a time."""
+    with folder_lock(model_folder(layout, tc)) as out:
+        return train_into(out, layout, mc, tc)
+
+
+def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
+    """``train`` into the model folder ``out``, which the caller holds."""
     if tc.mixed_precision:
         keras.mixed_precision.set_dtype_policy("mixed_float16")
     keras.utils.set_random_seed(tc.seed)
@@ -230,7 +245,6 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
     steps = int(np.ceil(len(train_ev) / tc.batch_size)) * tc.epochs
     lr = keras.optimizers.schedules.CosineDecay(tc.lr, steps, alpha=0.1) if tc.cosine else tc.lr
     model.compile(optimizer=FusedAdam(lr, global_clipnorm=tc.clip_norm or None))
-    out = make(model_folder(layout, tc))
     for name in MODEL_FILES:  # never pair an old model with this run's configuration
         (out / name).unlink(missing_ok=True)
     work = out / ".partial"  # the run's files, moved into out once all are written
@@ -246,7 +260,7 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
         len(train_ev),
         tc.time_budget,
     )
-    callbacks = [cb, keras.callbacks.TerminateOnNaN()]
+    callbacks = [cb]
     if keras.backend.backend() == "tensorflow" and tc.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
     batches = LengthBuckets(
@@ -264,6 +278,7 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
         "n_items": n_items,
         "n_tags": tags[2] if tags else 0,
         "backend": keras.backend.backend(),
+        "provenance": run_provenance(meta),
         "model": cfgs.as_dict(mc),
         "train": cfgs.as_dict(tc),
         "train_examples": len(train_ev),
@@ -275,17 +290,24 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
     }
     if not (work / "model.keras").exists():
         raise PipelineError(
-            f"no epoch gave a finite validation MRR@20 (the loss diverged?); "
-            f"nothing saved in {out}; try a lower --lr"
+            f"{cb.diverged or 'no epoch gave a finite validation MRR@20'}; nothing saved in "
+            f"{out}; try a lower --lr"
         )
     if tc.transitions:
         model.load_weights(work / "model.keras")  # the best epoch's weights
         record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, n_items, tc, work)
+    parts = [n for n in MODEL_FILES if n != "config.json" and (work / n).exists()]
+    record["outputs"] = outputs_record(work, parts)  # what load_trained checks
     write_json(work / "config.json", record)
     for name in MODEL_FILES[::-1]:  # config.json last: a folder with it is complete
         if (work / name).exists():
             os.replace(work / name, out / name)
     shutil.rmtree(work)
+    if cb.diverged:
+        raise PipelineError(
+            f"{cb.diverged}: training stopped; the best model before it (epoch "
+            f"{cb.best_epoch}) is saved in {out}; try a lower --lr"
+        )
     suffix = "" if mc.tags or available is None else "_notags"
     # A run with --out (an experiment) keeps its report beside its model, so that it
     # never overwrites the report of record in <data>/reports/.
@@ -316,17 +338,38 @@ def fit_hybrid(
 
 def transitions_only(layout: Layout, tc: TrainConfig) -> dict:
     """Refit the hybrid of the trained model in ``--out`` (or the window's model
-    folder) on the same validation events as its training."""
-    out = model_folder(layout, tc)
-    splits, vocab, meta = load_splits(layout, tc.window)
-    model, record = load_trained(out, expected_vocab_md5=meta["vocab_md5"])
-    saved = cfgs.load(TrainConfig, record["train"], str(out / "config.json"))
-    valid_ev = sample_events(
-        make_events(splits["valid"], model.input_len), saved.valid_events, saved.seed
-    )
-    record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, len(vocab), tc, out)
-    write_json(out / "config.json", record)
-    return record
+    folder) on the same validation events as its training.
+
+    The new table replaces the old one atomically and ``config.json`` (its weights, its
+    ``k`` and the table's checksum) follows it: a run killed between the two leaves a
+    folder whose checksum check fails, never a pair that disagrees unnoticed."""
+    with folder_lock(model_folder(layout, tc)) as out:
+        splits, vocab, meta = load_splits(layout, tc.window)
+        model, record = load_trained(out, expected_vocab_md5=meta["vocab_md5"])
+        saved = cfgs.load(TrainConfig, record["train"], str(out / "config.json"))
+        valid_ev = sample_events(
+            make_events(splits["valid"], model.input_len), saved.valid_events, saved.seed
+        )
+        record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, len(vocab), tc, out)
+        record["outputs"].update(outputs_record(out, [hybrid.TABLE]))
+        write_json(out / "config.json", record)
+        return record
+
+
+def run_provenance(sessions_meta: dict) -> dict:
+    """Where a model comes from: the code (commit, clean tree, library versions) and the
+    data (the vocabulary's and every split file's MD5, from sessionize.py's manifest)."""
+    outputs = sessions_meta.get("outputs", {})
+    return {
+        **code_provenance(),
+        "data": {
+            "vocab_md5": sessions_meta.get("vocab_md5"),
+            **{
+                n: outputs.get(n, {}).get("md5")
+                for n in ("train.parquet", "valid.parquet", "test.parquet", "vocab.parquet")
+            },
+        },
+    }
 
 
 class ValidationCallback(keras.callbacks.Callback):
@@ -352,6 +395,7 @@ class ValidationCallback(keras.callbacks.Callback):
         self.patience, self.path, self.csv_path, self.n_train = patience, path, csv_path, n_train
         self.best, self.best_epoch, self.wait, self.rows = -1.0, 0, 0, []
         self.time_budget, self.stopped = time_budget, "epochs"
+        self.diverged = ""  # why training stopped on a loss that is not finite
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
@@ -364,6 +408,10 @@ class ValidationCallback(keras.callbacks.Callback):
         now = time.perf_counter()
         self.batch_s.append(now - self.batch_end)
         self.batch_end = now
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss):  # never evaluated, never saved
+            self.diverged = f"the training loss became {loss} at batch {batch + 1}"
+            self.rec_model.stop_training, self.stopped = True, "loss not finite"
 
     def next_epoch_s(self, valid_s: float) -> float:
         """The next epoch's expected time: the median time between batches times the
@@ -372,6 +420,10 @@ class ValidationCallback(keras.callbacks.Callback):
         return float(np.median(self.batch_s)) * len(self.batch_s) + valid_s
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.diverged:
+            self.diverged += f" of epoch {epoch + 1}"
+            log(self.diverged)
+            return
         secs = time.perf_counter() - self.t0
         res = evaluate(device_ranker(self.rec_model), self.valid, self.n_items, batch_size=512)
         row = {
@@ -411,6 +463,7 @@ def plot_history(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ep = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.3))
@@ -422,13 +475,14 @@ def plot_history(rows: list[dict], path: Path) -> None:
     ax[1].set_title("validation")
     for a in ax:
         a.set_xlabel("epoch")
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, not fractions
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def parse_args(argv=None) -> tuple[Layout, ModelConfig, TrainConfig]:
-    ap = argparse.ArgumentParser(description="Train the Bi-GRU + attention next-track model.")
+    ap = cfgs.parser("Train the Bi-GRU + attention next-track model.")
     cfgs.add_data_dir(ap)
     cfgs.add_flags(ap, TrainConfig, "training")
     cfgs.add_flags(ap, ModelConfig, "model (model.ModelConfig)")

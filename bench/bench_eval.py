@@ -1,6 +1,6 @@
 """Benchmark: baselines + full-ranking evaluation on a sessionized window.
 
-Times test_model's whole baseline run (tuning on validation, test evaluation of
+Times the evaluation stage's whole baseline run (tuning on validation, test evaluation of
 POP, S-POP, SR, Item-kNN, V-SKNN, bootstrap intervals) and, separately, the
 evaluator alone (ranks and top-20 of precomputed scores: events scored per s).
 
@@ -27,8 +27,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--evaluator-only", action="store_true", help="skip the baselines' runs")
     args = ap.parse_args()
-    import test_model
     from lastfm.data import load_splits, make_events
+    from lastfm.evaluate import EvalConfig, run_evaluation
     from lastfm.metrics import evaluate, ranker_from_scorer
     from lastfm.paths import Layout
 
@@ -53,9 +53,7 @@ def main() -> None:
     walls = []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        out = test_model.run_evaluation(
-            layout, test_model.EvalConfig(window=args.window, model=False)
-        )
+        out = run_evaluation(layout, EvalConfig(window=args.window, model=False))
         walls.append(time.perf_counter() - t)
     print(
         f"all baselines (tuning + test + 1000 bootstrap resamples): "

@@ -11,7 +11,7 @@
 # whole script), so the call ends with what finished; each stop is recorded.
 #
 # Before the call, on this machine (bench/README.md, "On a GPU"):
-#   keras, namex, optree wheels in .whl/; the splits and tags of 1m and 1m.slice1..5
+#   keras, namex, optree wheels in .whl/ at the versions requirements.lock pins; the splits and tags of 1m and 1m.slice1..5
 #   (parquet and json only) in .gpudata/{sessions,tags}/; both in .git/info/exclude.
 # Call: carry [".whl", ".gpudata"], command "LASTFM_COMMIT=<git rev-parse --short HEAD here>
 # bash bench/gpu_run.sh", timeout_s 600 (the machine's copy has stale git metadata).
@@ -48,6 +48,12 @@ PY=${PY:-python3}
 D=$LASTFM_DATA_DIR
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   $PY -c "import jax, keras; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__)"
+  # The carried wheels are the versions requirements.lock pins (what CI installs): say so.
+  for pkg in keras namex optree; do
+    want=$(grep -i "^$pkg==" requirements.lock | cut -d= -f3)
+    have=$($PY -c "from importlib.metadata import version; print(version('$pkg'))" 2>/dev/null)
+    [ "$want" = "$have" ] && echo "$pkg $have as locked" || echo "WARNING: $pkg $have, locked $want"
+  done
 } >"$L/device.txt" 2>&1
 cat "$L/device.txt"
 

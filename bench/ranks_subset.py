@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lastfm.common import PipelineError, log, run_main  # noqa: E402
-from test_model import read_ranks_file, write_ranks_file  # noqa: E402
+from lastfm.ranks import read_ranks_file, write_ranks_file  # noqa: E402
 
 
 def subset(src: Path, dst: Path, drop: list[str]) -> list[str]:

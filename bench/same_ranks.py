@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
         top = np.array_equal(a[f"topk_{i}"], b[f"topk_{j}"])
         same &= ranks and top
         print(
-            f"{name:32s} events {len(a[f'ranks_{i}'])} ranks identical {ranks} "
+            f"{name:32s} events {len(a[f'{key}_{i}'])} ranks identical {ranks} "
             f"top-20 identical {top}"
         )
     if len(argv) == 4:

@@ -16,9 +16,15 @@ equally similar neighbour sessions (V-SKNN, VSTAN) the more recent is kept.
   each item keeps its ``pruning`` strongest rules (0: all); the last item's rules score.
 - AR, association rules (same papers): a <-> b counted once for every pair of positions
   of a training session holding them (any order, any distance); pruned as SR.
-- Item-kNN (Hidasi et al. 2016, as in session-rec): sim(i, j) = |S_i & S_j| /
-  ((|S_i| + lambda)^alpha (|S_j| + lambda)^(1 - alpha)), S_i the training sessions holding
-  i; the last item's ``k`` most similar items score.
+- Item-kNN (Hidasi et al. 2016, as session-rec's ``algorithms/knn/iknn.py`` computes it):
+  sim(i, j) = sum_s n_s(i) [j in s] / ((supp_i + lambda)^alpha (supp_j + lambda)^(1 - alpha))
+  for j != i, sim(i, i) = 0; n_s(i) the plays of i in training session s, supp_i = sum_s
+  n_s(i) its training plays. Each play of i adds 1 for every distinct item of its session
+  (a repeated j counts once per play of i, so the count is not symmetric). Only the ``k``
+  most similar items of each item keep their similarity; the last item's row scores.
+- SR, AR and Item-kNN read the prefix's last known track (``lastfm.data.last_known_items``):
+  a kept unseen play (id 0, ``sessionize.py --unseen keep``) is stepped back over, as the
+  networks do; a prefix with no known track scores nothing.
 - V-SKNN (Ludewig & Jannach 2018): the prefix as a vector with position weights
   (1-based position p of L: div p/L, quadratic (p/L)^2, linear 1 - 0.1 (L - p), log
   1/log10(L - p + 1.7); a repeated item keeps its latest weight); candidate neighbours are
@@ -35,6 +41,8 @@ equally similar neighbour sessions (V-SKNN, VSTAN) the more recent is kept.
   lambda_ipw) x (1 + idf(j) lambda_idf), pos_n(j) the last position of j in the
   neighbour, pos_n(*) that of the neighbour's last item shared with the prefix, p* the
   prefix position of the most recent shared item, idf(j) = log(sessions / plays of j).
+  In both, a kept unseen play (id 0) holds its position (it counts in L and in the
+  distances) but has no weight and is never shared with a neighbour.
 """
 
 from __future__ import annotations
@@ -45,11 +53,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from lastfm.data import last_known_items
 from lastfm.metrics import SharedPlusSparse
-
-
-def _last_items(prefixes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    return prefixes[np.arange(len(prefixes)), np.maximum(lengths - 1, 0)]
 
 
 def _keep_top_k(m: sp.csr_matrix, k: int, ties_high: bool = False) -> sp.csr_matrix:
@@ -139,12 +144,13 @@ def _prune(table: sp.csr_matrix, keep: int) -> sp.csr_matrix:
 
 
 class LastItemBaseline(Baseline):
-    """Scores candidates by the row of ``self.table`` (V+1, V+1) of the prefix's last item."""
+    """Scores candidates by the row of ``self.table`` (V+1, V+1) of the prefix's last known
+    track (row 0, empty, where the prefix has none)."""
 
     table: sp.csr_matrix
 
     def sparse_scores(self, prefixes, lengths, times=None):
-        return self.table[_last_items(prefixes, lengths)].astype(np.float32)
+        return self.table[last_known_items(prefixes, lengths)].astype(np.float32)
 
 
 class Pop(Baseline):
@@ -227,14 +233,22 @@ class ItemKNN(LastItemBaseline):
         self.k, self.lam, self.alpha = k, lam, alpha
 
     def _fit(self, train):
-        x = TrainingSessions(train, self.n_items).binary
-        co = (x.T @ x).tocsr()
+        codes, _ = pd.factorize(train["session_id"], sort=True)
+        plays = sp.csr_matrix(
+            (np.ones(len(codes)), (codes, train["item_idx"].to_numpy())),
+            shape=(codes.max() + 1 if len(codes) else 0, self.n_items + 1),
+        )
+        plays.sum_duplicates()  # n_s(i): plays of each item in each session
+        holds = plays.copy()
+        holds.data[:] = 1.0  # [j in s]
+        co = (plays.T @ holds).tocsr()  # co[i, j] = sum_s n_s(i) [j in s]
         co.setdiag(0)
         co.eliminate_zeros()
-        supp = np.asarray(x.sum(axis=0)).ravel() + self.lam
-        supp[supp == 0] = 1.0
-        co = sp.diags(1.0 / supp**self.alpha) @ co @ sp.diags(1.0 / supp ** (1 - self.alpha))
-        self.table = _keep_top_k(co.tocsr().astype(np.float32), self.k)
+        supp = self.pop + self.lam  # supp_i: training plays of i
+        row, col = supp**self.alpha, supp ** (1.0 - self.alpha)
+        row[row == 0], col[col == 0] = 1.0, 1.0  # an unplayed item (lambda 0): no pairs
+        co = (sp.diags(1.0 / row) @ co @ sp.diags(1.0 / col)).tocsr()
+        self.table = _keep_top_k(co, self.k).astype(np.float32)
 
 
 class TrainingSessions:

@@ -4,17 +4,22 @@ Every stage writes its outputs next to a ``meta.json`` manifest (counts,
 parameters, input checksums); ``params_match`` tells whether a manifest was
 written for the same parameters. ``run_main`` is the one error path: a
 ``PipelineError`` (or an OS error such as a missing file or a full disk)
-becomes one line on stderr and exit code 2.
+becomes one line on stderr and exit code 2. ``folder_lock`` gives a stage's output
+folder one writer at a time and sweeps what dead writers left there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +61,83 @@ def ensure_writable(folder: Path) -> Path:
 
 def _tmp(path: Path) -> Path:
     return Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
+
+
+# What a writer leaves while it works, named by its process id: ``write_atomic``'s
+# temporary files, ``ensure_writable``'s probe, preprocess.py's extraction folder.
+LITTER = re.compile(r"^\.(?:.+\.tmp|write-test|extract)-(\d+)$")
+LOCK_NAME = ".lock"
+
+
+def pid_alive(pid: int) -> bool:
+    """True when process ``pid`` exists on this machine (this one included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_litter(folder: Path) -> list[str]:
+    """Remove from ``folder`` the temporary files and folders of writers that died (a
+    killed stage's ``.NAME.tmp-PID``, ``.extract-PID``), never those of a live process;
+    return the names removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        m = LITTER.match(entry.name)
+        if not m or pid_alive(int(m.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    if removed:
+        log(f"{folder}: removed {len(removed)} leftover(s) of killed runs: {sorted(removed)}")
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[Path]:
+    """Hold ``folder`` (created if needed) for one writer: a second run that asks for it
+    while this one holds it gets a PipelineError naming the folder and the holder.
+
+    The lock is an advisory ``flock`` on ``folder/.lock``, released by the kernel when
+    the holder ends however it ends, so a killed run never leaves a stale lock. Once
+    held, the leftovers of dead writers in the folder are removed (``sweep_litter``).
+    Every read of the folder's manifest and every write of its files happens under it,
+    so a manifest only ever describes files of the run that wrote it.
+    """
+    folder = ensure_writable(folder)
+    path = folder / LOCK_NAME
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise PipelineError(
+            f"{folder} is being written by another run ({holder}); wait for it to end "
+            "or give this run its own folder"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        # the script, not its arguments: they may hold an API key
+        fh.write(f"pid {os.getpid()}, {Path(sys.argv[0]).name}")
+        fh.flush()
+        sweep_litter(folder)
+        yield folder
+    finally:
+        fh.close()  # releases the lock
 
 
 def write_atomic(path: Path, write) -> None:
@@ -144,17 +226,45 @@ def git_commit() -> str:
     return commit + ("+changes" if dirty else "")
 
 
-def provenance(command: str) -> dict[str, str]:
-    """The command, commit (``+changes`` when the tree differs) and UTC date of a
-    results file. ``$LASTFM_COMMIT`` names the commit instead, for a copy of the code whose
-    git metadata is missing or stale (a lent GPU machine's copy of the working tree)."""
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries a result depends on (those imported)."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("numpy", "pandas", "pyarrow", "scipy", "keras", "tensorflow", "jax", "torch"):
+        if name in ("numpy", "pandas", "pyarrow", "scipy", "keras") or name in sys.modules:
+            try:
+                out[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def code_provenance() -> dict[str, Any]:
+    """The code behind a result: the commit git detects (``+changes`` when tracked files
+    differ), whether the tree was clean, the library versions, and beside them (never
+    over them) a commit named by ``$LASTFM_COMMIT``, for a copy whose git metadata is
+    missing or stale (a lent GPU machine's copy of the working tree)."""
+    commit = git_commit()
+    out: dict[str, Any] = {
+        "commit": commit,
+        "tree_clean": commit != "unknown" and not commit.endswith("+changes"),
+        "versions": library_versions(),
+    }
+    named = os.environ.get("LASTFM_COMMIT", "").strip()
+    if named:
+        out["named_commit"] = named
+    return out
+
+
+def provenance(command: str) -> dict[str, Any]:
+    """The command, the code (``code_provenance``) and the UTC date of a results file."""
     from datetime import UTC, datetime
 
-    named = os.environ.get("LASTFM_COMMIT", "").strip()
-    commit = f"{named} (named by LASTFM_COMMIT)" if named else git_commit()
     return {
         "command": command.strip(),
-        "commit": commit,
+        **code_provenance(),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -163,8 +273,24 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a batch scheduler sends before it kills a job), raised in the main
+    thread so that a stage stops as on Ctrl-C: ``finally`` blocks run, work is kept."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_main(fn, argv: Sequence[str] | None = None) -> int:
-    """Run a stage's main, turning PipelineError into a one-line message + exit 2."""
+    """Run a stage's main: a PipelineError (or an OS error) is one line and exit 2;
+    Ctrl-C and SIGTERM stop it like one another (exit 130 and 143), with what the stage
+    says it kept."""
+    import signal
+    import threading
+
+    handled = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if handled else None
     try:
         fn(argv)
     except PipelineError as err:
@@ -174,9 +300,14 @@ def run_main(fn, argv: Sequence[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         print(f"error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        term = isinstance(err, Terminated)
+        said = f": {err}" if str(err) else ""
+        print(f"{'terminated (SIGTERM)' if term else 'interrupted'}{said}", file=sys.stderr)
+        return 143 if term else 130
+    finally:
+        if handled:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

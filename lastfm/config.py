@@ -5,13 +5,15 @@ once; ``add_flags`` turns the fields into command-line flags (``max_len`` ->
 ``--max-len``; a bool that defaults to True -> ``--name / --no-name``, one
 that defaults to False -> ``--name``), ``from_args`` reads them back, and
 ``load`` rebuilds a dataclass from a saved ``config.json`` section, refusing
-unknown or missing keys (a file written by another version of the code).
+unknown or missing keys (a file written by another version of the code). Every float
+flag must be finite (``finite_float``); ``Parser`` makes a bad flag one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -28,6 +30,29 @@ def option(default: Any, help: str, **extra: Any) -> Any:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def finite_float(text: str) -> float:
+    """A float flag's value: a finite number (NaN and infinity pass every comparison
+    with a bound, so they are refused here, where every float flag is parsed)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error path: a bad flag is one line and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see --help)\n")
+
+
+def parser(description: str) -> Parser:
+    return Parser(description=description)
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
@@ -49,6 +74,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = No
             continue
         if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is float:
+            kind = finite_float
         shown = f"{help_text} (default: %(default)s)" if help_text else None
         group.add_argument(
             _flag(f.name), type=kind, default=f.default, help=shown, dest=f.name, **meta
@@ -90,8 +117,20 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def require_at_least(obj: Any, minimum: float, *names: str) -> None:
-    """PipelineError naming the flag when a field of ``obj`` is below ``minimum``."""
+    """PipelineError naming the flag when a field of ``obj`` is below ``minimum`` or not a
+    finite number (a config built in code skips ``finite_float``)."""
     for name in names:
         value = getattr(obj, name)
-        if value is not None and value < minimum:
-            raise PipelineError(f"{_flag(name)} {value}: must be at least {minimum}")
+        if value is not None and not (math.isfinite(value) and value >= minimum):
+            raise PipelineError(
+                f"{_flag(name)} {value}: must be a finite number of at least {minimum}"
+            )
+
+
+def require_above(obj: Any, bound: float, *names: str) -> None:
+    """PipelineError naming the flag when a field of ``obj`` is not a finite number
+    above ``bound``."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and not (math.isfinite(value) and value > bound):
+            raise PipelineError(f"{_flag(name)} {value}: must be a finite number above {bound}")

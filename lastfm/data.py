@@ -155,12 +155,15 @@ class Events:
     sessions: np.ndarray  # (E,) int64 session id of each event
     positions: np.ndarray  # (E,) int32 position t of the target in its session
     times: np.ndarray | None = None  # (E,) int64 UTC seconds of the prefix's last play
+    # (E,) int32 user (listener) of each event's session: the unit the intervals resample
+    users: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def subset(self, idx: np.ndarray) -> Events:
         times = None if self.times is None else self.times[idx]
+        users = None if self.users is None else self.users[idx]
         return Events(
             self.prefixes[idx],
             self.lengths[idx],
@@ -168,6 +171,7 @@ class Events:
             self.sessions[idx],
             self.positions[idx],
             times,
+            users,
         )
 
 
@@ -189,7 +193,8 @@ def make_events(split: pd.DataFrame, prefix_len: int) -> Events:
         ok = j < lengths
         prefixes[ok, j] = items[src[ok]]
     times = split["ts_s"].to_numpy()[ev - 1] if "ts_s" in split else None
-    return Events(prefixes, lengths, items[ev], sid[ev], pos[ev].astype(np.int32), times)
+    users = split["user_idx"].to_numpy()[ev] if "user_idx" in split else None
+    return Events(prefixes, lengths, items[ev], sid[ev], pos[ev].astype(np.int32), times, users)
 
 
 def sample_events(events: Events, n: int, seed: int) -> Events:
@@ -206,6 +211,21 @@ def last_real_position(mask, ops=np):
     skipped; 0 when there is none. ``ops``: numpy, or ``keras.ops`` inside a network."""
     pos = ops.arange(ops.shape(mask)[1], dtype="int32")[None, :]
     return ops.max(ops.where(mask, pos, 0), axis=1)
+
+
+def last_known_items(prefixes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """(B,) the last known track of each right-padded prefix (B, L): the last non-zero id
+    at or before position ``lengths - 1`` (plays of tracks unseen in training, id 0, kept
+    by ``sessionize.py --unseen keep``, skipped, as ``last_real_position`` does for the
+    networks); 0 when the prefix holds none (all unseen, or empty)."""
+    prefixes = np.asarray(prefixes)
+    lengths = np.asarray(lengths)
+    if prefixes.shape[1] == 0:
+        return np.zeros(len(prefixes), prefixes.dtype)
+    inside = np.arange(prefixes.shape[1])[None, :] < lengths[:, None]
+    mask = inside & (prefixes > 0)
+    items = prefixes[np.arange(len(prefixes)), last_real_position(mask)]
+    return np.where(mask.any(axis=1), items, 0).astype(prefixes.dtype)
 
 
 def recent(prefixes: np.ndarray, lengths: np.ndarray, max_len: int) -> np.ndarray:

@@ -13,7 +13,7 @@ hidden state is recomputed from the prefix instead of carried over.
 
 from __future__ import annotations
 
-from keras import layers, ops
+from keras import layers
 
 from lastfm.nn import NextItemModel, register
 
@@ -28,8 +28,7 @@ class GRU4Rec(NextItemModel):
         self.to_item_space = layers.Dense(config.emb_dim, use_bias=False, name="to_item_space")
 
     def call(self, items, training=False):
-        items = ops.cast(items, "int32")
-        mask = ops.not_equal(items, 0)  # (B, L) True = real play
+        items, mask = self.rnn_inputs(items)  # (B, L) right-padded; True = read
         x = self.emb_drop(self.embed(items), training=training)  # (B, L, E)
         h = self.gru(x, mask=mask, training=training)  # (B, H) the last real step's state
         return self.to_item_space(self.out_drop(h, training=training))  # (B, E)

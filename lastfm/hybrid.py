@@ -14,18 +14,27 @@ that contains (0, 0), the network alone.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
 from lastfm.baselines import SequentialRules
-from lastfm.common import PipelineError, log, markdown_table
+from lastfm.common import PipelineError, log, markdown_table, write_atomic
 from lastfm.data import Events, last_real_position, recent
-from lastfm.metrics import TOPK, csr_rows, device_logits, metric_values, topk_sparse
+from lastfm.metrics import (
+    NUMPY_OPS,
+    TOPK,
+    DenseScores,
+    SparseScores,
+    count_ranks,
+    device_logits,
+    metric_values,
+)
 
 TABLE = "transitions.npz"
 # Doubling grids wide enough to hold the limits: the model alone (0, 0); the counts
@@ -100,9 +109,13 @@ class Transitions:
         return bool(self.weight or self.pop_weight)
 
     def save(self, folder: Path) -> None:
-        np.savez_compressed(
-            Path(folder) / TABLE, ids=self.ids, counts=self.counts, plays=self.plays
-        )
+        """``folder/transitions.npz``, written atomically."""
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a handle: numpy would append .npz to the name
+                np.savez_compressed(fh, ids=self.ids, counts=self.counts, plays=self.plays)
+
+        write_atomic(Path(folder) / TABLE, write)
 
 
 def fit(model, transitions: Transitions, valid: Events, **grid) -> dict:
@@ -122,84 +135,48 @@ def fit(model, transitions: Transitions, valid: Events, **grid) -> dict:
 
 
 def numpy_ops():
-    """``np.add.at``-based scatter under keras.ops' names, for numpy scores."""
-    from lastfm.metrics import NUMPY_OPS
-
-    def scatter(idx, values, shape):
-        out = np.zeros(shape, np.float32)
-        np.add.at(out, (idx[:, 0], idx[:, 1]), values)
-        return out
-
-    def top_k(x, k):
-        part = np.argpartition(-x, k - 1, axis=1)[:, :k]
-        vals = np.take_along_axis(x, part, axis=1)
-        order = np.argsort(-vals, axis=1, kind="stable")
-        return np.take_along_axis(vals, order, axis=1), np.take_along_axis(part, order, axis=1)
-
-    return SimpleNamespace(
-        **vars(NUMPY_OPS),
-        scatter=scatter,
-        convert_to_numpy=np.asarray,
-        top_k=top_k,
-        concatenate=np.concatenate,
-        full_like=np.full_like,
-    )
+    """The numpy stand-in for keras.ops (``metrics.NUMPY_OPS``), for numpy scores."""
+    return NUMPY_OPS
 
 
 def batch_candidates(base, targets: np.ndarray, succ: np.ndarray, ops, m: int = TOPK + 1):
     """What a batch's ranks at cutoffs <= ``m - 1`` under any boost of the columns
     ``succ`` (B, K) depend on, brought to the host as small arrays:
-    the ``m`` best base scores and their columns, the base scores of ``succ`` and of the
-    targets, and how many columns tie with the m-th best score.
+    the ``m`` best base scores and their columns (``metrics.topk``), the base scores of
+    ``succ`` and of the targets, and how many columns tie with the m-th best score
+    (``metrics.count_ranks``).
 
     Column 0 (padding) never counts; a NaN base score counts as -inf here, a NaN
     target misses (ranks last), as in ``rank_counts``.
     """
-    b = ops.where(ops.isnan(base), -np.inf, base)
-    b = ops.concatenate([ops.full_like(b[:, :1], -np.inf), b[:, 1:]], axis=1)
-    top_vals, top_ids = ops.top_k(b, m)
-    m_th = top_vals[:, -1:]
+    raw = DenseScores(base, ops=ops)
+    rows = DenseScores(ops.where(ops.isnan(base), -np.inf, base), ops=ops)
+    top_ids, top_vals = rows.top(m)  # past the scored columns: id 0 at -inf, the m-th best
+    m_th = top_vals[:, -1]
     return {
         "top_vals": np.asarray(ops.convert_to_numpy(top_vals)),
         "top_ids": np.asarray(ops.convert_to_numpy(top_ids)),
-        "succ_vals": np.asarray(
-            ops.convert_to_numpy(ops.take_along_axis(base, np.asarray(succ, np.int32), axis=1))
-        ),
-        "target_vals": np.asarray(
-            ops.convert_to_numpy(
-                ops.take_along_axis(base, np.asarray(targets, np.int32)[:, None], axis=1)
-            )
-        )[:, 0],
-        # (column 0, set to -inf above, is not a tie even when the m-th best is -inf)
-        "m_th_ties": np.asarray(
-            ops.convert_to_numpy(
-                ops.sum(ops.cast(b == m_th, "int32"), axis=1)
-                - ops.cast(m_th[:, 0] == -np.inf, "int32")
-            )
-        ),
+        "succ_vals": np.asarray(ops.convert_to_numpy(raw.scores_at(succ))),
+        "target_vals": np.asarray(ops.convert_to_numpy(raw.scores_at(targets[:, None])))[:, 0],
+        # the columns at the m-th best score: the kernel's ties at it, plus that one
+        "m_th_ties": np.asarray(ops.convert_to_numpy(rows.counts_at(m_th)[1])) + 1,
+        "n_items": rows.n_items,
     }
 
 
 def sparse_batch_candidates(base, targets: np.ndarray, succ: np.ndarray, m: int = TOPK + 1):
-    """``batch_candidates`` of non-negative CSR scores (absent = 0), without densifying."""
-    csr = base.tocsr()
-    csr.sum_duplicates()
-    b, width = csr.shape
-    top_ids = topk_sparse(csr, m)
-    rows = np.arange(b)[:, None]
-    top_vals = np.asarray(csr[rows, top_ids].todense(), dtype=csr.dtype)
-    m_th = top_vals[:, -1]
-    r = csr_rows(csr)
-    real = csr.indices > 0
-    r, vals = r[real], csr.data[real]
-    stored_eq = np.bincount(r, weights=vals == m_th[r], minlength=b).astype(np.int64)
-    absent = (width - 1) - np.bincount(r, minlength=b)
+    """``batch_candidates`` of non-negative CSR scores (absent = 0), without densifying:
+    past a row's positive scores the m best continue at the absent score 0."""
+    rows = SparseScores(base)
+    top_ids, top_vals = rows.top(m)
+    top_vals = np.where(top_ids > 0, top_vals, 0).astype(rows.vals.dtype)
     return {
         "top_vals": top_vals,
         "top_ids": top_ids,
-        "succ_vals": np.asarray(csr[rows, succ].todense(), dtype=csr.dtype),
-        "target_vals": np.asarray(csr[np.arange(b), targets], dtype=csr.dtype).ravel(),
-        "m_th_ties": stored_eq + np.where(m_th == 0, absent, 0),
+        "succ_vals": rows.scores_at(succ),
+        "target_vals": rows.scores_at(np.asarray(targets)[:, None])[:, 0],
+        "m_th_ties": rows.counts_at(top_vals[:, -1])[1] + 1,
+        "n_items": rows.n_items,
     }
 
 
@@ -210,23 +187,31 @@ def candidate_ranks(c: dict, targets: np.ndarray, succ: np.ndarray, add: np.ndar
 
     Only the best base scores, the boosted columns and the target can score above the
     target or tie with it, unless the target falls below the m-th best base score (then
-    m columns beat it) or ties with it (then the other columns at that score tie too).
+    m columns beat it) or ties with it (then the other columns at that score tie too):
+    those columns, each once, and the rest at the m-th best score (one column weighted
+    by their number) go through the ranking kernel (``metrics.count_ranks``).
     """
     t_add = ((succ == targets[:, None]) * add).sum(axis=1)
     s_t = c["target_vals"] + t_add.astype(np.float32)
-    cols = np.concatenate([c["top_ids"], succ], axis=1)  # (B, m+K)
-    vals = np.concatenate([c["top_vals"], c["succ_vals"] + add.astype(np.float32)], axis=1)
-    # The boost of a top column that is also a boosted column: counted once, boosted.
-    in_succ = (c["top_ids"][:, :, None] == succ[:, None, :]) & (succ[:, None, :] > 0)
-    keep = np.concatenate([~in_succ.any(axis=2), succ > 0], axis=1)
-    keep &= (cols != targets[:, None]) & (cols > 0)
-    higher = (keep & (vals > s_t[:, None])).sum(axis=1)
-    ties = (keep & (vals == s_t[:, None])).sum(axis=1)
-    # Columns outside the candidates tie with the target at the m-th best base score.
     m_th = c["top_vals"][:, -1]
-    at_m = keep & (np.concatenate([c["top_vals"], c["succ_vals"]], axis=1) == m_th[:, None])
-    inside = at_m.sum(axis=1) + (c["target_vals"] == m_th)
-    ties = ties + np.where(s_t == m_th, c["m_th_ties"] - inside, 0)
+    # Each column once: a top column that is also a boosted one counts as boosted; the
+    # target (its boosts summed) once, as a column of its own.
+    in_succ = (c["top_ids"][:, :, None] == succ[:, None, :]) & (succ[:, None, :] > 0)
+    keep = np.concatenate([(c["top_ids"] > 0) & ~in_succ.any(axis=2), succ > 0], axis=1)
+    cols = np.concatenate([c["top_ids"], succ], axis=1)
+    keep &= cols != targets[:, None]
+    vals = np.concatenate([c["top_vals"], c["succ_vals"] + add.astype(np.float32)], axis=1)
+    base = np.concatenate([c["top_vals"], c["succ_vals"]], axis=1)
+    # the other columns at the m-th best score: one column, weighted by their number
+    at_m = (keep & (base == m_th[:, None])).sum(axis=1) + (c["target_vals"] == m_th)
+    higher, ties = count_ranks(
+        np.concatenate([vals, m_th[:, None], s_t[:, None]], axis=1),
+        s_t,
+        c["n_items"],
+        weights=np.concatenate(
+            [keep, (c["m_th_ties"] - at_m)[:, None], np.ones((len(s_t), 1), bool)], axis=1
+        ).astype(np.int64),
+    )
     ranks = 1.0 + higher + ties / 2.0
     miss = (s_t < m_th) | np.isnan(c["target_vals"])
     return np.where(miss, np.inf, ranks)
@@ -308,10 +293,21 @@ def load(model_dir: Path, record: dict | None) -> Transitions | None:
             f"{path} not found, but {model_dir}/config.json gives transition "
             f"weights: rerun train.py --transitions-only --out {model_dir}"
         )
-    z = np.load(path)
-    return Transitions(
-        z["ids"], z["counts"], z["plays"], float(record["weight"]), float(record["pop_weight"])
-    )
+    try:
+        with np.load(path) as z:
+            ids, counts, plays = z["ids"], z["counts"], z["plays"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise PipelineError(
+            f"{path}: not a readable transitions table ({type(err).__name__}); "
+            f"rerun train.py --transitions-only --out {model_dir}"
+        ) from None
+    if ids.ndim != 2 or ids.shape != counts.shape or ids.shape[1] != record.get("k"):
+        raise PipelineError(
+            f"{path}: holds {ids.shape[-1]} successors per track but {model_dir}/config.json "
+            f"was chosen with {record.get('k')}; rerun train.py --transitions-only --out "
+            f"{model_dir}"
+        )
+    return Transitions(ids, counts, plays, float(record["weight"]), float(record["pop_weight"]))
 
 
 def markdown(record: dict | None) -> str:

@@ -5,25 +5,39 @@ before t (the most recent ``prefix_len``) predict the track at t
 (``data.make_events``). Each method gives a score to every track of the
 training vocabulary (ids 1..V; id 0 is padding and never ranked). No sampling.
 
-The ranking contract (``rank_counts``, the one place it is written; the numpy
-path for scorers and the on-device path for Keras models both call it): for each
-event, the number of tracks scoring strictly higher than the target and the
-number of other tracks scoring exactly as high (ties). One tie policy for every
-method, ``TIE_POLICY``: the average rank ``1 + higher + ties / 2`` (the
-target's expected rank under a random order of the tied tracks); the
-optimistic (``1 + higher``) and pessimistic (``1 + higher + ties``) ranks are
-kept beside it. No method gets a hidden tie-break;
+The ranking contract, written once (``count_ranks``, the ranking kernel): for each
+event, the number of tracks scoring strictly higher than the target and the number of
+other tracks scoring exactly as high (ties). One tie policy for every method,
+``TIE_POLICY``: the average rank ``1 + higher + ties / 2`` (the target's expected rank
+under a random order of the tied tracks); the optimistic (``1 + higher``) and
+pessimistic (``1 + higher + ties``) ranks are kept beside it. No method gets a hidden
+tie-break;
 - column 0 (padding) is never counted;
 - a NaN score never ranks above anything, and a target whose own score is NaN
   ranks last (V): a diverged network cannot look good;
-- with ``exclude_seen`` the prefix's tracks score -inf (``seen_indices``).
+- with ``exclude_seen`` the prefix's tracks score -inf (``seen_indices``,
+  ``exclude_columns``), on every path.
+
+The top-20 lists, written once (``topk``): best first, equal scores in the order of
+their ids (the lower id, the more played track, first); a list holds only tracks the
+method scored: never a NaN or -inf (excluded) score, and for sparse scores only the
+tracks scored above the absent ones (score > 0: a track the method never scored is
+never listed, so the list agrees with the ranks, where the unscored tracks tie far
+below). A shorter list ends in id 0 (no track); coverage and popularity count listed
+tracks only.
+
+Every form of scores reaches both through a thin adapter (``score_rows``):
+``DenseScores`` (numpy, or backend tensors on the device: ``device_ranker``),
+``SparseScores`` (CSR, absent = 0) and ``SharedScores`` (``SharedPlusSparse``), neither
+densified; the hybrid's weight grid (``hybrid.candidate_ranks``) calls the same two.
 
 Metrics at N in (1, 5, 10, 20): HR@N = P(rank <= N); MRR@N = E[1/rank, 0 when
 rank > N]; NDCG@N = E[1/log2(rank + 1), 0 when rank > N] (one relevant track).
 Also catalogue coverage@20 (share of the vocabulary appearing in any top-20),
 mean training popularity of recommended tracks, and the event count.
-Confidence intervals: percentile bootstrap over sessions (events of one
-session stay together), for each metric and for differences between methods.
+Confidence intervals: a two-stage percentile bootstrap over listeners, then their
+sessions (``bootstrap_draws``; events of one session stay together), for each metric
+and for differences between methods (the same draws for both).
 """
 
 from __future__ import annotations
@@ -48,38 +62,136 @@ TIE_POLICY = (
     "a NaN score ranks last"
 )
 
-# numpy under the names of keras.ops, so that target_ranks runs on either.
+
+# numpy under the names of keras.ops: the kernel and the top-k run on either.
+def _np_scatter(idx, values, shape):
+    out = np.zeros(shape, np.float32)
+    np.add.at(out, (idx[:, 0], idx[:, 1]), values)
+    return out
+
+
 NUMPY_OPS = SimpleNamespace(
     take_along_axis=np.take_along_axis,
     sum=np.sum,
     where=np.where,
     isnan=np.isnan,
     cast=lambda x, dtype: x.astype(dtype),
+    argsort=np.argsort,
+    arange=np.arange,
+    expand_dims=np.expand_dims,
+    scatter=_np_scatter,
+    concatenate=np.concatenate,
+    full_like=np.full_like,
+    convert_to_numpy=np.asarray,
 )
 
 
-def rank_counts(scores, targets, ops=NUMPY_OPS):
-    """(higher, ties), each (B,): the tracks among columns 1..V of ``scores`` (B, V+1)
-    scoring strictly higher than each target, and the other tracks scoring equal.
+def count_ranks(block, t, n_items: int, ops=NUMPY_OPS, weights=None, shared=None):
+    """The ranking kernel: (higher (B,), ties (B,)) of the score ``t`` (B,) of each row's
+    target among the scores of that row.
 
-    ``ops``: ``NUMPY_OPS`` for numpy arrays, ``keras.ops`` for backend tensors (the
-    scores then never leave the device). A NaN score is never higher nor equal; a NaN
-    target gets higher = V - 1, ties = 0: it ranks last. See the module's contract.
+    ``block`` (B, C): scores, each column counted ``weights`` (B, C) times (default once;
+    a weight stands for columns of equal score, a negative one takes a column back); a
+    NaN score is never higher nor equal. ``shared`` (numpy only): a sorted 1-D array of
+    scores every row also holds (NaN removed). The target must be counted exactly once
+    among them: ties are the others. A NaN ``t`` gets higher = ``n_items`` - 1, ties = 0
+    (it ranks last). Excluded columns are passed at -inf (``exclude_columns``); column 0
+    (padding) is never passed. ``ops``: ``NUMPY_OPS`` or ``keras.ops``.
     """
-    t = ops.take_along_axis(scores, np.asarray(targets, np.int32)[:, None], axis=1)  # (B, 1)
-    pad = scores[:, :1]  # column 0 (padding) never counts
-    higher = ops.sum(ops.cast(scores > t, "int32"), axis=1) - ops.cast(pad[:, 0] > t[:, 0], "int32")
-    equal = ops.sum(ops.cast(scores == t, "int32"), axis=1) - ops.cast(
-        pad[:, 0] == t[:, 0], "int32"
-    )
-    nan = ops.isnan(t[:, 0])
-    return ops.where(nan, scores.shape[1] - 2, higher), ops.where(nan, 0, equal - 1)
+    tt = ops.expand_dims(t, 1)
+    if weights is None:
+        higher, equal = _count(block > tt, 1, ops), _count(block == tt, 1, ops)
+    else:
+        higher = ops.sum(ops.where(block > tt, weights, 0), axis=1)
+        equal = ops.sum(ops.where(block == tt, weights, 0), axis=1)
+    if shared is not None:
+        right = np.searchsorted(shared, t, side="right")
+        higher = higher + (len(shared) - right)
+        equal = equal + (right - np.searchsorted(shared, t, side="left"))
+    nan = ops.isnan(t)
+    return ops.where(nan, n_items - 1, higher), ops.where(nan, 0, equal - 1)
 
 
-def target_ranks(scores, targets, ops=NUMPY_OPS):
-    """Average ranks (B,) float: ``1 + higher + ties / 2`` (see ``rank_counts``)."""
-    higher, ties = rank_counts(scores, targets, ops)
-    return 1.0 + ops.cast(higher, "float64") + ops.cast(ties, "float64") / 2.0
+def topk(block, k: int, ops=NUMPY_OPS, ids=None, floor: float = -np.inf):
+    """The top-k: (ids (B, k), scores (B, k)) of the best columns of ``block`` (B, C),
+    best first; equal scores in the order of their ids, the lower id first (ids follow
+    training popularity: the more played track). Only scores above ``floor`` are listed
+    (never NaN, never -inf: an excluded column): a row with fewer ends in id 0 (no
+    track; score -inf).
+
+    ``ids`` (B, C): each column's track id, ascending along each row wherever a score is
+    above ``floor`` (None: column j is track j + 1). Exact and deterministic on numpy and
+    on every Keras backend (``ops``): the k-th best score is found first, the columns
+    above it and the lowest-id columns equal to it are taken (``_take_k``; in keras.ops,
+    which has no dynamic shapes, ``_take_k_ops``), then ordered.
+    """
+    v = ops.where(block > floor, block, -np.inf)  # NaN, -inf and the floor: never listed
+    if block.shape[1] < k:  # fewer columns than places: the last places stay empty
+        v = ops.concatenate([v] + [ops.full_like(v[:, :1], -np.inf)] * (k - v.shape[1]), axis=1)
+        if ids is not None:
+            ids = np.concatenate([ids, np.zeros((len(ids), k - ids.shape[1]), ids.dtype)], 1)
+    pos = _take_k(v, k) if isinstance(v, np.ndarray) else _take_k_ops(v, k, ops)  # (B, k)
+    vals = ops.take_along_axis(v, pos, axis=1)
+    # best first, equal scores by position (= by id): each one's place, a permutation
+    vi, vj = ops.expand_dims(vals, 2), ops.expand_dims(vals, 1)
+    before = ops.expand_dims(pos, 1) < ops.expand_dims(pos, 2)  # [b, i, j]: j before i
+    place = _count((vj > vi) | ((vj == vi) & before), 2, ops)
+    order = ops.argsort(place, axis=1)
+    pos, vals = ops.take_along_axis(pos, order, axis=1), ops.take_along_axis(vals, order, axis=1)
+    out = pos + 1 if ids is None else ops.take_along_axis(ids, pos, axis=1)
+    return ops.where(vals > -np.inf, out, 0), vals
+
+
+def _take_k(v: np.ndarray, k: int) -> np.ndarray:
+    """``topk``'s selection on numpy: the positions (B, k), ascending, of the columns
+    above the k-th best score and of the first columns equal to it."""
+    c = v.shape[1]
+    kth = np.partition(v, c - k, axis=1)[:, c - k : c - k + 1]  # (B, 1) the k-th best
+    gt, eq = v > kth, v == kth
+    need = k - np.count_nonzero(gt, axis=1)  # (B,) taken among the equal ones
+    tied = np.count_nonzero(eq, axis=1) > need  # rows where some equal ones stay out
+    if tied.any():
+        e = eq[tied]
+        eq[tied] = e & (np.cumsum(e, axis=1) <= need[tied, None])
+    return np.nonzero(gt | eq)[1].reshape(len(v), k)  # exactly k per row
+
+
+def _take_k_ops(v, k: int, ops):
+    """``_take_k`` in keras.ops (no dynamic shapes): the k largest, by ``top_k``; where a
+    row's scores equal to the k-th best do not all fit (then ``top_k``'s choice among
+    them is the backend's), the k largest of distinct keys instead: the columns above
+    the k-th best score (fewer than k) before those equal to it, each by position."""
+    c = v.shape[1]
+    top_vals, top_pos = ops.top_k(v, k)
+    kth = top_vals[:, k - 1 :]  # (B, 1) the k-th best
+
+    def lowest_ids():
+        pos = ops.arange(c, dtype="float32")
+        key = ops.where(v > kth, 2 * c - pos, ops.where(v == kth, c - pos, 0.0))  # < 2**24
+        return ops.cast(ops.top_k(key, k)[1], top_pos.dtype)
+
+    straddle = ops.any(_count(v >= kth, 1, ops) > k)
+    return ops.cond(straddle, lowest_ids, lambda: top_pos)
+
+
+def _count(cond, axis: int, ops):
+    """The True entries of ``cond`` along ``axis`` (the fastest way on each)."""
+    if isinstance(cond, np.ndarray):
+        return np.count_nonzero(cond, axis=axis)
+    return ops.sum(ops.cast(cond, "int32"), axis=axis)
+
+
+def exclude_columns(scores, exclude, ops=NUMPY_OPS):
+    """``scores`` (B, V+1) with the entries ``exclude`` = (rows, columns) at -inf: the
+    one exclusion rule (``seen_indices``: the prefix's tracks); numpy: a copy."""
+    rows, cols = exclude
+    if isinstance(scores, np.ndarray):
+        out = np.array(scores, dtype=scores.dtype, copy=True)
+        out[rows, cols] = -np.inf
+        return out
+    idx = np.stack([rows, cols], axis=1).astype(np.int32)
+    seen = ops.scatter(idx, np.ones(len(idx), np.float32), tuple(scores.shape))
+    return ops.where(seen > 0, -np.inf, scores)
 
 
 def seen_indices(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,59 +199,149 @@ def seen_indices(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(np.arange(len(x)), x.shape[1]), x.ravel()
 
 
-def topk_from_scores(scores: np.ndarray, k: int = TOPK, block: int = 128) -> np.ndarray:
-    """Top-k item ids (1-based) per row, best first; column 0 (padding) excluded.
-
-    Two stages, much faster than ``np.argpartition`` over 100K columns (measured
-    in bench/bench_eval.py): the k
-    blocks (of ``block`` columns) with the largest maxima hold every top-k
-    entry (a top-k entry's block maximum is at least that entry, and k other
-    blocks with larger maxima would give it k larger entries); the exact top k
-    is then taken among those k * block candidates.
-    """
-    s = scores[:, 1:]
-    b, v = s.shape
-    k = min(k, v)
-    if v <= 4 * k * block:
-        cand = np.broadcast_to(np.arange(v), (b, v))
-        vals = s
-    else:
-        maxima = np.maximum.reduceat(s, np.arange(0, v, block), axis=1)  # (B, nb)
-        best = np.argpartition(-maxima, k - 1, axis=1)[:, :k]  # (B, k)
-        cand = (best[:, :, None] * block + np.arange(block)).reshape(b, -1)  # (B, k*block)
-        outside = cand >= v  # last block's tail
-        cand = np.minimum(cand, v - 1)
-        vals = np.take_along_axis(s, cand, axis=1)
-        vals[outside] = -np.inf
-    part = np.argpartition(-vals, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(vals, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(np.take_along_axis(cand, part, axis=1), order, axis=1) + 1
-
-
 def csr_rows(m) -> np.ndarray:
     """The row of each stored entry of a CSR matrix."""
     return np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
 
 
-def rank_counts_sparse(scores, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``rank_counts`` of a CSR matrix (B, V+1) whose absent entries score 0, in time
-    proportional to its stored entries: the absent columns are counted, not compared.
-    Column 0 (padding) never counts."""
-    m = scores.tocsr()
+# The three forms a batch's scores come in, each a thin adapter to ``count_ranks`` and
+# ``topk``: ``counts(targets)``, ``counts_at(t)`` (any scores (B,) in place of the
+# targets'), ``top(k)`` (ids, scores) and ``scores_at(cols)``.
+
+
+class DenseScores:
+    """Scores (B, V+1) as a numpy array or a backend tensor (``ops=keras.ops``: they stay
+    on the device); column 0 (padding) dropped, the ``exclude`` entries at -inf."""
+
+    def __init__(self, scores, exclude=None, ops=NUMPY_OPS):
+        if isinstance(scores, np.ndarray) and scores.dtype not in (np.float32, np.float64):
+            scores = scores.astype(np.float64)
+        if exclude is not None:
+            scores = exclude_columns(scores, exclude, ops)
+        self.scores, self.ops = scores, ops
+        self.block = scores[:, 1:]
+        self.n_items = scores.shape[1] - 1
+
+    def scores_at(self, cols):
+        return self.ops.take_along_axis(self.scores, np.asarray(cols, np.int32), axis=1)
+
+    def counts_at(self, t):
+        return count_ranks(self.block, t, self.n_items, self.ops)
+
+    def counts(self, targets):
+        return self.counts_at(self.scores_at(np.asarray(targets)[:, None])[:, 0])
+
+    def top(self, k: int = TOPK):
+        if not isinstance(self.block, np.ndarray):
+            return topk(self.block, k, self.ops)
+        vals, ids = _dense_candidates(self.block, k)
+        return topk(vals, k, ids=ids)
+
+
+def _dense_candidates(s: np.ndarray, k: int, block: int | None = None):
+    """(scores (B, C), ids (B, C) ascending) of a few columns of ``s`` (B, V) that hold
+    every entry of its top k: several times faster than selecting over every column
+    (bench/bench_eval.py). The k blocks (of ``block`` columns) listed first by ``topk`` of
+    their maxima (ties: the lower block) hold the top k: an entry outside them has k
+    chosen blocks, each with an entry above it or equal to it with a lower id. ``block``
+    (default): about 1.5 sqrt(V / k), a power of 2 in 16..128, the fastest measured."""
+    b, v = s.shape
+    if block is None:
+        block = int(np.clip(2 ** np.round(np.log2(1.5 * np.sqrt(v / k))), 16, 128))
+    if v <= 4 * k * block:
+        return s, None
+    with np.errstate(invalid="ignore"):
+        maxima = np.fmax.reduceat(s, np.arange(0, v, block), axis=1)  # NaN never a maximum
+    best = np.sort(topk(maxima, k)[0], axis=1) - 1  # (B, k) ascending; -1: no block
+    cand = (best[:, :, None] * block + np.arange(block)).reshape(b, -1)  # (B, k * block)
+    outside = (np.repeat(best, block, axis=1) < 0) | (cand >= v)
+    cand = np.where(outside, 0, cand)
+    vals = np.take_along_axis(s, cand, axis=1)
+    vals[outside] = -np.inf
+    return vals, np.where(outside, 0, cand + 1)
+
+
+def _entries(m, exclude=None):
+    """The stored entries of a CSR matrix (B, V+1) as (keys row * (V+1) + column, sorted;
+    values; excluded (bool)): column 0 dropped, each ``exclude`` (rows, columns) entry
+    present (added where absent) and marked."""
+    m = m.tocsr()
     m.sum_duplicates()
-    b, width = m.shape
-    targets = np.asarray(targets)
+    width = m.shape[1]
+    keys = csr_rows(m) * width + m.indices
     real = m.indices > 0
-    rows, vals = csr_rows(m)[real], m.data[real]
-    t_val = np.asarray(m[np.arange(b), targets]).ravel().astype(m.dtype)
-    tv = t_val[rows]
-    gt = np.bincount(rows, weights=vals > tv, minlength=b).astype(np.int64)
-    eq = np.bincount(rows, weights=vals == tv, minlength=b).astype(np.int64)
-    absent = (width - 1) - np.bincount(rows, minlength=b)
-    higher = gt + np.where(t_val < 0, absent, 0)
-    ties = eq + np.where(t_val == 0, absent, 0) - 1
-    nan = np.isnan(t_val)
-    return np.where(nan, width - 2, higher), np.where(nan, 0, ties)
+    keys, vals = keys[real], m.data[real]
+    if m.data.dtype not in (np.float32, np.float64):
+        vals = vals.astype(np.float64)
+    excluded = np.zeros(len(keys), bool)
+    if exclude is not None:
+        rows, cols = (np.asarray(a, np.int64) for a in exclude)
+        ex = np.unique((rows * width + cols)[cols > 0])
+        excluded = np.isin(keys, ex)
+        new = ex[~np.isin(ex, keys)]
+        keys = np.concatenate([keys, new])
+        order = np.argsort(keys, kind="stable")
+        keys = keys[order]
+        vals = np.concatenate([vals, np.zeros(len(new), vals.dtype)])[order]
+        excluded = np.concatenate([excluded, np.ones(len(new), bool)])[order]
+    return keys, vals, excluded
+
+
+def _pad(rows: np.ndarray, b: int, *arrays, fill=()):
+    """Ragged per-row entries (rows sorted) as (B, C) arrays, C = the most in a row."""
+    n = np.bincount(rows, minlength=b)
+    c = max(int(n.max(initial=0)), 1)
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(n) - n, n)
+    out = []
+    for a, f in zip(arrays, fill):
+        p = np.full((b, c), f, a.dtype)
+        p[rows, slot] = a
+        out.append(p)
+    return n, out
+
+
+def _lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray, default):
+    """The value of each key in ``query`` among the sorted ``keys``, else ``default``."""
+    if len(keys) == 0:
+        return np.broadcast_to(default, query.shape).astype(vals.dtype)
+    pos = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    return np.where(keys[pos] == query, vals[pos], default).astype(vals.dtype)
+
+
+class SparseScores:
+    """A CSR matrix (B, V+1) of scores whose absent entries score 0 (any sign, NaN
+    allowed), never densified: each row's stored entries are compared one by one, its
+    absent columns counted as one column of score 0 with their number as its weight.
+    ``top`` lists the tracks the method scored above its absent ones (score > 0): a
+    track it never scored is never listed, so a row's list can be shorter (ids 0 after)."""
+
+    def __init__(self, scores, exclude=None):
+        b, width = scores.shape
+        self.keys, vals, excluded = _entries(scores, exclude)
+        self.vals = np.where(excluded, -np.inf, vals).astype(vals.dtype)
+        self.width, self.n_items = width, width - 1
+        n, (self.block, self.ids) = _pad(
+            self.keys // width, b, self.vals, self.keys % width, fill=(np.nan, 0)
+        )
+        # the absent columns as one more column: score 0, weighted by their number
+        self.rank_block = np.concatenate([self.block, np.zeros((b, 1), self.vals.dtype)], 1)
+        self.weights = np.concatenate(
+            [np.ones(self.block.shape, np.int64), (self.n_items - n)[:, None]], axis=1
+        )
+
+    def scores_at(self, cols):
+        cols = np.asarray(cols)
+        query = np.arange(len(cols))[:, None] * self.width + cols
+        return _lookup(self.keys, self.vals, query, 0)
+
+    def counts_at(self, t):
+        return count_ranks(self.rank_block, t, self.n_items, weights=self.weights)
+
+    def counts(self, targets):
+        return self.counts_at(self.scores_at(np.asarray(targets)[:, None])[:, 0])
+
+    def top(self, k: int = TOPK):
+        return topk(self.block, k, ids=self.ids, floor=0)
 
 
 @dataclass
@@ -154,85 +356,81 @@ class SharedPlusSparse:
         return self.extra.toarray() + self.shared[None, :]
 
 
-def rank_counts_shared(scores: SharedPlusSparse, targets: np.ndarray):
-    """``rank_counts`` of shared + sparse scores: the shared vector's order is sorted once,
-    each row's stored entries correct it. Column 0 (padding) never counts."""
-    u = scores.shared
-    m = scores.extra.tocsr()
-    m.sum_duplicates()
-    b, width = m.shape
-    targets = np.asarray(targets)
-    su = np.sort(u[1:])
-    s_t = u[targets] + np.asarray(m[np.arange(b), targets]).ravel().astype(u.dtype)
-    right = np.searchsorted(su, s_t, side="right")
-    higher = (width - 1) - right
-    ties = right - np.searchsorted(su, s_t, side="left") - 1
-    real = m.indices > 0
-    rows, cols, e = csr_rows(m)[real], m.indices[real], m.data[real].astype(u.dtype)
-    old, new, st = u[cols], u[cols] + e, s_t[rows]
-    higher = higher + np.bincount(rows, weights=(new > st).astype(int) - (old > st), minlength=b)
-    ties = ties + np.bincount(rows, weights=(new == st).astype(int) - (old == st), minlength=b)
-    return higher.astype(np.int64), ties.astype(np.int64)
+class SharedScores:
+    """``SharedPlusSparse`` scores, never densified: the shared vector sorted once (NaN
+    dropped: it never counts), each row's stored (or excluded) entries compared at their
+    new score and taken back at their shared one (weight -1)."""
 
-
-def topk_shared(scores: SharedPlusSparse, k: int = TOPK) -> np.ndarray:
-    """Top-k ids of shared + sparse scores (ties: lower id): among each row's stored
-    entries and the shared vector's best ``k`` + (most stored entries in a row)."""
-    m = scores.extra.tocsr()
-    m.sum_duplicates()
-    b, width = m.shape
-    k = min(k, width - 1)
-    u = scores.shared
-    per_row = np.diff(m.indptr)
-    n_stored = max(int(per_row.max(initial=0)), 1)
-    best = np.lexsort((np.arange(1, width), -u[1:]))[: min(width - 1, k + n_stored)] + 1
-    # Each row's stored entries (B, n_stored), with their summed scores; -inf pads.
-    stored = np.zeros((b, n_stored), np.int64)
-    stored_vals = np.full((b, n_stored), -np.inf)
-    rows, slot = csr_rows(m), np.arange(m.nnz) - np.repeat(m.indptr[:-1], per_row)
-    stored[rows, slot] = m.indices
-    stored_vals[rows, slot] = np.where(
-        m.indices > 0, u[m.indices] + m.data.astype(u.dtype), -np.inf
-    )
-    # The shared best, except where a row's stored entry already holds the id.
-    in_row = (best[None, :, None] == stored[:, None, :]).any(axis=2)
-    best_vals = np.where(in_row, -np.inf, u[best])
-    cand = np.concatenate([np.broadcast_to(best, (b, len(best))), stored], axis=1)
-    vals = np.concatenate([best_vals, stored_vals], axis=1)
-    pick = np.lexsort((cand, -vals), axis=1)[:, :k]
-    return np.take_along_axis(cand, pick, axis=1)
-
-
-def topk_sparse(scores, k: int = TOPK) -> np.ndarray:
-    """Top-k ids (B, k) of a CSR matrix of non-negative scores (absent = 0), best first:
-    the positive entries by score (ties: lower id), then the lowest ids scoring 0 (the
-    most popular tracks: ids follow training popularity)."""
-    m = scores.tocsr()
-    m.sum_duplicates()
-    b, width = m.shape
-    k = min(k, width - 1)
-    rows = csr_rows(m)
-    pos = (m.data > 0) & (m.indices > 0)
-    r, c, v = rows[pos], m.indices[pos].astype(np.int64), m.data[pos]
-    order = np.lexsort((c, -v, r))
-    r, c = r[order], c[order]
-    first = np.searchsorted(r, np.arange(b))
-    rank = np.arange(len(r)) - first[r]
-    out = np.zeros((b, k), np.int64)
-    keep = rank < k
-    out[r[keep], rank[keep]] = c[keep]
-    n_pos = np.minimum(np.bincount(r, minlength=b), k)
-    if (n_pos < k).any():
-        cand = np.arange(1, min(2 * k, width - 1) + 1)  # (C,) enough unless all are positive
-        keys = np.sort(r * width + c)
-        taken = np.isin((np.arange(b)[:, None] * width + cand[None, :]).ravel(), keys).reshape(
-            b, -1
+    def __init__(self, scores: SharedPlusSparse, exclude=None):
+        u = scores.shared
+        if u.dtype not in (np.float32, np.float64):
+            u = u.astype(np.float64)
+        b, width = scores.extra.shape
+        keys, e, excluded = _entries(scores.extra, exclude)
+        cols = keys % width
+        new = np.where(excluded, -np.inf, u[cols] + e.astype(u.dtype)).astype(u.dtype)
+        self.u, self.keys, self.new, self.width, self.n_items = u, keys, new, width, width - 1
+        _, (self.block, old, self.ids) = _pad(
+            keys // width, b, new, u[cols], cols, fill=(np.nan, np.nan, 0)
         )
-        free_rank = np.cumsum(~taken, axis=1) - 1  # (B, C) rank among free candidates
-        slot = n_pos[:, None] + free_rank
-        put = ~taken & (slot < k)
-        out[np.nonzero(put)[0], slot[put]] = np.broadcast_to(cand, taken.shape)[put]
-    return out
+        self.rank_block = np.concatenate([self.block, old], axis=1)
+        ones = np.ones(self.block.shape, np.int64)
+        self.weights = np.concatenate([ones, -ones], axis=1)
+        su = np.sort(u[1:])
+        self.shared_sorted = su[: len(su) - int(np.isnan(su).sum())]
+
+    def scores_at(self, cols):
+        cols = np.asarray(cols)
+        query = np.arange(len(cols))[:, None] * self.width + cols
+        return _lookup(self.keys, self.new, query, self.u[cols])
+
+    def counts_at(self, t):
+        return count_ranks(
+            self.rank_block, t, self.n_items, weights=self.weights, shared=self.shared_sorted
+        )
+
+    def counts(self, targets):
+        return self.counts_at(self.scores_at(np.asarray(targets)[:, None])[:, 0])
+
+    def top(self, k: int = TOPK):
+        """Among each row's entries and the shared vector's best k + (most entries in a
+        row): at least k of those are not a row's entry."""
+        b, c = self.block.shape
+        best, best_vals = DenseScores(self.u[None, :]).top(k + c)  # (1, k + c)
+        best = np.broadcast_to(best, (b, best.shape[1]))
+        in_row = (best[:, :, None] == self.ids[:, None, :]).any(axis=2)
+        ids = np.concatenate([best, self.ids], axis=1)
+        vals = np.concatenate(
+            [np.where(in_row | (best == 0), -np.inf, best_vals), self.block], axis=1
+        )
+        order = np.argsort(ids, axis=1, kind="stable")  # ids ascending, as topk wants
+        return topk(
+            np.take_along_axis(vals, order, axis=1), k, ids=np.take_along_axis(ids, order, axis=1)
+        )
+
+
+def score_rows(scores, exclude=None, ops=NUMPY_OPS):
+    """The adapter of a batch's scores: ``SharedScores``, ``SparseScores`` (a scipy
+    sparse matrix) or ``DenseScores`` (an array or a backend tensor)."""
+    if isinstance(scores, SharedPlusSparse):
+        return SharedScores(scores, exclude)
+    if sp.issparse(scores):
+        return SparseScores(scores, exclude)
+    return DenseScores(scores if ops is not NUMPY_OPS else np.asarray(scores), exclude, ops)
+
+
+def rank_counts(scores, targets, ops=NUMPY_OPS, exclude=None):
+    """(higher, ties), each (B,): the tracks among columns 1..V of ``scores`` (B, V+1)
+    scoring strictly higher than each target, and the other tracks scoring equal (the
+    ``exclude`` entries at -inf). ``ops``: ``NUMPY_OPS`` for numpy arrays, ``keras.ops``
+    for backend tensors. See ``count_ranks`` and the module's contract."""
+    return score_rows(scores, exclude, ops).counts(targets)
+
+
+def target_ranks(scores, targets, ops=NUMPY_OPS):
+    """Average ranks (B,) float: ``1 + higher + ties / 2`` (see ``rank_counts``)."""
+    higher, ties = rank_counts(scores, targets, ops)
+    return 1.0 + ops.cast(higher, "float64") + ops.cast(ties, "float64") / 2.0
 
 
 # A scorer takes (prefixes (B, L), lengths (B,)) and returns scores (B, V+1).
@@ -247,39 +445,26 @@ def ranker_from_scorer(
 ) -> Ranker:
     """The numpy ranker of a scorer (B, V+1 scores per batch of prefixes). A scorer with
     ``needs_times`` (or the method of an object with it) also gets the prefixes' last
-    times. Sparse non-negative scores (a CSR matrix, absent = 0) and shared + sparse
-    scores (``SharedPlusSparse``) are ranked without densifying them: the same ranks.
-    ``with_topk=False``: ranks only (the top-k lists come back empty)."""
+    times. Sparse scores (a CSR matrix, absent = 0) and shared + sparse scores
+    (``SharedPlusSparse``) are ranked without densifying them, with or without
+    ``exclude_seen``: the same ranks (``score_rows``). ``with_topk=False``: ranks only
+    (the top-k lists come back empty)."""
     needs_times = getattr(scorer, "needs_times", False) or getattr(
         getattr(scorer, "__self__", None), "needs_times", False
     )
 
     def rank(prefixes, lengths, targets, times=None):
         s = scorer(prefixes, lengths, times) if needs_times else scorer(prefixes, lengths)
-        if isinstance(s, SharedPlusSparse) and not exclude_seen:
-            if np.isfinite(s.shared).all() and np.isfinite(s.extra.data).all():
-                top = topk_shared(s) if with_topk else no_topk(len(targets))
-                return (*rank_counts_shared(s, targets), top)
-        if sp.issparse(s) and not exclude_seen and s.dtype in (np.float32, np.float64):
-            data = s.tocsr().data
-            if not (data < 0).any() and not np.isnan(data).any():
-                top = topk_sparse(s) if with_topk else no_topk(len(targets))
-                return (*rank_counts_sparse(s, targets), top)
-        s = s.toarray() if isinstance(s, SharedPlusSparse) or sp.issparse(s) else np.asarray(s)
-        # A copy (column 0 and seen tracks are overwritten) in the scorer's own float
-        # precision (float32 stays: upcasting adds no information and slows the evaluator).
-        scores = s.astype(s.dtype if s.dtype in (np.float32, np.float64) else np.float64)
-        scores[:, 0] = -np.inf
-        if exclude_seen:
-            scores[seen_indices(prefixes)] = -np.inf
-        top = topk_from_scores(scores) if with_topk else no_topk(len(targets))
-        return (*rank_counts(scores, targets), top)
+        rows = score_rows(s, seen_indices(prefixes) if exclude_seen else None)
+        higher, ties = rows.counts(targets)
+        top = rows.top(TOPK)[0] if with_topk else no_topk(len(targets))
+        return higher, ties, top
 
     return rank
 
 
 def no_topk(n: int) -> np.ndarray:
-    """Placeholder lists (all 0) where only ranks are wanted (tuning)."""
+    """Placeholder lists (all 0: no track) where only ranks are wanted (tuning)."""
     return np.zeros((n, TOPK), np.int64)
 
 
@@ -288,23 +473,21 @@ def device_ranker(model, exclude_seen: bool = False, boost=None) -> Ranker:
     ``model.input_len`` tracks -> representation) and ``logits`` (-> (B, V+1)).
 
     ``boost``: optional ``x -> (indices (N, 2), values (N,))`` added to the
-    scores (a hybrid's extra terms). Scores, ranks and top-k stay on the
-    backend's device; only (B,) ranks and (B, 20) ids come back to the host.
+    scores (a hybrid's extra terms). ``exclude_seen``: the tracks of the whole prefix
+    given (as the numpy path), not only of the network's ``input_len`` window. Scores,
+    ranks and top-k stay on the backend's device; only (B,) counts and (B, 20) ids come
+    back to the host.
     """
     from keras import ops
 
     def rank(prefixes, lengths, targets, times=None):
         x = recent(prefixes, lengths, model.input_len)
         logits = device_logits(model, x)  # (B, V+1)
-        shape = (len(x), model.n_items + 1)
         if boost is not None:
-            logits = logits + ops.scatter(*boost(x), shape)
-        if exclude_seen:  # (B, V+1) mask of the prefix's tracks, by scatter (no one-hot)
-            idx = np.stack(seen_indices(x), axis=1).astype(np.int32)
-            seen = ops.scatter(idx, np.ones(len(idx), np.float32), shape)
-            logits = ops.where(seen > 0, -np.inf, logits)
-        higher, ties = rank_counts(logits, targets, ops)
-        top = ops.top_k(logits, min(TOPK, model.n_items))[1]
+            logits = logits + ops.scatter(*boost(x), (len(x), model.n_items + 1))
+        rows = DenseScores(logits, seen_indices(prefixes) if exclude_seen else None, ops)
+        higher, ties = rows.counts(targets)
+        top = rows.top(TOPK)[0]
         return (ops.convert_to_numpy(higher), ops.convert_to_numpy(ties), ops.convert_to_numpy(top))
 
     return rank
@@ -325,7 +508,7 @@ class EvalResult:
     ties: np.ndarray  # (E,) other tracks scoring equal
     sessions: np.ndarray  # (E,) session ids
     positions: np.ndarray  # (E,) target positions
-    topk: np.ndarray  # (E, 20) recommended ids
+    topk: np.ndarray  # (E, 20) recommended ids, best first (0: no track, a shorter list)
     seconds: float
     summary: dict = field(default_factory=dict)
 
@@ -385,9 +568,10 @@ def metric_values(ranks: np.ndarray) -> dict[str, np.ndarray]:
 def summarise(res: EvalResult, n_items: int, popularity: np.ndarray | None) -> dict:
     vals = metric_values(res.ranks)
     out = {k: float(v.mean()) if len(v) else float("nan") for k, v in vals.items()}
-    out["coverage@20"] = float(len(np.unique(res.topk[:, :20])) / n_items) if len(res.topk) else 0.0
+    listed = res.topk[:, :20][res.topk[:, :20] > 0]  # id 0: no track (a shorter list)
+    out["coverage@20"] = float(len(np.unique(listed)) / n_items) if len(res.topk) else 0.0
     if popularity is not None and len(res.topk):
-        out["mean_pop@20"] = float(popularity[res.topk[:, :20]].mean())
+        out["mean_pop@20"] = float(popularity[listed].mean()) if len(listed) else float("nan")
     for policy in ("optimistic", "pessimistic"):  # the other tie policies, for reference
         v = metric_values(res.ranks_under(policy))
         out[policy] = {
@@ -401,6 +585,77 @@ def summarise(res: EvalResult, n_items: int, popularity: np.ndarray | None) -> d
     return out
 
 
+def resample_units(sessions: np.ndarray, users: np.ndarray | None = None):
+    """The units of ``bootstrap_draws``: (the session of each event (E,) as 0..S-1 with
+    each listener's sessions together, each listener's first session (U,), its number of
+    sessions (U,)). ``users`` None: every session is its own listener."""
+    _, first, inv = np.unique(sessions, return_index=True, return_inverse=True)
+    inv = inv.ravel()
+    if users is None:
+        sess_user = np.arange(len(first))
+    else:
+        users = np.asarray(users)
+        if not np.array_equal(users, users[first][inv]):
+            raise ValueError("a session holds events of more than one listener")
+        sess_user = np.unique(users[first], return_inverse=True)[1].ravel()
+    order = np.argsort(sess_user, kind="stable")  # sessions grouped by listener
+    new_id = np.empty_like(order)
+    new_id[order] = np.arange(len(order))
+    per_user = np.bincount(sess_user)
+    return new_id[inv], np.r_[0, np.cumsum(per_user)[:-1]], per_user
+
+
+def bootstrap_draws(
+    values: dict[str, np.ndarray],
+    sessions: np.ndarray,
+    users: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    max_picks: int = 2_000_000,
+) -> dict[str, np.ndarray]:
+    """``n_boot`` resampled means (n_boot,) of each per-event array of ``values``.
+
+    Two-stage cluster bootstrap, the way the data is drawn: U listeners with replacement
+    from the U listeners of ``users``, then, for each listener drawn, its n_u sessions with
+    replacement from its own n_u sessions (a session's events stay together). A
+    resample's mean is sum_s w_s * sum_s / sum_s w_s * count_s, with w_s the times session
+    s was drawn: given listener u drawn c_u times, its sessions' w_s ~ Multinomial(c_u * n_u,
+    1 / n_u), c ~ Multinomial(U, 1 / U). One listener: the sessions bootstrap of that
+    listener; ``users`` None: every session its own listener (the sessions bootstrap).
+
+    The draws depend only on (``sessions``, ``users``, ``n_boot``, ``seed``), never on the
+    values: two methods (and their difference) resampled with one seed get the same
+    draws. Vectorised over chunks of draws, each about ``max_picks`` sessions drawn, so
+    memory stays bounded whatever ``n_boot``.
+    """
+    ev_sess, start, per_user = resample_units(sessions, users)
+    n_users, n_sess = len(per_user), int(per_user.sum())
+    names = list(values)
+    # (S, 1 + M): each session's event count, then its sum of each value
+    table = np.stack(
+        [np.bincount(ev_sess, minlength=n_sess).astype(np.float64)]
+        + [np.bincount(ev_sess, weights=values[m], minlength=n_sess) for m in names],
+        axis=1,
+    )
+    rng = np.random.default_rng(seed)
+    out = np.empty((n_boot, len(names)))
+    chunk = max(1, max_picks // max(n_users, n_sess, 1))
+    for b0 in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - b0)
+        drawn = rng.integers(0, n_users, size=(b, n_users)) + n_users * np.arange(b)[:, None]
+        copies = np.bincount(drawn.ravel(), minlength=b * n_users)  # (b * U) per listener
+        picks = copies * np.tile(per_user, b)  # sessions drawn from each (draw, listener)
+        # each session drawn: its listener's first session (offset by its draw's row) ...
+        first = np.repeat(np.tile(start, b) + np.repeat(np.arange(b) * n_sess, n_users), picks)
+        n_u = np.repeat(np.tile(per_user, b), picks)
+        # ... plus one of the listener's n_u sessions, uniformly
+        cell = first + np.minimum((rng.random(len(n_u)) * n_u).astype(np.int64), n_u - 1)
+        w = np.bincount(cell, minlength=b * n_sess).reshape(b, n_sess)  # times drawn
+        tot = w @ table  # (b, 1 + M)
+        out[b0 : b0 + b] = tot[:, 1:] / tot[:, :1]
+    return {m: out[:, i] for i, m in enumerate(names)}
+
+
 def bootstrap_ci(
     ranks: np.ndarray,
     sessions: np.ndarray,
@@ -409,32 +664,62 @@ def bootstrap_ci(
     seed: int = 0,
     other_ranks: np.ndarray | None = None,
     alpha: float = 0.05,
+    users: np.ndarray | None = None,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile CI of each metric (or of ``metric(ranks) - metric(other_ranks)``).
-
-    Sessions are resampled with replacement; a metric on a resample is the
-    ratio of summed event values to summed event counts over the drawn sessions.
-    """
-    rng = np.random.default_rng(seed)
+    """Percentile CI of each metric (or of ``metric(ranks) - metric(other_ranks)``, paired:
+    the same draws for both) over ``bootstrap_draws``' resamples: listeners (``users``),
+    then their sessions; sessions alone where ``users`` is None."""
     vals = metric_values(ranks)
     other = metric_values(other_ranks) if other_ranks is not None else None
-    _, inv = np.unique(sessions, return_inverse=True)
-    counts = np.bincount(inv).astype(np.float64)  # events per session
-    sums = {
-        m: np.bincount(inv, weights=vals[m] - (other[m] if other is not None else 0.0))
-        for m in metrics
-    }
-    n_sess = len(counts)
-    draws = {m: np.empty(n_boot) for m in metrics}
-    chunk = max(1, 20_000_000 // max(1, n_sess))
-    for b0 in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - b0)
-        idx = rng.integers(0, n_sess, size=(b, n_sess))
-        w = counts[idx].sum(axis=1)
-        for m in metrics:
-            draws[m][b0 : b0 + b] = sums[m][idx].sum(axis=1) / w
+    draws = bootstrap_draws(
+        {m: vals[m] - (other[m] if other is not None else 0.0) for m in metrics},
+        sessions,
+        users,
+        n_boot=n_boot,
+        seed=seed,
+    )
     q = (100 * alpha / 2, 100 * (1 - alpha / 2))
     return {m: tuple(float(x) for x in np.percentile(draws[m], q)) for m in metrics}
+
+
+# Where the test split holds one listener, every interval says so (``interval_unit``).
+ONE_LISTENER = "one listener: interval over sessions only, says nothing about other listeners"
+
+
+def interval_unit(
+    sessions: np.ndarray, users: np.ndarray | None, n_boot: int, alpha: float = 0.05
+) -> dict:
+    """What the intervals resample, for results.json and every table that shows them:
+    ``unit`` ("listeners", "sessions of one listener", or "sessions" where listeners are
+    unknown), the counts, and ``text``, what a table's sentence states (without the
+    resamples, which the segments draw fewer of)."""
+    n_sess = int(len(np.unique(sessions)))
+    pct = f"{100 * (1 - alpha):g}%"
+    out = {"n_boot": n_boot, "alpha": alpha, "sessions": n_sess}
+    if users is None:
+        return {
+            **out,
+            "unit": "sessions",
+            "listeners": None,
+            "text": f"{pct} bootstrap intervals over {n_sess} sessions (listeners unknown: "
+            "sessions of one listener taken as independent)",
+        }
+    n_users = int(len(np.unique(users)))
+    if n_users == 1:
+        return {
+            **out,
+            "unit": "sessions of one listener",
+            "listeners": 1,
+            "text": f"{pct} bootstrap intervals over the {n_sess} sessions of one listener "
+            f"({ONE_LISTENER})",
+        }
+    return {
+        **out,
+        "unit": "listeners",
+        "listeners": n_users,
+        "text": f"{pct} bootstrap intervals over listeners (then their sessions), "
+        f"{n_users} listeners ({n_sess} sessions)",
+    }
 
 
 def by_prefix_length(res: EvalResult, cap: int = 20) -> pd.DataFrame:
@@ -478,9 +763,14 @@ def segments(events: Events, popularity: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def segment_table(
-    res: EvalResult, masks: dict[str, np.ndarray], n_boot: int = 200, seed: int = 0
+    res: EvalResult,
+    masks: dict[str, np.ndarray],
+    n_boot: int = 200,
+    seed: int = 0,
+    users: np.ndarray | None = None,
 ) -> dict[str, dict]:
-    """HR@20 and MRR@20 with 95% intervals within each segment."""
+    """HR@20 and MRR@20 with 95% intervals within each segment (``bootstrap_ci``: over
+    the listeners ``users`` (E,) of the events, then their sessions)."""
     out = {}
     for name, m in masks.items():
         if not m.any():
@@ -488,7 +778,12 @@ def segment_table(
             continue
         vals = metric_values(res.ranks[m])
         ci = bootstrap_ci(
-            res.ranks[m], res.sessions[m], ("HR@20", "MRR@20"), n_boot=n_boot, seed=seed
+            res.ranks[m],
+            res.sessions[m],
+            ("HR@20", "MRR@20"),
+            n_boot=n_boot,
+            seed=seed,
+            users=None if users is None else users[m],
         )
         out[name] = {
             "events": int(m.sum()),

@@ -30,8 +30,7 @@ class NARM(NextItemModel):
         self.decoder = layers.Dense(config.emb_dim, use_bias=False, name="bilinear")  # B
 
     def call(self, items, training=False):
-        items = ops.cast(items, "int32")
-        mask = ops.not_equal(items, 0)  # (B, L) True = real play
+        items, mask = self.rnn_inputs(items)  # (B, L) right-padded; True = read
         x = self.emb_drop(self.embed(items), training=training)  # (B, L, E)
         seq, last = self.gru(x, mask=mask, training=training)  # (B, L, H), (B, H)
         alpha = self.v(ops.sigmoid(self.a1(last)[:, None, :] + self.a2(seq)))[..., 0]  # (B, L)

@@ -137,6 +137,20 @@ class NextItemModel(keras.Model):
         """(B,) index of each prefix's last real play (``data.last_real_position``)."""
         return last_real_position(ops.cast(mask, "bool"), ops)
 
+    @staticmethod
+    def rnn_inputs(items):
+        """(items, mask) (B, L) for a recurrent network: each prefix's real plays moved
+        to the front in their order, so that the padding and the plays of unseen tracks
+        (id 0 inside a prefix, ``sessionize.py --unseen keep``), which a GRU skips
+        anyway, come last: the mask is right-padded. A prefix of no known play keeps
+        position 0 (padding's embedding): the mask is never all False. Keras' cuDNN GRU
+        (TensorFlow on a GPU) takes no other mask; a skipped play changes no output."""
+        items = ops.cast(items, "int32")
+        pos = ops.arange(ops.shape(items)[1], dtype="int32")[None, :]
+        key = ops.where(ops.not_equal(items, 0), pos, pos + ops.shape(items)[1])
+        items = ops.take_along_axis(items, ops.argsort(key, axis=1), axis=1)
+        return items, ops.logical_or(ops.not_equal(items, 0), pos == 0)  # True = read
+
     def logits(self, rep):
         """Scores (B, V+1) of every track; column 0 (padding) pushed to NEG.
 

@@ -44,6 +44,71 @@ def test_item_knn_support_shrinkage_by_hand():
     assert score_of(bl.ItemKNN(k=1, lam=20.0).fit(train, 3), [1])[2] == 0  # k nearest only
 
 
+def test_item_knn_counts_plays_as_session_rec_by_hand():
+    """session-rec's iknn.py with in-session repeats: supp_i is i's plays, and each play of
+    i adds 1 for every distinct item of its session (a count that is not symmetric)."""
+    # plays: supp(1) = 3, supp(2) = 2, supp(3) = 4
+    # co(1, 2) = 2 (1 played twice in [1, 2, 1]), co(1, 3) = 1, co(2, 1) = 1 (not 2:
+    # each play of 2 adds 1 for 1 once), co(3, 1) = 1 ([3, 3, 3] holds no 1), co(2, 3) = 0
+    train = sessions([[1, 2, 1], [1, 3], [3, 3, 3], [2]])
+    m = bl.ItemKNN(k=10, lam=0.0, alpha=0.5).fit(train, 3)
+    s1, s2, s3 = (score_of(m, [i]) for i in (1, 2, 3))
+    assert s1[2] == pytest.approx(2 / math.sqrt(3 * 2), rel=1e-6)  # sessions: 1 / sqrt(2 * 2)
+    assert s1[3] == pytest.approx(1 / math.sqrt(3 * 4), rel=1e-6)  # sessions: 1 / sqrt(2 * 2)
+    assert s1[1] == 0 and s2[2] == 0 and s3[3] == 0  # no self-similarity
+    assert s2[1] == pytest.approx(1 / math.sqrt(2 * 3), rel=1e-6) and s2[3] == 0
+    assert s3[1] == pytest.approx(1 / math.sqrt(4 * 3), rel=1e-6) and s3[2] == 0
+    m = bl.ItemKNN(k=10, lam=20.0, alpha=0.75).fit(train, 3)
+    s1 = score_of(m, [1])  # (supp_i + lambda)^alpha (supp_j + lambda)^(1 - alpha)
+    assert s1[2] == pytest.approx(2 / (23**0.75 * 22**0.25), rel=1e-5)
+    assert s1[3] == pytest.approx(1 / (23**0.75 * 24**0.25), rel=1e-5)
+    s2 = score_of(m, [2])
+    assert s2[1] == pytest.approx(1 / (22**0.75 * 23**0.25), rel=1e-5)
+    s1 = score_of(bl.ItemKNN(k=1, lam=0.0).fit(train, 3), [1])
+    assert s1[3] == 0 and s1[2] > 0  # only the k most similar keep a score
+
+
+def ref_iknn(lists, n_items, k, lam, alpha):
+    """Item-kNN as session-rec's iknn.py fits it, with loops: for each item i and each
+    training play of i, +1 for every distinct item of that play's session; i's own entry
+    zeroed; divided by (supp_i + lambda)^alpha (supp_j + lambda)^(1 - alpha) (a zero norm
+    read as 1); the k largest of the row kept."""
+    supp = np.bincount([i for items in lists for i in items], minlength=n_items + 1)
+    table = np.zeros((n_items + 1, n_items + 1))
+    for i in range(1, n_items + 1):
+        row = np.zeros(n_items + 1)
+        for items in lists:
+            for item in items:
+                if item == i:
+                    row[sorted(set(items))] += 1
+        row[i] = 0
+        norm = (supp[i] + lam) ** alpha * (supp + lam) ** (1 - alpha)
+        norm[norm == 0] = 1
+        row = row / norm
+        keep = np.argsort(-row, kind="stable")[:k]
+        table[i, keep] = row[keep]
+    return table
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_item_knn_equals_a_loop_implementation_of_session_rec(seed):
+    rng = np.random.default_rng(seed)
+    n = 12  # few items, long sessions: many in-session repeats
+    lists = [list(rng.integers(1, n + 1, size=rng.integers(1, 10))) for _ in range(50)]
+    train = sessions(lists)
+    pre = np.arange(n + 1, dtype=np.int32)[:, None]
+    for k, lam, alpha in ((n, 0.0, 0.5), (n, 20.0, 0.75), (n, 5.0, 1.0), (3, 20.0, 0.5)):
+        got = bl.ItemKNN(k=k, lam=lam, alpha=alpha).fit(train, n).score(pre, np.ones(n + 1, int))
+        want = ref_iknn(lists, n, k, lam, alpha)
+        if k >= n:
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+        else:  # ties at the cut may keep other columns: compare each row's kept values
+            for r in range(n + 1):
+                np.testing.assert_allclose(
+                    np.sort(got[r])[::-1][:k], np.sort(want[r])[::-1][:k], rtol=1e-5, atol=1e-7
+                )
+
+
 def test_sequential_rules_weightings_and_pruning_by_hand():
     train = sessions([[1, 2, 3]])
     lin = bl.SequentialRules(steps=2, weighting="linear", pruning=0).fit(train, 3)

@@ -175,7 +175,8 @@ def test_tie_policy_and_nan_on_the_numpy_path():
     )
     assert higher.tolist() == HIGHER and ties.tolist() == TIES
     assert avg(higher, ties) == EXPECTED
-    assert (top[:, 0] != 0).all()  # padding never recommended
+    # padding never recommended; a row of NaN scores lists no track (id 0: none)
+    assert (top[[0, 1, 2, 4], 0] != 0).all() and not top[3].any()
 
 
 class FixedScores:
@@ -245,12 +246,54 @@ def test_results_doc_builds_from_every_results_file_but_the_fidelity_report():
         assert (f"`results/{p.name}`" in text) == (p.stem != "fidelity"), p.name
 
 
-def test_provenance_names_the_commit_given_where_git_metadata_is_stale(monkeypatch):
-    """A lent machine's copy of the tree can carry stale git metadata: $LASTFM_COMMIT wins."""
+def test_provenance_names_a_given_commit_beside_the_detected_one(monkeypatch):
+    """A lent machine's copy of the tree can carry stale git metadata: $LASTFM_COMMIT is
+    recorded beside the commit git detects, never over it; library versions are kept."""
     from lastfm.common import git_commit, provenance
 
     monkeypatch.delenv("LASTFM_COMMIT", raising=False)
-    assert provenance("python x.py")["commit"] == git_commit()
+    p = provenance("python x.py")
+    assert p["commit"] == git_commit() and "named_commit" not in p
+    assert p["tree_clean"] == (not p["commit"].endswith("+changes"))
+    assert {"python", "numpy", "pandas", "keras"} <= set(p["versions"])
     monkeypatch.setenv("LASTFM_COMMIT", "abc1234")
     p = provenance(" python x.py ")
-    assert p["commit"] == "abc1234 (named by LASTFM_COMMIT)" and p["command"] == "python x.py"
+    assert p["commit"] == git_commit() and p["named_commit"] == "abc1234"
+    assert p["command"] == "python x.py"
+
+
+def test_results_doc_and_readme_tables_match_a_rebuild_from_the_results_files():
+    """docs/RESULTS.md and the README's headline tables are generated: a rebuild from
+    results/*.json reproduces both, and the README's tables are the generated ones."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "build_results", ROOT / "docs" / "build_results.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    readme = (ROOT / "README.md").read_text()
+    assert (ROOT / "docs" / "RESULTS.md").read_text() == mod.build()
+    assert mod.update_readme(readme) == readme
+    blocks = mod.BLOCK.findall(readme)
+    assert len(blocks) >= 2
+    # a figure typed over a generated one is caught
+    tampered = readme.replace("| 0.4683 [", "| 0.4690 [", 1)
+    assert tampered != readme and mod.update_readme(tampered) == readme
+
+
+def test_every_requirement_is_pinned_in_the_lock_file():
+    """CI installs requirements.lock: each package requirements.txt names is pinned there."""
+    import re
+
+    def name(line: str) -> str:
+        return re.split(r"[\[<>=~! ;#]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+    wanted = {name(x) for x in (ROOT / "requirements.txt").read_text().splitlines() if name(x)}
+    pinned = {
+        name(x): x.split("==", 1)[1]
+        for x in (ROOT / "requirements.lock").read_text().splitlines()
+        if "==" in x and not x.startswith("#")
+    }
+    assert wanted <= set(pinned), sorted(wanted - set(pinned))
+    assert "jaxlib" in pinned  # jax[cpu]'s extra is pinned too

@@ -1,4 +1,5 @@
-"""test_model.py (the evaluation stage): reports, recommendations, clear errors."""
+"""test_model.py (the evaluation stage, its work in lastfm.evaluate, lastfm.report,
+lastfm.ranks, lastfm.recommend): reports, recommendations, clear errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 
 import test_model as evaluation
 from lastfm.common import PipelineError
+from lastfm.evaluate import EvalConfig
 from lastfm.paths import Layout
+from lastfm.recommend import recommend
 
 
 def test_baseline_report_and_plots(pipeline_data, monkeypatch, capsys):
@@ -26,8 +29,14 @@ def test_baseline_report_and_plots(pipeline_data, monkeypatch, capsys):
         "Item-kNN",
         "V-SKNN",
         "VSTAN",
+        "baseline blend (LambdaMART)",
     }
     assert len(ens) == 1 and res["methods"][ens[0]]["params"]["grid_size"] == 104
+    # every baseline was a candidate base, each with its validation figure
+    cands = res["methods"][ens[0]]["params"]["candidates"]
+    assert len(cands) == 7 and all(0 <= c["valid_MRR@20"] <= 1 for c in cands)
+    assert set(res["comparator_seconds"]) == {ens[0], "baseline blend (LambdaMART)"}
+    assert res["hybrid_gains"] == []  # no network here
     assert res["accounting"]["test"]["events_scored"] == res["test_events"]
     for m in res["methods"].values():
         assert set(m["segments"]) == {"repeat", "new", "head", "torso", "tail", "rare (<5 plays)"}
@@ -36,6 +45,11 @@ def test_baseline_report_and_plots(pipeline_data, monkeypatch, capsys):
         assert lo <= m["HR@20"] <= hi
         assert m["events"] == res["test_events"]
     assert res["tie_policy"].startswith("average")
+    n_users = res["intervals"]["listeners"]
+    assert res["intervals"]["unit"] == "listeners" and n_users > 1
+    md = (rep / "results.md").read_text()
+    listeners = f"95% bootstrap intervals over listeners (then their sessions), {n_users} listeners"
+    assert md.count(listeners) == 3  # the results, the differences, the segments
     assert all({"optimistic", "pessimistic"} <= set(m) for m in res["methods"].values())
     for png in ("results_bar.png", "results_by_prefix.png"):
         assert (rep / png).stat().st_size > 2000
@@ -48,7 +62,7 @@ def test_recommend_is_readable(pipeline_data, monkeypatch):
     monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
 
     def rec(**kw):
-        return evaluation.recommend(Layout.at(), evaluation.EvalConfig(model=False, n=5, **kw))
+        return recommend(Layout.at(), EvalConfig(model=False, n=5, **kw))
 
     text = rec()
     assert "Top 5 next tracks" in text and "Actually played next" in text
@@ -70,10 +84,13 @@ def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_pat
     monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
     rep = pipeline_data / "reports"
     saved = tmp_path / "sr.npz"
-    evaluation.main(["--methods", "SR", "--no-model", "--n-boot", "50", "--save-ranks", str(saved)])
+    only = ["--no-ensemble", "--no-blend"]  # the baselines' rows alone are compared here
+    evaluation.main(
+        ["--methods", "SR", "--no-model", "--n-boot", "50", "--save-ranks", str(saved)] + only
+    )
     sr = json.loads((rep / "results.json").read_text())["methods"]["SR"]
     evaluation.main(
-        ["--methods", "POP", "--no-model", "--n-boot", "50", "--ranks-from", str(saved)]
+        ["--methods", "POP", "--no-model", "--n-boot", "50", "--ranks-from", str(saved)] + only
     )
     res = json.loads((rep / "results.json").read_text())
     assert set(res["methods"]) == {"POP", "SR"}
@@ -81,11 +98,16 @@ def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_pat
     for m in ("HR@1", "HR@20", "MRR@20", "NDCG@20", "coverage@20", "events"):
         assert merged[m] == pytest.approx(sr[m])
     assert merged["ranks_from"] == str(saved)
-    # A merged baseline counts as a baseline: the best one here is SR.
-    assert res["best_baseline"] == "SR"
-    assert res["methods"]["POP"]["diff_vs_best_baseline"]["baseline"] == "SR"
+    # A merged baseline counts as a baseline: its validation scores, refitted here at its
+    # configuration, are those its own tuning recorded; it is the reference on both.
+    assert merged["valid"] == pytest.approx(sr["valid"])
+    refs = res["reference_baselines"]
+    assert refs == {"chosen_on": "validation", "HR@20": "SR", "MRR@20": "SR"}
+    assert res["methods"]["POP"]["diff_vs_reference"]["baseline"] == {"HR@20": "SR", "MRR@20": "SR"}
     # Same method with the same ranks is kept once; other events or protocol are refused.
-    evaluation.main(["--methods", "SR", "--no-model", "--n-boot", "50", "--ranks-from", str(saved)])
+    evaluation.main(
+        ["--methods", "SR", "--no-model", "--n-boot", "50", "--ranks-from", str(saved)] + only
+    )
     assert set(json.loads((rep / "results.json").read_text())["methods"]) == {"SR"}
     with pytest.raises(PipelineError, match="saved for other test events"):
         evaluation.main(
@@ -152,13 +174,14 @@ def test_ranks_subset_drops_methods_so_a_rerun_can_replace_them(
     monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
     rep = pipeline_data / "reports"
     both, kept = tmp_path / "both.npz", tmp_path / "kept.npz"
+    only = ["--no-ensemble", "--no-blend"]  # the baselines' rows alone are compared here
     evaluation.main(
-        ["--methods", "SR,POP", "--no-model", "--n-boot", "20", "--save-ranks", str(both)]
+        ["--methods", "SR,POP", "--no-model", "--n-boot", "20", "--save-ranks", str(both)] + only
     )
     before = json.loads((rep / "results.json").read_text())["methods"]
     assert mod.subset(both, kept, ["SR"]) == ["POP"]
     evaluation.main(
-        ["--methods", "S-POP", "--no-model", "--n-boot", "20", "--ranks-from", str(kept)]
+        ["--methods", "S-POP", "--no-model", "--n-boot", "20", "--ranks-from", str(kept)] + only
     )
     after = json.loads((rep / "results.json").read_text())["methods"]
     assert set(after) == {"S-POP", "POP"}
