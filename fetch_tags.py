@@ -58,6 +58,7 @@ from lastfm.common import (
     folder_lock,
     log,
     markdown_table,
+    outputs_record,
     read_json,
     run_main,
     write_json,
@@ -627,7 +628,7 @@ def read_tags_file(path: Path) -> pd.DataFrame:
     sep = "," if path.suffix.lower() == ".csv" else "\t"
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte-order mark is not part of the header
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise PipelineError(
@@ -653,10 +654,12 @@ def read_tags_file(path: Path) -> pd.DataFrame:
             f"{path}: missing column(s) {missing}; expected artist, track, tag, weight"
         )
     w = pd.to_numeric(df["weight"], errors="coerce")
-    if w.isna().any():
-        bad = int(np.flatnonzero(w.isna().to_numpy())[0]) + 2
+    bad_rows = ~(np.isfinite(w.to_numpy(dtype=float)) & (w.to_numpy(dtype=float) >= 0))
+    if bad_rows.any():
+        bad = int(np.flatnonzero(bad_rows)[0]) + 2
         raise PipelineError(
-            f"{path}, line {bad}: weight {df['weight'].iloc[bad - 2]!r} is not a number"
+            f"{path}, line {bad}: weight {df['weight'].iloc[bad - 2]!r} is not a finite "
+            "number of at least 0"
         )
     df["weight"] = w
     return df
@@ -699,6 +702,7 @@ def tags_for_window(
 
 def window_tags(layout, window, cfg, api_key, limiter, vocab, vocab_md5, out: Path) -> dict:
     """``tags_for_window``'s work in its folder ``out`` (held by the caller)."""
+    (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last, after the tables
     items = vocab["item_idx"].to_numpy()
     per_item: dict[int, list] = {}
     answers_by_status: dict[str, int] = {}
@@ -766,6 +770,7 @@ def window_tags(layout, window, cfg, api_key, limiter, vocab, vocab_md5, out: Pa
     }
     if cfg.require_tags:
         meta["require_tags_effect"] = require_tags_effect(layout, window, tagged)
+    meta["outputs"] = outputs_record(out, ["tags.parquet", "track_tags.parquet"])
     write_json(out / "meta.json", meta)  # last, after the tables it describes
     return meta
 

@@ -117,7 +117,7 @@ def build_model(n_items: int, config: ModelConfig, n_tags: int = 0, seed: int = 
     return model
 
 
-def check_folder(model_dir: Path, record: dict) -> None:
+def check_folder(model_dir: Path, record: dict, skip: tuple[str, ...] = ()) -> None:
     """PipelineError unless every file ``config.json`` lists (``outputs``: the model,
     the hybrid's table, the history) is there with its recorded size and MD5: a folder
     whose parts come from different runs, or a damaged file, is never scored."""
@@ -128,6 +128,8 @@ def check_folder(model_dir: Path, record: dict) -> None:
             "version of train.py); retrain with train.py"
         )
     for name, rec in listed.items():
+        if name in skip:
+            continue
         path = model_dir / name
         if not path.exists():
             raise PipelineError(f"{path}: missing, but {model_dir}/config.json lists it; retrain")
@@ -139,7 +141,9 @@ def check_folder(model_dir: Path, record: dict) -> None:
             )
 
 
-def load_trained(model_dir: Path, expected_vocab_md5: str | None = None):
+def load_trained(
+    model_dir: Path, expected_vocab_md5: str | None = None, skip_check: tuple[str, ...] = ()
+):
     """The model in ``model_dir`` (``model.keras``) and its ``config.json`` record.
 
     Refuses a model trained on another vocabulary, and a model or record saved
@@ -156,7 +160,7 @@ def load_trained(model_dir: Path, expected_vocab_md5: str | None = None):
             "the code); retrain with train.py"
         )
     model_config = cfgs.load(ModelConfig, record["model"], str(cfg_path))
-    check_folder(Path(model_dir), record)
+    check_folder(Path(model_dir), record, skip_check)
     if expected_vocab_md5 is not None and record.get("vocab_md5") != expected_vocab_md5:
         raise PipelineError(
             f"{path} was trained on another vocabulary (window {record.get('window')}, "

@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lastfm import config as cfgs
-from lastfm.common import log, run_main, write_json, write_text
+from lastfm.common import folder_lock, log, run_main, write_json, write_text
 from lastfm.evaluate import EvalConfig, evaluate_slices, provenance, run_evaluation
 from lastfm.paths import Layout, make
 from lastfm.recommend import recommend
@@ -53,9 +53,15 @@ def main(argv=None) -> None:
     if ec.recommend:
         print(recommend(layout, ec, load_trained))
         return
-    if ec.slices:
-        print(evaluate_slices(layout, ec, argv, load_trained))
-        return
+    with folder_lock(layout.reports()):  # one evaluation writes the reports at a time
+        if ec.slices:
+            print(evaluate_slices(layout, ec, argv, load_trained))
+            return
+        evaluate_window(layout, ec, argv)
+
+
+def evaluate_window(layout: Layout, ec: EvalConfig, argv) -> None:
+    """The window's evaluation and its reports (the caller holds the reports folder)."""
     res = run_evaluation(layout, ec, load_trained)
     reports = make(layout.reports())
     md = results_markdown(res)

@@ -42,6 +42,7 @@ from lastfm.common import (
     log,
     markdown_table,
     outputs_record,
+    read_json,
     run_main,
     write_json,
     write_text,
@@ -234,7 +235,9 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
     valid_ev = sample_events(make_events(splits["valid"], mc.input_len), tc.valid_events, tc.seed)
     if len(train_ev) == 0 or len(valid_ev) == 0:
         raise PipelineError(f"window {tc.window}: no training or validation event")
-    available = load_tag_tables(layout, tc.window, n_items, mc.tags_per_track)
+    available = load_tag_tables(
+        layout, tc.window, n_items, mc.tags_per_track, vocab_md5=meta["vocab_md5"]
+    )
     if mc.tags and available is None:
         log(f"no tags in {layout.tags(tc.window)} (run fetch_tags.py); training without tags")
         mc = dataclasses.replace(mc, tags=False)
@@ -245,8 +248,6 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
     steps = int(np.ceil(len(train_ev) / tc.batch_size)) * tc.epochs
     lr = keras.optimizers.schedules.CosineDecay(tc.lr, steps, alpha=0.1) if tc.cosine else tc.lr
     model.compile(optimizer=FusedAdam(lr, global_clipnorm=tc.clip_norm or None))
-    for name in MODEL_FILES:  # never pair an old model with this run's configuration
-        (out / name).unlink(missing_ok=True)
     work = out / ".partial"  # the run's files, moved into out once all are written
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -278,7 +279,7 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
         "n_items": n_items,
         "n_tags": tags[2] if tags else 0,
         "backend": keras.backend.backend(),
-        "provenance": run_provenance(meta),
+        "provenance": run_provenance(meta, layout.tags(tc.window) if tags else None),
         "model": cfgs.as_dict(mc),
         "train": cfgs.as_dict(tc),
         "train_examples": len(train_ev),
@@ -299,15 +300,15 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
     parts = [n for n in MODEL_FILES if n != "config.json" and (work / n).exists()]
     record["outputs"] = outputs_record(work, parts)  # what load_trained checks
     write_json(work / "config.json", record)
-    for name in MODEL_FILES[::-1]:  # config.json last: a folder with it is complete
+    # The previous run's files stay until this one's replace them (a run that fails or is
+    # killed before leaves the old model whole); config.json goes last, and until it does
+    # the old one's checksums refuse the new files (model.check_folder).
+    for name in MODEL_FILES[::-1]:
         if (work / name).exists():
             os.replace(work / name, out / name)
+        elif name != "config.json":  # a part this run has not (no hybrid): not the old one
+            (out / name).unlink(missing_ok=True)
     shutil.rmtree(work)
-    if cb.diverged:
-        raise PipelineError(
-            f"{cb.diverged}: training stopped; the best model before it (epoch "
-            f"{cb.best_epoch}) is saved in {out}; try a lower --lr"
-        )
     suffix = "" if mc.tags or available is None else "_notags"
     # A run with --out (an experiment) keeps its report beside its model, so that it
     # never overwrites the report of record in <data>/reports/.
@@ -323,6 +324,11 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
         + hybrid.markdown(record.get("transitions"))
     )
     write_text(reports / f"training{suffix}.md", md)
+    if cb.diverged:  # after the report, which shows the epochs before it
+        raise PipelineError(
+            f"{cb.diverged}: training stopped; the best model before it (epoch "
+            f"{cb.best_epoch}) is saved in {out}; try a lower --lr"
+        )
     return record
 
 
@@ -345,31 +351,33 @@ def transitions_only(layout: Layout, tc: TrainConfig) -> dict:
     folder whose checksum check fails, never a pair that disagrees unnoticed."""
     with folder_lock(model_folder(layout, tc)) as out:
         splits, vocab, meta = load_splits(layout, tc.window)
-        model, record = load_trained(out, expected_vocab_md5=meta["vocab_md5"])
+        # the table is what this run replaces: a damaged or mismatched one is no obstacle
+        model, record = load_trained(
+            out, expected_vocab_md5=meta["vocab_md5"], skip_check=(hybrid.TABLE,)
+        )
         saved = cfgs.load(TrainConfig, record["train"], str(out / "config.json"))
         valid_ev = sample_events(
             make_events(splits["valid"], model.input_len), saved.valid_events, saved.seed
         )
         record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, len(vocab), tc, out)
+        record["train"]["transitions"] = tc.transitions  # the table's K, for seed groups
         record["outputs"].update(outputs_record(out, [hybrid.TABLE]))
         write_json(out / "config.json", record)
         return record
 
 
-def run_provenance(sessions_meta: dict) -> dict:
+def run_provenance(sessions_meta: dict, tags_dir: Path | None = None) -> dict:
     """Where a model comes from: the code (commit, clean tree, library versions) and the
-    data (the vocabulary's and every split file's MD5, from sessionize.py's manifest)."""
+    data (the vocabulary's and every split file's MD5, from sessionize.py's manifest, and
+    the tag tables' MD5s, from fetch_tags.py's, when it trained with tags)."""
     outputs = sessions_meta.get("outputs", {})
-    return {
-        **code_provenance(),
-        "data": {
-            "vocab_md5": sessions_meta.get("vocab_md5"),
-            **{
-                n: outputs.get(n, {}).get("md5")
-                for n in ("train.parquet", "valid.parquet", "test.parquet", "vocab.parquet")
-            },
-        },
-    }
+    names = ("train.parquet", "valid.parquet", "test.parquet", "vocab.parquet")
+    data = {"vocab_md5": sessions_meta.get("vocab_md5")}
+    data.update({n: outputs.get(n, {}).get("md5") for n in names})
+    if tags_dir is not None:
+        tag_outputs = read_json(tags_dir / "meta.json").get("outputs", {})
+        data.update({f"tags/{n}": r.get("md5") for n, r in tag_outputs.items()})
+    return {**code_provenance(), "data": data}
 
 
 class ValidationCallback(keras.callbacks.Callback):

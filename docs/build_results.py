@@ -57,7 +57,7 @@ def build() -> str:
         "",
         "Every table below comes from one results file (written by `test_model.py`), "
         "with the command, commit and date that produced it. Intervals: 95% percentile "
-        "bootstrap, and each table says over what: over listeners, then their sessions "
+        "bootstrap, and each table says over what: over listeners, each with all its sessions "
         "(the unit the data is drawn in), or, in files written before that, over test "
         "sessions (narrower: one listener's sessions are alike). Differences are paired "
         "(the same resamples for both methods), each metric against a reference baseline "

@@ -232,10 +232,15 @@ def library_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for name in ("numpy", "pandas", "pyarrow", "scipy", "keras", "tensorflow", "jax", "torch"):
-        if name in ("numpy", "pandas", "pyarrow", "scipy", "keras") or name in sys.modules:
+    always = ("numpy", "pandas", "pyarrow", "scipy", "keras", "lightgbm")
+    for name in (*always, "tensorflow", "jax", "torch"):
+        if name not in always and name not in sys.modules:
+            continue
+        # a module's distribution may go by another name (tensorflow-cpu)
+        for dist in (name, f"{name}-cpu"):
             try:
-                out[name] = metadata.version(name)
+                out[name] = metadata.version(dist)
+                break
             except metadata.PackageNotFoundError:
                 continue
     return out

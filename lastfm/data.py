@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lastfm.common import PipelineError, read_json
+from lastfm.common import PipelineError, outputs_match, read_json
 from lastfm.paths import Layout
 
 SPLITS = ("train", "valid", "test")
@@ -125,13 +125,27 @@ def popularity(vocab: pd.DataFrame) -> np.ndarray:
 
 
 def load_tag_tables(
-    layout: Layout, window: str, n_items: int, k: int
+    layout: Layout, window: str, n_items: int, k: int, vocab_md5: str | None = None
 ) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """(V+1, K) tag ids and weights and the tag count (fetch_tags.py), or None."""
+    """(V+1, K) tag ids and weights and the tag count (fetch_tags.py), or None when the
+    window has no tags. PipelineError when its manifest is missing, lists tables that
+    changed since, or was written for another vocabulary than ``vocab_md5`` (item ids of
+    another sessionize.py run would put tags on the wrong tracks)."""
     d = layout.tags(window)
     path = d / "track_tags.parquet"
     if not path.exists():
         return None
+    meta = read_json(d / "meta.json") if (d / "meta.json").exists() else {}
+    if not outputs_match(d, meta.get("outputs")):
+        raise PipelineError(
+            f"{d}: its tables are not the ones its meta.json lists (an interrupted or older "
+            "fetch_tags.py run); rerun fetch_tags.py (cached answers are not asked again)"
+        )
+    if vocab_md5 is not None and meta.get("vocab_md5") != vocab_md5:
+        raise PipelineError(
+            f"{d}: tags fetched for another vocabulary ({meta.get('vocab_md5')}) than the "
+            f"current splits ({vocab_md5}); rerun fetch_tags.py --windows {window}"
+        )
     tt = read_table(path, "track_tags", "fetch_tags.py")
     n_tags = len(read_table(d / "tags.parquet", "tags", "fetch_tags.py"))
     tt = tt[(tt["item_idx"] >= 1) & (tt["item_idx"] <= n_items)]

@@ -4,7 +4,7 @@ For a window's splits: tune each baseline's few parameters on validation
 (``tune_baselines``), evaluate every baseline, the baseline ensemble
 (``lastfm.ensemble``) and the trained networks on the test split on exactly the same
 events (``run_evaluation``), merge methods evaluated elsewhere (``lastfm.ranks``), then
-intervals over listeners (then their sessions), paired differences (``paired_diff``) to
+intervals over listeners (each with all its sessions), paired differences (``paired_diff``) to
 the reference baselines chosen on validation (``choose_references``), seed groups
 (``group_seeds``) and segments; ``evaluate_slices`` does it for every time slice of a window.
 
@@ -545,7 +545,7 @@ def paired_diff(
 ) -> dict:
     """``name`` minus ``other`` on ``metrics``, with paired bootstrap intervals: the
     difference of their per-event values resampled by one seed's draws (over the listeners
-    ``users``, then their sessions), the same draws as each method's own interval."""
+    ``users``, each with all its sessions), the same draws as each method's own interval."""
     res = raw[name]
     return {
         "baseline": other,

@@ -469,7 +469,8 @@ def _interval_caption(res: dict) -> str:
     """What the figures' intervals resample, in a few words."""
     unit = (res.get("intervals") or {}).get("unit", "sessions")
     if unit == "listeners":
-        return f"bootstrap over the {res['intervals']['listeners']} listeners, then their sessions"
+        n = res["intervals"]["listeners"]
+        return f"bootstrap over the {n} listeners, each with all its sessions"
     if unit == "sessions of one listener":
         return "bootstrap over the sessions of one listener"
     return "bootstrap over sessions"
@@ -559,7 +560,7 @@ REFERENCE = ("HR@20", "MRR@20")
 
 def prefix_tables(res: dict) -> tuple[dict[str, dict], str]:
     """Each method's table by prefix-length bin (``results.json``'s ``by_prefix``: HR@20 and
-    MRR@20 with 95% intervals over listeners, then their sessions), and what the intervals
+    MRR@20 with 95% intervals over listeners, each with all its sessions), and what the intervals
     resample. A results dict without it (written before it was) but with ``_raw``: the
     tables computed here, the intervals over sessions (no listeners there)."""
     methods = res["methods"]

@@ -48,7 +48,9 @@ def test_baseline_report_and_plots(pipeline_data, monkeypatch, capsys):
     n_users = res["intervals"]["listeners"]
     assert res["intervals"]["unit"] == "listeners" and n_users > 1
     md = (rep / "results.md").read_text()
-    listeners = f"95% bootstrap intervals over listeners (then their sessions), {n_users} listeners"
+    listeners = (
+        f"95% bootstrap intervals over listeners (each with all its sessions), {n_users} listeners"
+    )
     assert md.count(listeners) == 3  # the results, the differences, the segments
     assert all({"optimistic", "pessimistic"} <= set(m) for m in res["methods"].values())
     for png in ("results_bar.png", "results_by_prefix.png"):

@@ -24,7 +24,7 @@ from lastfm.metrics import (
 )
 from lastfm.report import results_markdown
 
-LISTENER_TEXT = "95% bootstrap intervals over listeners (then their sessions), {} listeners"
+LISTENER_TEXT = "95% bootstrap intervals over listeners (each with all its sessions), {} listeners"
 
 
 def correlated_listeners(n_users=40, sessions_per_user=5, events_per_session=4, seed=0):
@@ -57,9 +57,9 @@ def test_listener_interval_is_wider_than_the_session_interval_when_sessions_are_
     assert draws.std() == pytest.approx(hits.std() / np.sqrt(len(hits)), rel=0.1)
 
 
-def test_two_stage_draws_match_a_plain_loop_in_distribution():
+def test_listener_draws_match_a_plain_loop_in_distribution():
     """Listeners with 1, 2 and 4 sessions of different sizes: the vectorised draws and a
-    direct loop (draw listeners, then each drawn listener's sessions) agree in mean and sd."""
+    direct loop (draw listeners, keep each drawn listener's events) agree in mean and sd."""
     rng = np.random.default_rng(4)
     sess_user = np.array([0, 1, 1, 2, 2, 2, 2])
     sizes = np.array([3, 1, 5, 2, 2, 6, 1])
@@ -69,15 +69,23 @@ def test_two_stage_draws_match_a_plain_loop_in_distribution():
     fast = bootstrap_draws({"v": values}, sessions, users, n_boot=20_000, seed=3)["v"]
     slow = np.empty(20_000)
     loop_rng = np.random.default_rng(5)
-    members = [np.flatnonzero(sess_user == u) for u in range(3)]
     for b in range(len(slow)):
-        picked = []
-        for u in loop_rng.integers(0, 3, size=3):
-            picked += list(loop_rng.choice(members[u], size=len(members[u])))
-        ev = np.concatenate([np.flatnonzero(sessions == s * 10) for s in picked])
+        ev = np.concatenate([np.flatnonzero(users == u + 7) for u in loop_rng.integers(0, 3, 3)])
         slow[b] = values[ev].mean()
     assert fast.mean() == pytest.approx(slow.mean(), abs=4 * slow.std() / np.sqrt(len(slow)))
     assert fast.std() == pytest.approx(slow.std(), rel=0.05)
+
+
+def test_sessions_are_not_resampled_again_inside_a_drawn_listener():
+    """No listener effect (every event independent): the interval's spread is the plain
+    standard error of the mean, not inflated by a second stage over sessions."""
+    rng = np.random.default_rng(8)
+    users = np.repeat(np.arange(300), 12)
+    sessions = np.repeat(np.arange(300 * 4), 3)
+    values = rng.random(len(users))
+    draws = bootstrap_draws({"v": values}, sessions, users, n_boot=4000, seed=1)["v"]
+    # listeners' means vary only through their 12 independent events: se = sd / sqrt(E)
+    assert draws.std() == pytest.approx(values.std() / np.sqrt(len(values)), rel=0.1)
 
 
 def test_one_listener_is_the_session_bootstrap_and_says_so():

@@ -53,7 +53,7 @@ def test_a_second_writer_of_a_folder_is_refused_naming_the_holder(tmp_path):
         pass
 
 
-@pytest.mark.parametrize("stage", ["preprocess", "sessionize", "train", "fetch_tags"])
+@pytest.mark.parametrize("stage", ["preprocess", "sessionize", "train", "fetch_tags", "test_model"])
 def test_every_stage_refuses_a_folder_another_run_writes(
     stage, pipeline_data, small_synth, tmp_path, monkeypatch, capsys
 ):
@@ -61,6 +61,7 @@ def test_every_stage_refuses_a_folder_another_run_writes(
     folder another run holds: one line, exit 2, naming the folder; nothing written."""
     import preprocess
     import sessionize
+    import test_model
     import train
 
     data = tmp_path / "data"
@@ -77,6 +78,7 @@ def test_every_stage_refuses_a_folder_another_run_writes(
             ["--tags-file", str(small_synth[0] / "ground_truth" / "track_tags.tsv")],
             "tags/1m",
         ),
+        "test_model": (test_model.main, ["--no-model", "--methods", "POP"], "reports"),
     }
     main, argv, folder = runs[stage]
 
@@ -143,6 +145,7 @@ def test_a_model_folder_lists_its_files_with_checksums_and_provenance(trained):
     assert set(record["outputs"]) == {"model.keras", "transitions.npz", "history.csv"}
     prov = record["provenance"]
     assert prov["commit"] and "tree_clean" in prov and "keras" in prov["versions"]
+    assert record["backend"] != "tensorflow" or "tensorflow" in prov["versions"]
     assert prov["data"]["vocab_md5"] == record["vocab_md5"]
     assert all(prov["data"][f"{s}.parquet"] for s in ("train", "valid", "test", "vocab"))
 
@@ -158,7 +161,7 @@ def test_every_results_row_and_file_carries_its_provenance(trained):
     assert res["data"]["test.parquet"] == meta["outputs"]["test.parquet"]["md5"]
     prov = res["provenance"]
     assert prov["commit"] and "tree_clean" in prov and "numpy" in prov["versions"]
-    rows = [r for n, r in res["methods"].items() if n not in ("POP",)]
+    rows = [r for r in res["methods"].values() if "best_epoch" in (r.get("params") or {})]
     assert rows and all(r["params"]["provenance"]["backend"] for r in rows)
     data = rows[0]["params"]["provenance"]["data"]
     assert data["train.parquet"] == meta["outputs"]["train.parquet"]["md5"]
@@ -319,6 +322,93 @@ def test_a_loss_nan_from_the_start_saves_nothing(pipeline_data, tmp_path, monkey
         train.main(["--window", "1m", "--epochs", "2", "--transitions", "0", *TINY])
     assert not (data / "models" / "1m" / "config.json").exists()
     assert not (data / "models" / "1m" / "model.keras").exists()
+
+
+def test_a_failed_training_leaves_the_previous_model_whole(trained, tmp_path, monkeypatch):
+    """5 (review): a run that diverges before any good epoch keeps the folder's previous
+    model and hybrid, still loadable; nothing of the failed run is left beside them."""
+    pytest.importorskip("keras")
+    import keras
+
+    import train
+    from lastfm import hybrid
+    from model import load_trained
+
+    data = tmp_path / "data"
+    shutil.copytree(trained / "sessions", data / "sessions")
+    shutil.copytree(trained / "models", data / "models")
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
+    before = {p.name: p.read_bytes() for p in (data / "models" / "1m").iterdir() if p.is_file()}
+
+    class Poisoned(train.ValidationCallback):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            for w in self.rec_model.trainable_weights:
+                w.assign(keras.ops.full(w.shape, float("nan"), dtype=w.dtype))
+
+    monkeypatch.setattr(train, "ValidationCallback", Poisoned)
+    with pytest.raises(PipelineError, match="loss became nan"):
+        train.main(["--window", "1m", "--epochs", "1", "--transitions", "0", *TINY])
+    after = {p.name: p.read_bytes() for p in (data / "models" / "1m").iterdir() if p.is_file()}
+    assert {n: b for n, b in after.items() if n != ".lock"} == {
+        n: b for n, b in before.items() if n != ".lock"
+    }
+    _, record = load_trained(data / "models" / "1m")
+    hybrid.load(data / "models" / "1m", record["transitions"])  # its table reads (no error)
+
+
+def test_transitions_only_repairs_a_folder_whose_table_disagrees(trained, tmp_path):
+    """2 (review): the recovery the error names works: --transitions-only on a folder
+    whose table was damaged rewrites it, and the folder is scored again."""
+    from lastfm import hybrid
+
+    data = tmp_path / "data"
+    shutil.copytree(trained / "sessions", data / "sessions")
+    shutil.copytree(trained / "models", data / "models")
+    folder = data / "models" / "1m"
+    (folder / hybrid.TABLE).write_bytes(b"damaged")
+    assert evaluate_model(folder, data).returncode == 2
+    env = {**os.environ, "LASTFM_DATA_DIR": str(data)}
+    args = [sys.executable, "train.py", "--window", "1m", "--transitions-only"]
+    p = subprocess.run(args + ["--transitions", "3"], cwd=ROOT, env=env, capture_output=True)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    record = json.loads((folder / "config.json").read_text())
+    assert record["transitions"]["k"] == 3 and record["train"]["transitions"] == 3
+    p = evaluate_model(folder, data)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_tags_of_another_vocabulary_or_changed_tables_are_refused(
+    pipeline_data, small_synth, tmp_path, monkeypatch
+):
+    """1 (review): train.py never puts one vocabulary's tags on another's tracks."""
+    import train
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "sessions", data / "sessions")
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
+    tags_file = small_synth[0] / "ground_truth" / "track_tags.tsv"
+    ft.main(["--windows", "1m", "--tags-file", str(tags_file)])
+    meta_path = data / "tags" / "1m" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    argv = ["--window", "1m", "--epochs", "1", "--transitions", "0", *TINY]
+    meta_path.write_text(json.dumps({**meta, "vocab_md5": "another"}))
+    with pytest.raises(PipelineError, match="another vocabulary"):
+        train.main(argv)
+    meta_path.write_text(json.dumps(meta))
+    table = data / "tags" / "1m" / "track_tags.parquet"
+    table.write_bytes(table.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(PipelineError, match="not the ones its meta.json lists"):
+        train.main(argv)
+
+
+def test_tags_file_weights_must_be_finite_and_a_bom_is_not_a_column(tag_env, tmp_path):
+    path = tmp_path / "tags.tsv"
+    path.write_bytes(b"artist\ttrack\ttag\tweight\nA\tB\trock\tinf\n")
+    with pytest.raises(PipelineError, match="line 2: weight 'inf' is not a finite"):
+        ft.main(["--windows", "1m", "--tags-file", str(path)])
+    path.write_bytes("\ufeffartist\ttrack\ttag\tweight\nA\tB\trock\t5\n".encode())
+    ft.main(["--windows", "1m", "--tags-file", str(path)])  # no "missing column" error
 
 
 # ---------------------------------------------------------------- 4. the rate after error 29
