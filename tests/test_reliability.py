@@ -272,6 +272,29 @@ def test_answers_that_never_came_make_the_exit_code_non_zero(tag_env, tmp_path):
         cache.close()
 
 
+def poisoned(train, epoch: int | None = None):
+    """train.py's callback, with every weight set to NaN at the start of training (or of
+    the 0-based ``epoch``): the loss becomes NaN from there on."""
+    import keras
+
+    def nan_weights(model) -> None:
+        for w in model.trainable_weights:
+            w.assign(keras.ops.full(w.shape, float("nan"), dtype=w.dtype))
+
+    class Poisoned(train.ValidationCallback):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if epoch is None:
+                nan_weights(self.rec_model)
+
+        def on_epoch_begin(self, e, logs=None):
+            super().on_epoch_begin(e, logs)
+            if e == epoch:
+                nan_weights(self.rec_model)
+
+    return Poisoned
+
+
 def test_a_loss_that_becomes_nan_keeps_the_last_good_model(pipeline_data, tmp_path, monkeypatch):
     """3: the loss becomes NaN in epoch 2: training stops with one line (exit 2), the
     folder holds epoch 1's model (finite weights), never a NaN one."""
@@ -285,14 +308,7 @@ def test_a_loss_that_becomes_nan_keeps_the_last_good_model(pipeline_data, tmp_pa
     shutil.copytree(pipeline_data / "sessions", data / "sessions")
     monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
 
-    class Poisoned(train.ValidationCallback):
-        def on_epoch_begin(self, epoch, logs=None):
-            super().on_epoch_begin(epoch, logs)
-            if epoch == 1:  # every weight NaN from epoch 2 on
-                for w in self.rec_model.trainable_weights:
-                    w.assign(keras.ops.full(w.shape, float("nan"), dtype=w.dtype))
-
-    monkeypatch.setattr(train, "ValidationCallback", Poisoned)
+    monkeypatch.setattr(train, "ValidationCallback", poisoned(train, epoch=1))  # from epoch 2
     argv = ["--window", "1m", "--epochs", "3", "--patience", "3", "--transitions", "0", *TINY]
     with pytest.raises(PipelineError, match="loss became nan .* epoch 2.*best model before it"):
         train.main(argv)
@@ -303,7 +319,6 @@ def test_a_loss_that_becomes_nan_keeps_the_last_good_model(pipeline_data, tmp_pa
 
 def test_a_loss_nan_from_the_start_saves_nothing(pipeline_data, tmp_path, monkeypatch):
     pytest.importorskip("keras")
-    import keras
 
     import train
 
@@ -311,13 +326,7 @@ def test_a_loss_nan_from_the_start_saves_nothing(pipeline_data, tmp_path, monkey
     shutil.copytree(pipeline_data / "sessions", data / "sessions")
     monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
 
-    class Poisoned(train.ValidationCallback):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            for w in self.rec_model.trainable_weights:
-                w.assign(keras.ops.full(w.shape, float("nan"), dtype=w.dtype))
-
-    monkeypatch.setattr(train, "ValidationCallback", Poisoned)
+    monkeypatch.setattr(train, "ValidationCallback", poisoned(train))
     with pytest.raises(PipelineError, match="loss became nan.*nothing saved"):
         train.main(["--window", "1m", "--epochs", "2", "--transitions", "0", *TINY])
     assert not (data / "models" / "1m" / "config.json").exists()
@@ -328,7 +337,6 @@ def test_a_failed_training_leaves_the_previous_model_whole(trained, tmp_path, mo
     """5 (review): a run that diverges before any good epoch keeps the folder's previous
     model and hybrid, still loadable; nothing of the failed run is left beside them."""
     pytest.importorskip("keras")
-    import keras
 
     import train
     from lastfm import hybrid
@@ -340,13 +348,7 @@ def test_a_failed_training_leaves_the_previous_model_whole(trained, tmp_path, mo
     monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
     before = {p.name: p.read_bytes() for p in (data / "models" / "1m").iterdir() if p.is_file()}
 
-    class Poisoned(train.ValidationCallback):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            for w in self.rec_model.trainable_weights:
-                w.assign(keras.ops.full(w.shape, float("nan"), dtype=w.dtype))
-
-    monkeypatch.setattr(train, "ValidationCallback", Poisoned)
+    monkeypatch.setattr(train, "ValidationCallback", poisoned(train))
     with pytest.raises(PipelineError, match="loss became nan"):
         train.main(["--window", "1m", "--epochs", "1", "--transitions", "0", *TINY])
     after = {p.name: p.read_bytes() for p in (data / "models" / "1m").iterdir() if p.is_file()}
