@@ -587,13 +587,17 @@ def group_seeds(model_records: dict, results: dict) -> list[dict]:
     for members in groups.values():
         if len(members) < 2:
             continue
-        for variant in range(len(members[0][1])):
-            rows = [results[labels[variant]] for _, labels in members if len(labels) > variant]
+        for variant in range(max(len(labels) for _, labels in members)):
+            # the members that have this variant (a seed without a hybrid has none)
+            having = [(record, labels) for record, labels in members if len(labels) > variant]
+            if len(having) < 2:
+                continue
+            rows = [results[labels[variant]] for _, labels in having]
             g = {
-                "rows": [labels[variant] for _, labels in members if len(labels) > variant],
-                "seeds": [record["train"]["seed"] for record, _ in members],
-                "epochs": [len(record.get("history") or []) or None for record, _ in members],
-                "stopped": [record.get("stopped") for record, _ in members],
+                "rows": [labels[variant] for _, labels in having],
+                "seeds": [record["train"]["seed"] for record, _ in having],
+                "epochs": [len(record.get("history") or []) or None for record, _ in having],
+                "stopped": [record.get("stopped") for record, _ in having],
             }
             for m in ("HR@20", "MRR@20"):
                 v = np.array([r[m] for r in rows])

@@ -269,3 +269,26 @@ def test_results_tables_name_the_listeners_and_old_files_still_render():
     md = results_markdown(old)
     assert "95% bootstrap intervals over sessions; 100 resamples" in md
     assert "best baseline on test MRR@20" in md and "| AR | SR | +0.1000" in md
+
+
+def test_seed_groups_list_the_seeds_of_their_own_rows():
+    """A seed without a hybrid: the hybrid's group names only the seeds that have one, in
+    the order of its rows (review finding: the lists had been every member's)."""
+    from lastfm.evaluate import group_seeds
+
+    records, results = {}, {}
+    for seed, has_hybrid in ((0, True), (1, False), (2, True)):
+        record = {
+            "model": {"arch": "gru4rec"},
+            "train": {"lr": 0.006, "seed": seed},
+            "history": [{}] * (3 + seed),
+            "stopped": "epochs",
+        }
+        labels = [f"GRU4Rec (s{seed})"] + ([f"GRU4Rec+transitions (s{seed})"] if has_hybrid else [])
+        records[f"d{seed}"] = (record, labels)
+        for i, label in enumerate(labels):
+            results[label] = {"HR@20": 0.5 + seed / 100 + i / 10, "MRR@20": 0.3 + seed / 100}
+    alone, hybrid = group_seeds(records, results)
+    assert alone["seeds"] == [0, 1, 2] and alone["epochs"] == [3, 4, 5]
+    assert hybrid["rows"] == ["GRU4Rec+transitions (s0)", "GRU4Rec+transitions (s2)"]
+    assert hybrid["seeds"] == [0, 2] and hybrid["epochs"] == [3, 5]
