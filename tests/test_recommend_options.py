@@ -18,22 +18,14 @@ from lastfm.recommend import UNSEEN, recommend
 @pytest.fixture(scope="module")
 def kept_data(pipeline_data, tmp_path_factory):
     """The pipeline's windows sessionized again with ``--unseen keep``."""
-    import os
     import shutil
 
     import sessionize
 
     data = tmp_path_factory.mktemp("kept") / "data"
     shutil.copytree(pipeline_data / "preprocessed", data / "preprocessed")
-    old = os.environ.get("LASTFM_DATA_DIR")
-    os.environ["LASTFM_DATA_DIR"] = str(data)
-    try:
-        sessionize.main(["--windows", "1m", "--min-user-sessions", "3", "--unseen", "keep"])
-    finally:
-        if old is None:
-            del os.environ["LASTFM_DATA_DIR"]
-        else:
-            os.environ["LASTFM_DATA_DIR"] = old
+    args = ["--windows", "1m", "--min-user-sessions", "3", "--unseen", "keep"]
+    sessionize.main(["--data-dir", str(data), *args])  # the flag, not the environment
     return data
 
 
