@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lastfm import config as cfgs
+from lastfm import dask_stages, sources
 from lastfm.common import (
     PipelineError,
     file_md5,
@@ -47,13 +47,15 @@ from lastfm.common import (
     run_main,
     stage_current,
     sweep_litter,
+    write_atomic,
     write_json,
     write_parquet,
     write_text,
 )
 from lastfm.config import option
-from lastfm.parse import parse_file, write_rejects
+from lastfm.parse import ParseResult, escape_line, parse_file, write_rejects
 from lastfm.paths import Layout, make
+from lastfm.plays import REQUIRED, month_windows
 from lastfm.study import README, STUDY
 
 URL = "http://mtg.upf.edu/static/datasets/last.fm/lastfm-dataset-1K.tar.gz"
@@ -74,7 +76,15 @@ STAT_COLUMNS = ["user_id", "timestamp", "artist_id", "artist_name", "track_id", 
 class PreprocessConfig:
     """Where the plays come from and how they are cleaned and windowed."""
 
-    input: Path | None = option(None, "plays TSV (or its folder): skip the download")
+    dataset: str = option(
+        "lfm1k",
+        "the input's layout: lfm1k (Last.fm-1K, downloaded without --input), lfm1b, "
+        "lfm2b, mlhd, mlhdplus, yambda or table (lastfm/sources/)",
+        choices=list(sources.DATASETS),
+    )
+    input: Path | None = option(
+        None, "the input as published (file or folder): required but for lfm1k, else downloaded"
+    )
     url: str = option(URL, "archive URL or local path (default: MTG)")
     md5: str | None = option(None, "expected archive MD5 (verification)")
     size: int | None = option(None, "expected archive size in bytes")
@@ -103,6 +113,10 @@ class PreprocessConfig:
 
     def check(self) -> None:
         self.month_list()
+        if self.dataset != "lfm1k" and self.input is None:
+            raise PipelineError(f"--dataset {self.dataset} needs --input (its files as published)")
+        if self.dataset != "lfm1k" and self.keep_missing_mbid:
+            raise PipelineError("--keep-missing-mbid applies to --dataset lfm1k only")
         for flag, value in (("--valid-from", self.valid_from), ("--valid-to", self.valid_to)):
             try:
                 np.datetime64(value, "s")
@@ -466,33 +480,14 @@ def column_stats(enc: dict, mask: np.ndarray | None) -> dict[str, dict]:
     return stats
 
 
-def month_windows(
-    ts_s: np.ndarray, in_range: np.ndarray, months: list[int], anchor: str
-) -> dict[str, tuple[int, int]]:
-    """[start, end) seconds of each window, anchored at the last (or first) play."""
-    valid = ts_s[in_range]
-    if len(valid) == 0:
-        raise PipelineError(
-            "no play falls inside the plausible time range; check --valid-from/--valid-to"
-        )
-    out = {}
-    for m in months:
-        if anchor == "end":
-            end = int(valid.max()) + 1
-            start = int((pd.Timestamp(end, unit="s") - pd.DateOffset(months=m)).timestamp())
-        else:
-            start = int(valid.min())
-            end = int((pd.Timestamp(start, unit="s") + pd.DateOffset(months=m)).timestamp())
-        out[f"{m}m"] = (start, end)
-    return out
-
-
-def plays_table(enc: dict, rows: np.ndarray, keep_missing_mbid: bool) -> pa.Table:
+def plays_table(
+    enc: dict, rows: np.ndarray, keep_missing_mbid: bool, newest_first: bool = True
+) -> pa.Table:
     """The Parquet table of ``rows`` (indices into ``enc``), sorted by user, time."""
-    # Sort by user, then time; equal times keep the older line (the file is newest
-    # first). Rows arrive in file order, so a stable sort of the reversed rows is
-    # a merge of runs (timsort), ~3x faster than lexsort.
-    rev = rows[::-1]
+    # Sort by user, then time; equal times keep the older line (Last.fm-1K is newest
+    # first; other layouts keep their order). Rows arrive in file order, so a stable sort
+    # of the reversed rows is a merge of runs (timsort), ~3x faster than lexsort.
+    rev = rows[::-1] if newest_first else rows
     ts = enc["ts_s"][rev]
     key = (enc["user_id"][rev].astype(np.int64) << 36) | (ts - ts.min() if len(ts) else ts)
     rows = rev[np.argsort(key, kind="stable")]
@@ -534,8 +529,54 @@ def add_track_key(enc: dict) -> None:
     enc["track_key"] = np.searchsorted(uniques, pair).astype(np.int32)
 
 
+def parse_source(dataset: str, path: Path, options) -> ParseResult:
+    """Every play of a layout other than Last.fm-1K (``lastfm.sources``), in
+    ``parse_file``'s table form (missing values as empty strings); rejects are
+    ``(where, line, reason, raw)``."""
+    pieces = sources.find_pieces(dataset, path, options, target_bytes=1 << 62)
+    tables, rejects, lines, counts = [], [], 0, {}
+    for piece in pieces:
+        res = sources.read_piece(piece, dataset, options)
+        tables.append(res.table)
+        rejects += [(res.where, line, reason, raw) for line, reason, raw in res.rejects]
+        lines += res.lines
+        for k, v in res.counts.items():
+            counts[k] = counts.get(k, 0) + v
+    table = pa.concat_tables(tables) if tables else sources.PLAY_SCHEMA.empty_table()
+
+    def text(name: str) -> pa.Array:
+        col = pc.fill_null(table[name].combine_chunks(), "")
+        return pc.dictionary_encode(col)
+
+    out = pa.table(
+        {
+            "user": text("user"),
+            "ts_s": table["ts_s"].combine_chunks(),
+            "artist_mbid": text("artist"),
+            "artist_name": text("artist_name"),
+            "track_mbid": text("track"),
+            "track_name": text("track_name"),
+            "line": table["line"].combine_chunks(),
+        }
+    )
+    return ParseResult(out, rejects, lines, reject_counts=counts)
+
+
+def write_source_rejects(path: Path, rejects: list[tuple[str, int, str, bytes]]) -> None:
+    """TSV ``where, line, reason, text`` (the file or TAR member, its line)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("where\tline\treason\ttext\n")
+            for where, line, reason, raw in rejects:
+                fh.write(f"{where}\t{line}\t{reason}\t{escape_line(raw)}\n")
+
+    write_atomic(path, write)
+
+
 # --------------------------------------------------------------------------- report
-def stats_markdown(stats: dict[str, dict], extra: dict[str, dict]) -> str:
+def _tables_markdown(stats: dict[str, dict], extra: dict[str, dict]) -> str:
+    """The describe() table of raw, clean and each window."""
     parts = []
     for table_name, cols in stats.items():
         rows = [[c, s["count"], s["unique"], s["top"], s["freq"]] for c, s in cols.items()]
@@ -544,6 +585,12 @@ def stats_markdown(stats: dict[str, dict], extra: dict[str, dict]) -> str:
             f"{extra[table_name]['users']:,} users)\n\n"
             + markdown_table(["column", "count", "unique", "top", "freq"], rows)
         )
+    return "\n\n".join(parts) + "\n"
+
+
+def stats_markdown(stats: dict[str, dict], extra: dict[str, dict]) -> str:
+    """The describe() tables and ours next to the study's published figures."""
+    parts = [_tables_markdown(stats, extra).rstrip("\n")]
     study_rows = []
     for name, fig in STUDY.items():
         ours = extra.get(name if name != "clean" else "clean", {})
@@ -579,13 +626,14 @@ def stats_markdown(stats: dict[str, dict], extra: dict[str, dict]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def plot_plays_per_user(enc: dict, mask: np.ndarray, path: Path) -> None:
+def plot_plays_per_user(user_plays: np.ndarray, path: Path) -> None:
+    """Plays per user, by rank (log scale); ``user_plays``: each user's count."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = np.sort(np.bincount(enc["user_id"][mask]))[::-1]
+    counts = np.sort(user_plays)[::-1]
     counts = counts[counts > 0]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(np.arange(1, len(counts) + 1), counts)
@@ -600,7 +648,12 @@ def plot_plays_per_user(enc: dict, mask: np.ndarray, path: Path) -> None:
 
 # --------------------------------------------------------------------------- stage
 def resolve_input(layout: Layout, cfg: PreprocessConfig) -> Path:
-    """The TSV to parse: --input (file or folder), else download and extract."""
+    """The TSV to parse: --input (file or folder), else download and extract; for the
+    other layouts, --input as given (``lastfm.sources`` finds its files)."""
+    if cfg.dataset != "lfm1k":
+        if not Path(cfg.input).exists():
+            raise PipelineError(f"--input {cfg.input}: no such file or folder")
+        return Path(cfg.input)
     if cfg.input is not None:
         p = Path(cfg.input)
         if p.is_dir():
@@ -621,26 +674,32 @@ def resolve_input(layout: Layout, cfg: PreprocessConfig) -> Path:
     return raw / TSV
 
 
-def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> dict:
-    """Parse, clean, cut windows, write outputs; return the manifest."""
+def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig, options=None) -> dict:
+    """Parse, clean, cut windows, write outputs; return the manifest (the local engine:
+    every play in memory)."""
     months, anchor, keep_missing_mbid = cfg.month_list(), cfg.anchor, cfg.keep_missing_mbid
     valid_from, valid_to, write_all = cfg.valid_from, cfg.valid_to, cfg.write_all
     t0 = time.perf_counter()
     # The input's MD5 is computed once (beside the parse) and reused while the
     # file's size and modification time are unchanged.
-    md5_cache = out / "input_md5.json"
-    cached = read_json(md5_cache) if md5_cache.exists() else {}
-    known = cached.get("md5") if cached.get("file") == fingerprint(tsv) else None
-    try:
-        res = parse_file(tsv, with_md5=known is None)
-    except (FileNotFoundError, ValueError) as err:
-        raise PipelineError(str(err)) from None
-    res.md5 = known or res.md5
-    write_json(md5_cache, {"file": fingerprint(tsv), "md5": res.md5})
+    known = None
+    if cfg.dataset == "lfm1k":
+        md5_cache = out / "input_md5.json"
+        cached = read_json(md5_cache) if md5_cache.exists() else {}
+        known = cached.get("md5") if cached.get("file") == fingerprint(tsv) else None
+        try:
+            res = parse_file(tsv, with_md5=known is None)
+        except (FileNotFoundError, ValueError) as err:
+            raise PipelineError(str(err)) from None
+        res.md5 = known or res.md5
+        write_json(md5_cache, {"file": fingerprint(tsv), "md5": res.md5})
+        write_rejects(out / "rejects.tsv", res.rejects)
+    else:
+        res = parse_source(cfg.dataset, tsv, options or sources.SourceOptions(cfg.dataset))
+        write_source_rejects(out / "rejects.tsv", res.rejects)
     t_parse = time.perf_counter() - t0
     if res.table.num_rows == 0:
         raise PipelineError(f"{tsv}: no valid play among {res.lines:,} lines; see rejects")
-    write_rejects(out / "rejects.tsv", res.rejects)
     log(
         f"parsed {res.lines:,} lines in {t_parse:.1f}s: {res.table.num_rows:,} rows, "
         f"{len(res.rejects):,} rejects {res.reject_counts}, {res.repaired:,} repaired"
@@ -655,12 +714,9 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> di
         add_track_key(enc)
         clean = (enc["artist_name"] >= 0) & (enc["track_name"] >= 0)
     else:
-        clean = (
-            (enc["artist_id"] >= 0)
-            & (enc["artist_name"] >= 0)
-            & (enc["track_id"] >= 0)
-            & (enc["track_name"] >= 0)
-        )
+        clean = enc["track_id"] >= 0
+        for col in REQUIRED[cfg.dataset]:
+            clean &= enc[col] >= 0
     kept = clean & in_range
     windows = month_windows(enc["ts_s"], in_range, months, anchor)
     masks = {"raw": None, "clean": clean}
@@ -676,7 +732,7 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> di
     # report and the plot are made (Parquet writing releases the GIL).
     def write_window(name: str) -> dict:
         rows = np.flatnonzero(masks[name] if name != "all" else kept)
-        table = plays_table(enc, rows, keep_missing_mbid)
+        table = plays_table(enc, rows, keep_missing_mbid, sources.newest_first(cfg.dataset))
         write_parquet(out / f"{name}.parquet", table, compression="zstd")
         return {
             "rows": table.num_rows,
@@ -689,7 +745,7 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> di
             name: pool.submit(write_window, name)
             for name in list(windows) + (["all"] if write_all else [])
         }
-        _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to)
+        _report(enc, res, masks, in_range, clean, tsv, reports, cfg)
         written = {name: f.result() for name, f in futures.items()}
     name = Path(tsv).name
     if name in KNOWN_MD5 and res.md5 != KNOWN_MD5[name]:
@@ -717,8 +773,9 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig) -> di
     }
 
 
-def _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to) -> None:
-    """The study's statistics tables (Markdown, JSON, printed) and the plot."""
+def _report(enc, res, masks, in_range, clean, tsv, reports, cfg) -> None:
+    """The study's statistics tables of the local engine (Markdown, JSON, printed) and
+    the plot."""
     n = len(enc["ts_s"])
     stats, extra = {}, {}
     for name, mask in masks.items():
@@ -727,48 +784,79 @@ def _report(enc, res, masks, in_range, clean, tsv, reports, valid_from, valid_to
             "rows": int(n if mask is None else mask.sum()),
             "users": stats[name]["user_id"]["unique"],
         }
-    md = stats_markdown(stats, extra)
     # The README's artist counts: distinct artist MBIDs, and distinct names without one.
     artists = {
         "artists_with_mbid": distinct_count(enc["artist_id"]),
         "artists_without_mbid": distinct_count(enc["artist_name"][enc["artist_id"] < 0]),
     }
-    md += (
-        f"\nArtists with an MBID: {artists['artists_with_mbid']:,} (the archive's README: "
-        f"{README['artists_with_mbid']:,}); artist names without one: "
-        f"{artists['artists_without_mbid']:,} (README: {README['artists_without_mbid']:,}).\n"
-    )
+    summary = {
+        "lines": res.lines,
+        "rejects": len(res.rejects),
+        "repaired": res.repaired,
+        "out_of_range": int((~in_range).sum()),
+    }
+    user_plays = np.bincount(enc["user_id"][clean])
+    write_stats(stats, extra, artists, summary, tsv, reports, cfg, user_plays[user_plays > 0])
+
+
+def write_stats(stats, extra, artists, summary, tsv, reports, cfg, user_plays) -> None:
+    """``reports/preprocess_stats.{md,json}`` and ``plays_per_user.png`` (both engines)."""
+    md = stats_markdown(stats, extra) if cfg.dataset == "lfm1k" else _tables_markdown(stats, extra)
+    if cfg.dataset == "lfm1k":
+        md += (
+            f"\nArtists with an MBID: {artists['artists_with_mbid']:,} (the archive's README: "
+            f"{README['artists_with_mbid']:,}); artist names without one: "
+            f"{artists['artists_without_mbid']:,} (README: {README['artists_without_mbid']:,}).\n"
+        )
     write_text(
         reports / "preprocess_stats.md",
-        f"## Preprocessing statistics\n\nInput: `{tsv}` ({res.lines:,} lines; "
-        f"{len(res.rejects):,} rejects; {res.repaired:,} repaired; "
-        f"{int((~in_range).sum()):,} plays outside {valid_from}..{valid_to} excluded)\n\n" + md,
+        f"## Preprocessing statistics\n\nInput: `{tsv}` ({summary['lines']:,} lines; "
+        f"{summary['rejects']:,} rejects; {summary['repaired']:,} repaired; "
+        f"{summary['out_of_range']:,} plays outside {cfg.valid_from}..{cfg.valid_to} "
+        "excluded)\n\n" + md,
     )
     write_json(
         reports / "preprocess_stats.json",
         {"tables": stats, "sizes": extra, "artists": artists, "study": STUDY},
     )
-    plot_plays_per_user(enc, clean, reports / "plays_per_user.png")
+    plot_plays_per_user(np.asarray(user_plays), reports / "plays_per_user.png")
     print(md)
 
 
-def parse_args(argv=None) -> tuple[Layout, PreprocessConfig]:
-    ap = cfgs.parser("Download, parse, clean and window Last.fm-1K.")
+def parse_args(argv=None):
+    ap = cfgs.parser("Download, parse, clean and window Last.fm-1K (or another listening log).")
     cfgs.add_data_dir(ap)
     cfgs.add_flags(ap, PreprocessConfig, "preprocessing")
+    cfgs.add_flags(ap, sources.SourceOptions, "source options (lastfm/sources/)", skip=("dataset",))
+    cfgs.add_flags(ap, dask_stages.EngineConfig, "engine")
     args = ap.parse_args(argv)
-    return Layout.at(args.data_dir), cfgs.from_args(PreprocessConfig, args)
+    cfg = cfgs.from_args(PreprocessConfig, args)
+    options = cfgs.from_args(sources.SourceOptions, args)  # its dataset: --dataset
+    return Layout.at(args.data_dir), cfg, options, cfgs.from_args(dask_stages.EngineConfig, args)
 
 
 def main(argv=None) -> None:
-    layout, cfg = parse_args(argv)
+    layout, cfg, options, engine = parse_args(argv)
     with folder_lock(layout.preprocessed()) as out:
-        run(layout, cfg, out)
+        run(layout, cfg, out, options, engine)
 
 
-def run(layout: Layout, cfg: PreprocessConfig, out: Path) -> None:
+def input_fingerprint(path: Path) -> dict:
+    """Size and modification time of the input file, or of every file in its folder."""
+    path = Path(path)
+    if path.is_file():
+        return fingerprint(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return {
+        "path": str(path),
+        "files": [fingerprint(p) | {"path": str(p.relative_to(path))} for p in files],
+    }
+
+
+def run(layout: Layout, cfg: PreprocessConfig, out: Path, options=None, engine=None) -> None:
     """The stage, in ``out`` (held by ``main``): skip when current, else write every
     output and then the manifest."""
+    engine = engine or dask_stages.EngineConfig()
     months = cfg.month_list()
     tsv = resolve_input(layout, cfg)
     reports = make(layout.reports())
@@ -780,8 +868,16 @@ def run(layout: Layout, cfg: PreprocessConfig, out: Path) -> None:
         "write_all": cfg.write_all,
         "valid_from": cfg.valid_from,
         "valid_to": cfg.valid_to,
-        "input": fingerprint(tsv),
+        "input": fingerprint(tsv) if cfg.dataset == "lfm1k" else input_fingerprint(tsv),
     }
+    if cfg.dataset != "lfm1k" or engine.engine != "local":
+        params |= {
+            "dataset": cfg.dataset,
+            "source": cfgs.as_dict(options) if options is not None else None,
+            "engine": engine.engine,
+            "partitions": engine.partitions,
+            "piece_mb": engine.piece_mb,
+        }
     if not cfg.force and stage_current(out / "meta.json", params):
         log(f"{out} is current for these parameters; skipping (use --force to redo)")
         print(
@@ -791,12 +887,44 @@ def run(layout: Layout, cfg: PreprocessConfig, out: Path) -> None:
         )
         return
     (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last, after its outputs
-    meta = preprocess(tsv, out, reports, cfg)
-    names = (
-        [f"{w}.parquet" for w in meta["windows"]]
-        + (["all.parquet"] if cfg.write_all else [])
-        + ["rejects.tsv"]
-    )
+    if engine.engine == "dask":
+        if cfg.write_all:
+            raise PipelineError("--write-all is not available with --engine dask")
+        with dask_stages.cluster(engine.scheduler, engine.workers) as client:
+            meta = dask_stages.preprocess(
+                client,
+                cfg.dataset,
+                tsv,
+                options,
+                out,
+                reports,
+                cfg,
+                engine.partitions,
+                int(engine.piece_mb * 2**20),
+            )
+        stats = meta.pop("stats")
+        write_stats(
+            stats["tables"],
+            stats["sizes"],
+            stats["artists"],
+            stats["summary"],
+            tsv,
+            reports,
+            cfg,
+            stats["user_plays"],
+        )
+        names = [
+            f"{w}.parquet/{p.name}"
+            for w in meta["windows"]
+            for p in sorted((out / f"{w}.parquet").glob("part-*.parquet"))
+        ] + ["rejects.tsv", "users.parquet"]
+    else:
+        meta = preprocess(tsv, out, reports, cfg, options)
+        names = (
+            [f"{w}.parquet" for w in meta["windows"]]
+            + (["all.parquet"] if cfg.write_all else [])
+            + ["rejects.tsv"]
+        )
     write_json(out / "meta.json", {"params": params, **meta, "outputs": outputs_record(out, names)})
     sizes = ", ".join(f"{k}: {v['rows']:,}" for k, v in meta["windows"].items())
     log(f"wrote {out} ({sizes})")

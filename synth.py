@@ -27,18 +27,26 @@ typical user. Its parts:
   rows ordered by user and newest first.
 
 Usage: ``python synth.py --out data/synthetic --users 40 --plays 200000``.
+
+``--layout lfm1b|lfm2b|mlhd|mlhdplus|yambda|table`` writes the same generated plays in
+another published layout instead (``lastfm.layouts``; ``--malformed`` seeds lines each
+reader must reject and a broken archive member); ``--stream`` writes a simple,
+uncalibrated log (Zipf tracks, sessions) user by user in bounded memory, for
+benchmarks at any ``--plays``.
 """
 
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from lastfm import config as cfgs
-from lastfm.common import log, run_main, write_json
+from lastfm.common import PipelineError, log, run_main, write_json
+from lastfm.layouts import LAYOUTS, UserPlays, write_layout
 from lastfm.paths import Layout
 
 TSV_NAME = "userid-timestamp-artid-artname-traid-traname.tsv"
@@ -549,6 +557,87 @@ def generate(out: Path, cfg: SynthConfig, archive: bool = False) -> dict:
     return summary
 
 
+def user_chunks(cfg: SynthConfig) -> Iterator[UserPlays]:
+    """The generator's plays, one user at a time (chronological), with the MBIDs and
+    names ``generate`` writes (the lfm1k file without its stray tabs and bad dates)."""
+    cat, histories = simulate(cfg)
+    played = np.zeros(len(cat.track_artist), dtype=bool)
+    for _, tracks in histories:
+        played[tracks] = True
+    cat.name_played(played, cfg, np.random.default_rng([cfg.seed, 1]))
+    for u, (ts, tracks) in enumerate(histories):
+        artists = cat.track_artist[tracks]
+        yield UserPlays(
+            user=f"user_{u + 1:06d}",
+            ts_s=ts,
+            artist=artists,
+            track=tracks,
+            artist_mbid=cat.art_mbid[artists],
+            track_mbid=cat.tr_mbid[tracks],
+            artist_name=cat.art_name[artists],
+            track_name=cat.tr_name[tracks],
+        )
+
+
+def stream_chunks(cfg: SynthConfig, max_user_plays: int = 1_000_000) -> Iterator[UserPlays]:
+    """A simple generated log for benchmarks, one user at a time in bounded memory
+    (``plays // 100_000`` users at least, none above ``max_user_plays``): Zipf-popular
+    tracks (exponent 1.1) of a ``plays // 100`` catalogue (1K to 2M tracks, ten per
+    artist); sessions of about ``cfg.session_plays`` plays 150-360 s apart, a day or
+    so between sessions. Not calibrated; no MBIDs or names (the writers make
+    pseudo-MBIDs from the ids)."""
+    rng = np.random.default_rng([cfg.seed, 7])
+    n_users = max(cfg.users, -(-cfg.plays // 100_000))
+    w = rng.lognormal(0.0, 1.0, n_users)
+    counts = np.clip(np.floor(w / w.sum() * cfg.plays), 1, max_user_plays).astype(np.int64)
+    deficit = cfg.plays - int(counts.sum())
+    while deficit != 0:  # spread the rounding (or clipping) over users with room
+        room = (
+            np.flatnonzero(counts < max_user_plays) if deficit > 0 else np.flatnonzero(counts > 1)
+        )
+        if not len(room):
+            raise PipelineError("--plays too large for --users at 1M plays per user")
+        step = max(1, abs(deficit) // len(room))
+        for u in room[: abs(deficit)]:
+            take = (
+                min(step, max_user_plays - counts[u]) if deficit > 0 else -min(step, counts[u] - 1)
+            )
+            counts[u] += take
+            deficit -= take
+            if deficit == 0:
+                break
+    n_tracks = int(min(2_000_000, max(1_000, cfg.plays // 100)))
+    cdf = np.cumsum(1.0 / np.arange(1, n_tracks + 1) ** 1.1)
+    cdf /= cdf[-1]
+    by_rank = rng.permutation(n_tracks)
+    for u, n in enumerate(counts.tolist()):
+        n_sess = max(1, int(round(n / cfg.session_plays)))
+        cuts = np.sort(rng.choice(np.arange(1, n), size=min(n_sess - 1, n - 1), replace=False))
+        first = np.zeros(n, dtype=bool)
+        first[np.concatenate([[0], cuts])] = True
+        between = min(86_400.0, 4 * 365 * 86_400.0 / n_sess)  # a heavy user's years stay few
+        gaps = np.where(first, rng.exponential(between, n) + 1_800, rng.integers(150, 360, n))
+        gaps[0] = 0
+        ts = np.cumsum(gaps).astype(np.int64)
+        ts += END_TS - ts[-1] - int(rng.integers(0, 30 * DAY))
+        tracks = by_rank[np.searchsorted(cdf, rng.random(n))].astype(np.int64)
+        yield UserPlays(user=f"user_{u + 1:07d}", ts_s=ts, artist=tracks // 10, track=tracks)
+
+
+def generate_layout(
+    out: Path, cfg: SynthConfig, layout: str, malformed: bool = False, stream: bool = False
+) -> dict:
+    """Write the generator's plays (``stream``: ``stream_chunks``') in ``layout`` under
+    ``out``; ``synth_meta.json`` (written last) holds the layout's summary."""
+    Path(out, "synth_meta.json").unlink(missing_ok=True)
+    chunks = stream_chunks(cfg) if stream else user_chunks(cfg)
+    summary = write_layout(
+        layout, chunks, Path(out), np.random.default_rng([cfg.seed, 2]), malformed
+    )
+    write_json(Path(out) / "synth_meta.json", {"config": asdict(cfg), "stream": stream, **summary})
+    return summary
+
+
 def _write_profiles(path: Path, n_users: int, rng: np.random.Generator) -> None:
     countries = [
         "Japan",
@@ -604,19 +693,49 @@ def _write_ground_truth(
     return {"planted_tag_rows": n_tags}
 
 
-def parse_args(argv=None) -> tuple[Path, SynthConfig, bool]:
+def parse_cli(argv=None):
+    """(out, generator config, parsed flags: archive, layout, stream, malformed)."""
     ap = cfgs.parser(__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="default <data>/synthetic")
     ap.add_argument("--archive", action="store_true", help="also pack lastfm-dataset-1K.tar.gz")
+    ap.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="lfm1k",
+        help="the published layout to write (default lfm1k: the Last.fm-1K archive)",
+    )
+    ap.add_argument(
+        "--stream",
+        action="store_true",
+        help="a simple uncalibrated log written user by user in bounded memory (benchmarks)",
+    )
+    ap.add_argument(
+        "--malformed",
+        action="store_true",
+        help="seed lines every reader must reject and one broken archive member",
+    )
     cfgs.add_flags(ap, SynthConfig, "generator")
     args = ap.parse_args(argv)
-    return args.out or Layout.at().synthetic(), cfgs.from_args(SynthConfig, args), args.archive
+    if args.archive and (args.layout != "lfm1k" or args.stream):
+        ap.error("--archive packs the lfm1k layout only")
+    return args.out or Layout.at().synthetic(), cfgs.from_args(SynthConfig, args), args
+
+
+def parse_args(argv=None) -> tuple[Path, SynthConfig, bool]:
+    out, cfg, args = parse_cli(argv)
+    return out, cfg, args.archive
 
 
 def main(argv=None) -> None:
-    out, cfg, archive = parse_args(argv)
+    out, cfg, args = parse_cli(argv)
+    if args.layout != "lfm1k" or args.stream or args.malformed:
+        mode = "a streamed simple log" if args.stream else "the generator's plays"
+        log(f"writing {mode} ({cfg.users} users, ~{cfg.plays:,} plays) as {args.layout} into {out}")
+        summary = generate_layout(out, cfg, args.layout, args.malformed, args.stream)
+        log(f"wrote {summary['plays']:,} plays of {summary['users']:,} users: {summary['files']}")
+        return
     log(f"generating {cfg.users} users, ~{cfg.plays:,} plays into {out}")
-    summary = generate(out, cfg, archive=archive)
+    summary = generate(out, cfg, archive=args.archive)
     log(
         f"wrote {summary['lines']:,} lines, {summary['tracks_played']:,} tracks played; "
         f"next play by the same artist {summary['same_artist_next']:.0%}"

@@ -55,11 +55,16 @@ def parser(description: str) -> Parser:
     return Parser(description=description)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type, title: str | None = None) -> None:
-    """Add one flag per field of the dataclass ``cls`` (defaults from the class)."""
+def add_flags(
+    parser: argparse.ArgumentParser, cls: type, title: str | None = None, skip=()
+) -> None:
+    """Add one flag per field of the dataclass ``cls`` (defaults from the class), but for
+    the fields in ``skip`` (flags another dataclass already adds)."""
     group = parser.add_argument_group(title or cls.__name__)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         meta = dict(f.metadata)
         help_text = meta.pop("help", None)
         kind = hints[f.name]

@@ -125,8 +125,13 @@ def test_every_stage_takes_data_dir_and_its_config_flags():
     import test_model
     import train
 
-    layout, cfg = preprocess.parse_args(["--data-dir", "/x", "--months", "1"])
+    layout, cfg, options, engine = preprocess.parse_args(
+        ["--data-dir", "/x", "--months", "1", "--dataset", "yambda", "--input", "/in"]
+        + ["--organic-only", "--engine", "dask", "--partitions", "8"]
+    )
     assert layout.root == Path("/x") and cfg.month_list() == [1]
+    assert options.dataset == "yambda" and options.organic_only
+    assert engine.engine == "dask" and engine.partitions == 8
     layout, cfg, _ = sessionize.parse_args(["--data-dir", "/y", "--max-session-len", "9"])
     assert layout.sessions("1m") == Path("/y/sessions/1m") and cfg.max_session_len == 9
     layout, cfg = fetch_tags.parse_args(["--data-dir", "/z", "--workers", "2"])

@@ -1,0 +1,916 @@
+"""The data stages on Dask, for listening logs that do not fit in one machine's memory.
+
+``preprocess.py --engine dask`` and ``sessionize.py --engine dask`` call ``preprocess``
+and ``sessionize`` here; the local engine (the default) stays the stage scripts' own code.
+The plan (docs/DECISIONS.md, "Past one machine") is one shuffle by user, then work per
+partition:
+
+1. **ingest**, one task per input piece (a byte range of a text file, a TAR member, a
+   Parquet file; ``lastfm.sources``): parse exactly, drop nothing, and write the piece's
+   rows split by ``bucket = hash(user) % B`` as ``_work/ingest/<piece>/b<bucket>.parquet``
+   with a manifest per piece (lines, rejects by reason, time range). This is the shuffle's
+   write side: each bucket receives whole listeners; no task holds more than one piece.
+2. **buckets**, one task per bucket: read the bucket's files from every piece, sort each
+   listener's plays by time, flag missing ids and implausible times, and write
+   ``_work/plays/b<bucket>.parquet`` (every parsed row, flags kept) and its users.
+3. **windows**, one task per bucket: the month windows (cut at the global last play),
+   each user numbered by its rank among all users (the local engine's order), written as
+   Parquet datasets ``preprocessed/<window>.parquet/part-<bucket>.parquet``.
+4. **statistics**: the study's table (count, unique, top, freq per column) by Dask
+   reductions over the bucket files - exact.
+
+Sessionize, per window: sessions per bucket with ``sessionize.build_sessions`` (the local
+engine's vectorised builder, through one task per bucket, never ``groupby().apply``),
+the time split at global cut points, the vocabulary from the training counts (a Dask
+reduction, with ``--min-track-plays`` / ``--max-tracks`` caps), then per bucket the
+vocabulary applied and the splits written as sharded Parquet, GRU4Rec TSV and RecBole
+atomic files. Every task writes its outputs atomically and a manifest last, so a killed
+run resumes: a rerun skips every piece and bucket whose manifest matches its parameters.
+
+Integer codes: ``user_idx`` is exact (the rank of the user id among all users, as in the
+local engine); ``artist_idx`` and ``track_idx`` are 64-bit hashes of the ids (no global
+dictionary of 30M strings on one machine), checked for collisions where the vocabulary is
+built. Sessions ids are unique, and increase with start time within each part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lastfm import common, sources
+from lastfm import config as cfgs
+from lastfm.common import PipelineError, log
+from lastfm.config import option
+from lastfm.plays import month_windows
+
+
+@dataclass
+class EngineConfig:
+    """Where the data stages run (recorded with their outputs)."""
+
+    engine: str = option(
+        "local",
+        "local: one process, every play in memory (Last.fm-1K); dask: user-partitioned "
+        "work on a Dask cluster, for logs past one machine's memory",
+        choices=["local", "dask"],
+    )
+    scheduler: str | None = option(
+        None, "dask: join this scheduler (tcp://host:8786 or a scheduler .json file)"
+    )
+    workers: int = option(0, "dask: LocalCluster worker processes (0: one per core)")
+    partitions: int = option(0, "dask: user buckets (0: about 2M plays each)")
+    piece_mb: float = option(64.0, "dask: MB of input text per parsing task")
+
+    def check(self) -> None:
+        cfgs.require_at_least(self, 0, "workers", "partitions")
+        cfgs.require_above(self, 0, "piece_mb")
+        if self.engine == "local" and (self.scheduler or self.partitions):
+            raise PipelineError("--scheduler/--partitions need --engine dask")
+
+
+STAT_COLUMNS = ["user_id", "timestamp", "artist_id", "artist_name", "track_id", "track_name"]
+_PIECE_COLUMNS = ["user", "ts_s", "artist", "track", "artist_name", "track_name", "piece", "line"]
+# Rows per bucket the automatic bucket count aims at (one bucket is one task's memory).
+BUCKET_ROWS = 2_000_000
+
+
+# --------------------------------------------------------------------------- cluster
+@contextmanager
+def cluster(scheduler: str | None = None, workers: int = 0, memory_limit: str = "auto"):
+    """A Dask client: joined to ``scheduler`` (an address such as tcp://host:8786, or a
+    scheduler file), else a ``LocalCluster`` of ``workers`` processes (0: one per core),
+    one thread each (the tasks are numpy/pyarrow work that holds one bucket in memory)."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        kw = {"scheduler_file": scheduler} if scheduler.endswith(".json") else {}
+        client = Client(**kw) if kw else Client(scheduler)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    n = workers or os.cpu_count() or 1
+    with (
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit=memory_limit,
+            dashboard_address=None,
+        ) as lc,
+        Client(lc) as client,
+    ):
+        yield client
+
+
+def run_tasks(client, fn: Callable, items: list, desc: str) -> list:
+    """``fn(item)`` for every item on the cluster, results in order; a task that raises
+    re-raises here (a ``PipelineError`` keeps its one-line message)."""
+    if not items:
+        return []
+    futures = client.map(fn, items, pure=False)
+    log(f"{desc}: {len(items)} tasks")
+    return client.gather(futures)
+
+
+# --------------------------------------------------------------------------- helpers
+def hash64(values) -> np.ndarray:
+    """A stable 64-bit hash of each value as text (int64; pandas' SipHash with its fixed
+    key, so equal on every machine and every run)."""
+    arr = np.asarray(values, dtype=object)
+    return pd.util.hash_array(arr, categorize=True).view(np.int64)
+
+
+def bucket_of(users, buckets: int) -> np.ndarray:
+    return (hash64(users).view(np.uint64) % np.uint64(buckets)).astype(np.int32)
+
+
+def _done(path: Path, params: dict, folder: Path | None = None) -> dict | None:
+    """The manifest at ``path`` when it records ``params`` and its outputs (named
+    relative to ``folder``, by default the manifest's) are intact."""
+    if not path.exists():
+        return None
+    try:
+        m = common.read_json(path)
+    except PipelineError:
+        return None
+    if m.get("params") != params:
+        return None
+    if not common.outputs_match(folder or path.parent, m.get("outputs")):
+        return None
+    return m
+
+
+def _finish(path: Path, params: dict, folder: Path, names: list[str], **extra) -> dict:
+    m = {"params": params, **extra, "outputs": common.outputs_record(folder, names)}
+    common.write_json(path, m)
+    return m
+
+
+def _write(path: Path, table: pa.Table | pd.DataFrame) -> None:
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    common.write_parquet(path, table, compression="zstd")
+
+
+def _track_key(df: pd.DataFrame, keep_missing_mbid: bool) -> pd.Series:
+    if keep_missing_mbid:
+        return df["artist_name"].astype(object) + "\t" + df["track_name"].astype(object)
+    return df["track"]
+
+
+# --------------------------------------------------------------------------- preprocess
+def ingest_piece(job: dict) -> dict:
+    """Task: parse one piece, write its rows split by user bucket, then its manifest."""
+    piece, work = job["piece"], Path(job["work"])
+    folder = work / "ingest" / f"p{piece.index:06d}"
+    params = {"piece": asdict(piece), "buckets": job["buckets"], "dataset": job["dataset"]}
+    done = _done(folder / "manifest.json", params)
+    if done:
+        return done
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    res = sources.read_piece(piece, job["dataset"], job["options"])
+    t = res.table
+    df = pd.DataFrame(
+        {
+            "user": t["user"].to_numpy(zero_copy_only=False),
+            "ts_s": t["ts_s"].to_numpy(),
+            "artist": t["artist"].to_numpy(zero_copy_only=False),
+            "track": t["track"].to_numpy(zero_copy_only=False),
+            "artist_name": t["artist_name"].to_numpy(zero_copy_only=False),
+            "track_name": t["track_name"].to_numpy(zero_copy_only=False),
+            "piece": np.full(t.num_rows, piece.index, np.int32),
+            "line": t["line"].to_numpy(),
+        }
+    )
+    b = bucket_of(df["user"].to_numpy(), job["buckets"])
+    names = []
+    for k, part in df.groupby(b, sort=True):
+        name = f"b{int(k):05d}.parquet"
+        _write(folder / name, part.reset_index(drop=True))
+        names.append(name)
+    if res.rejects:
+        common.write_atomic(
+            folder / "rejects.tsv",
+            lambda tmp: tmp.write_text(
+                "".join(
+                    f"{res.where}\t{line}\t{reason}\t{_escape(raw)}\n"
+                    for line, reason, raw in res.rejects
+                ),
+                encoding="utf-8",
+            ),
+        )
+        names.append("rejects.tsv")
+    ts = df["ts_s"].to_numpy()
+    lo, hi = job["valid_range"]
+    ok = ts[(ts >= lo) & (ts < hi)]
+    return _finish(
+        folder / "manifest.json",
+        params,
+        folder,
+        names,
+        where=res.where,
+        lines=int(res.lines),
+        rows=int(len(df)),
+        counts={k: int(v) for k, v in res.counts.items()},
+        rejects=len(res.rejects),
+        ts_in_range=[int(ok.min()), int(ok.max())] if len(ok) else None,
+    )
+
+
+def _escape(raw: bytes) -> str:
+    from lastfm.parse import escape_line
+
+    return escape_line(raw)
+
+
+def bucket_plays(job: dict) -> dict:
+    """Task: every piece's rows of one bucket, sorted by user and time, flagged."""
+    work, b = Path(job["work"]), job["bucket"]
+    out = work / "plays"
+    params = {"bucket": b, "pieces": job["pieces_md5"], "rules": job["rules"]}
+    name = f"b{b:05d}"
+    done = _done(out / f"{name}.json", params, work)
+    if done:
+        return done
+    files = sorted((work / "ingest").glob(f"p*/{name}.parquet"))
+    frame = (
+        pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        if files
+        else pd.DataFrame({c: pd.Series(dtype=object) for c in _PIECE_COLUMNS})
+    )
+    # Listener, then time; equal times keep the input's chronological order (newest-first
+    # files: the later line is the older play).
+    tie = -1 if job["newest_first"] else 1
+    order = np.lexsort(
+        (
+            tie * frame["line"].to_numpy(np.int64),
+            tie * frame["piece"].to_numpy(np.int64),
+            frame["ts_s"].to_numpy(np.int64),
+            frame["user"].to_numpy(object).astype(str),
+        )
+    )
+    frame = frame.iloc[order].reset_index(drop=True)
+    rules = job["rules"]
+    ts = frame["ts_s"].to_numpy()
+    frame["in_range"] = (ts >= rules["valid_from_s"]) & (ts < rules["valid_to_s"])
+    present = frame["track"].notna()
+    for col in rules["required"]:
+        present &= frame[col].notna() & (frame[col].astype(object) != "")
+    frame["clean"] = present.to_numpy()
+    key = _track_key(frame, rules["keep_missing_mbid"])
+    frame["track_idx"] = np.where(frame["clean"], hash64(key.fillna("")), 0)
+    art = frame["artist_name"] if rules["keep_missing_mbid"] else frame["artist"]
+    frame["artist_idx"] = hash64(art.fillna(""))
+    frame["track_key"] = key
+    out.mkdir(parents=True, exist_ok=True)
+    (work / "users").mkdir(parents=True, exist_ok=True)
+    _write(out / f"{name}.parquet", frame)
+    users = np.unique(frame["user"].to_numpy(object).astype(str))
+    _write(work / "users" / f"{name}.parquet", pd.DataFrame({"user": users}))
+    return _finish(
+        out / f"{name}.json",
+        params,
+        work,
+        [f"plays/{name}.parquet", f"users/{name}.parquet"],
+        rows=int(len(frame)),
+    )
+
+
+def window_parts(job: dict) -> dict:
+    """Task: one bucket's plays of every window, users numbered globally."""
+    work, b, pre = Path(job["work"]), job["bucket"], Path(job["out"])
+    name = f"b{b:05d}"
+    frame = pd.read_parquet(work / "plays" / f"{name}.parquet")
+    users = job["users"]
+    user_idx = np.searchsorted(users, frame["user"].to_numpy(object).astype(str)).astype(np.int32)
+    kept = frame["clean"].to_numpy() & frame["in_range"].to_numpy()
+    ts = frame["ts_s"].to_numpy()
+    result = {}
+    for w, (start, end) in job["windows"].items():
+        m = kept & (ts >= start) & (ts < end)
+        part = pd.DataFrame(
+            {
+                "user_idx": user_idx[m],
+                "ts_s": ts[m].astype(np.int64),
+                "artist_idx": frame["artist_idx"].to_numpy()[m],
+                "track_idx": frame["track_idx"].to_numpy()[m],
+                "artist_name": frame["artist_name"].to_numpy(object)[m],
+                "track_name": frame["track_name"].to_numpy(object)[m],
+                "track_mbid": frame["track"].to_numpy(object)[m],
+            }
+        )
+        d = pre / f"{w}.parquet"
+        d.mkdir(parents=True, exist_ok=True)
+        _write(d / f"part-{b:05d}.parquet", part)
+        result[w] = {
+            "rows": int(m.sum()),
+            "ts": [int(ts[m].min()), int(ts[m].max())] if m.any() else None,
+            "tracks": np.unique(part["track_idx"].to_numpy()),
+        }
+    return result
+
+
+def study_statistics(client, work: Path, windows: dict, names: bool) -> dict:
+    """The study's describe() table for raw, clean and every window, exactly, by Dask
+    reductions: count, unique, top (the most frequent value; ties: the smallest) and freq."""
+    import dask
+    import dask.dataframe as dd
+
+    ddf = dd.read_parquet(
+        str(work / "plays" / "b*.parquet"),
+        columns=["user", "ts_s", "artist", "artist_name", "track", "track_name"]
+        + ["clean", "in_range"],
+    )
+    tables = {"raw": ddf, "clean": ddf[ddf["clean"]]}
+    kept = ddf[ddf["clean"] & ddf["in_range"]]
+    for w, (start, end) in windows.items():
+        tables[w] = kept[(kept["ts_s"] >= start) & (kept["ts_s"] < end)]
+    source = {
+        "user_id": "user",
+        "timestamp": "ts_s",
+        "artist_id": "artist",
+        "artist_name": "artist_name",
+        "track_id": "track",
+        "track_name": "track_name",
+    }
+    lazy = {}
+    for t, frame in tables.items():
+        lazy[(t, "rows")] = frame.shape[0]
+        for col, src in source.items():
+            if not names and col.endswith("_name"):
+                continue
+            s = frame[src]
+            if src != "ts_s":
+                s = s[s.notnull() & (s != "")]
+            vc = s.value_counts(split_out=max(1, frame.npartitions // 8))
+            lazy[(t, col)] = (s.shape[0], vc.shape[0], vc.max())
+            lazy[(t, col, "vc")] = vc
+    art = ddf["artist"]
+    has_art = art.notnull() & (art != "")
+    lazy["artists_with_mbid"] = art[has_art].nunique()
+    if names:
+        lacking = ddf["artist_name"][~has_art]
+        lazy["artists_without_mbid"] = lacking[lacking.notnull() & (lacking != "")].nunique()
+    lazy["out_of_range"] = (~ddf["in_range"]).sum()
+    first = dict(zip(lazy, dask.compute(*lazy.values())))
+    stats, extra = {}, {}
+    for t in tables:
+        stats[t] = {}
+        for col in source:
+            if (t, col) not in first:
+                continue
+            count, unique, freq = first[(t, col)]
+            vc = first[(t, col, "vc")]
+            top = None
+            if unique:
+                top = min(vc.index[vc.to_numpy() == freq].tolist())
+                if col == "timestamp":
+                    top = str(np.datetime64(int(top), "s")) + "Z"
+            stats[t][col] = {
+                "count": int(count),
+                "unique": int(unique),
+                "top": top,
+                "freq": int(freq) if unique else 0,
+            }
+        extra[t] = {"rows": int(first[(t, "rows")]), "users": stats[t]["user_id"]["unique"]}
+    artists = {
+        "artists_with_mbid": int(first["artists_with_mbid"]),
+        "artists_without_mbid": int(first.get("artists_without_mbid", 0)),
+    }
+    user_plays = first[("clean", "user_id", "vc")].to_numpy()
+    return {
+        "tables": stats,
+        "sizes": extra,
+        "artists": artists,
+        "user_plays": user_plays,
+        "out_of_range": int(first["out_of_range"]),
+    }
+
+
+def choose_buckets(total_bytes: int, bytes_per_row: float = 60.0) -> int:
+    """Buckets so that one holds about ``BUCKET_ROWS`` plays (at least 2)."""
+    return max(2, math.ceil(total_bytes / bytes_per_row / BUCKET_ROWS))
+
+
+def preprocess(
+    client,
+    dataset: str,
+    path: Path,
+    options,
+    out: Path,
+    reports: Path,
+    cfg,
+    buckets: int = 0,
+    piece_bytes: int = 64 << 20,
+) -> dict:
+    """preprocess.py's outputs for any source, computed on the cluster of ``client``."""
+    pieces = sources.find_pieces(dataset, Path(path), options, piece_bytes)
+    if not pieces:
+        raise PipelineError(f"{path}: no input file of layout {dataset} found")
+    total = sum(_piece_bytes(p) for p in pieces)
+    buckets = buckets or choose_buckets(total)
+    work = out / "_work"
+    rules = {
+        "valid_from_s": int(np.datetime64(cfg.valid_from, "s").astype(np.int64)),
+        "valid_to_s": int(np.datetime64(cfg.valid_to, "s").astype(np.int64)),
+        "keep_missing_mbid": bool(cfg.keep_missing_mbid),
+        "required": _required(dataset, cfg.keep_missing_mbid),
+    }
+    jobs = [
+        {
+            "piece": p,
+            "work": str(work),
+            "buckets": buckets,
+            "dataset": dataset,
+            "options": options,
+            "valid_range": (rules["valid_from_s"], rules["valid_to_s"]),
+        }
+        for p in pieces
+    ]
+    manifests = run_tasks(client, ingest_piece, jobs, "ingest")
+    # the pieces' manifests name the inputs of every bucket (a changed piece redoes them)
+    pieces_md5 = hashlib.md5(
+        json.dumps([m["outputs"] for m in manifests], sort_keys=True).encode()
+    ).hexdigest()
+    bjobs = [
+        {
+            "work": str(work),
+            "bucket": b,
+            "pieces_md5": pieces_md5,
+            "rules": rules,
+            "newest_first": sources.newest_first(dataset),
+        }
+        for b in range(buckets)
+    ]
+    run_tasks(client, bucket_plays, bjobs, "buckets")
+    users = np.sort(
+        np.concatenate(
+            [
+                pd.read_parquet(work / "users" / f"b{b:05d}.parquet")["user"]
+                .to_numpy(object)
+                .astype(str)
+                for b in range(buckets)
+            ]
+        )
+    )
+    ranges = [m["ts_in_range"] for m in manifests if m.get("ts_in_range")]
+    if not ranges:
+        raise PipelineError(
+            "no play falls inside the plausible time range; check --valid-from/--valid-to"
+        )
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    # user_idx -> the source's user id (the local engine keeps this list in meta.json)
+    _write(
+        out / "users.parquet",
+        pd.DataFrame({"user_idx": np.arange(len(users), dtype=np.int32), "user": users}),
+    )
+    windows = _windows(lo, hi, cfg)
+    for w in windows:
+        shutil.rmtree(out / f"{w}.parquet", ignore_errors=True)
+        (out / f"{w}.parquet").unlink(missing_ok=True) if (out / f"{w}.parquet").is_file() else None
+    users_f = client.scatter(users, broadcast=True)
+    wjobs = [
+        {"work": str(work), "bucket": b, "users": users_f, "windows": windows, "out": str(out)}
+        for b in range(buckets)
+    ]
+    futures = client.map(window_parts, wjobs, pure=False)
+    parts = client.gather(futures)
+    written = {}
+    for w, (start, end) in windows.items():
+        rows = sum(p[w]["rows"] for p in parts)
+        if rows == 0:
+            raise PipelineError(
+                f"window {w} holds no play (anchor {cfg.anchor}); choose other --months or --anchor"
+            )
+        tss = [p[w]["ts"] for p in parts if p[w]["ts"]]
+        written[w] = {
+            "start_s": start,
+            "end_s": end,
+            "rows": rows,
+            "tracks": int(len(np.unique(np.concatenate([p[w]["tracks"] for p in parts])))),
+            "ts": [min(t[0] for t in tss), max(t[1] for t in tss)],
+        }
+    stats = study_statistics(client, work, windows, names=dataset in ("lfm1k", "table"))
+    for w in windows:
+        written[w]["users"] = stats["sizes"][w]["users"]
+    rejects = _gather_rejects(work, pieces, manifests, out / "rejects.tsv")
+    counts: dict[str, int] = {}
+    for m in manifests:
+        for k, v in m["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+    n = sum(m["rows"] for m in manifests)
+    repaired = counts.pop("repaired", 0)
+    lines = int(sum(m["lines"] for m in manifests))
+    stats["summary"] = {
+        "lines": lines,
+        "rejects": rejects,
+        "repaired": repaired,
+        "out_of_range": stats["out_of_range"],
+    }
+    return {
+        "engine": "dask",
+        "dataset": dataset,
+        "buckets": buckets,
+        "input": {"path": str(path), "pieces": len(pieces), "bytes": total, "lines": lines},
+        "rows_parsed": int(n),
+        "rejects": counts,
+        "repaired": repaired,
+        "lines_accounted": int(n) + rejects,
+        "out_of_range": stats["out_of_range"],
+        "dropped_missing": int(stats["sizes"]["raw"]["rows"] - stats["sizes"]["clean"]["rows"]),
+        "windows": written,
+        "stats": stats,
+        "users": f"users.parquet ({len(users):,} users: user_idx, user)",
+    }
+
+
+def _piece_bytes(p) -> int:
+    """About how many bytes of input a piece reads (a Parquet piece: its share of the
+    file by row groups)."""
+    try:
+        size = Path(p.path).stat().st_size
+    except OSError:
+        return 0
+    if str(p.path).endswith(".parquet"):
+        groups = pq.ParquetFile(p.path).metadata.num_row_groups or 1
+        return size * max(0, p.end - p.start) // groups
+    return p.end - p.start if p.end >= 0 else size - p.start
+
+
+def _required(dataset: str, keep_missing_mbid: bool) -> list[str]:
+    """Columns a play must have (besides user, time and track) to be kept."""
+    if dataset == "lfm1k":
+        return (
+            ["artist_name", "track_name"]
+            if keep_missing_mbid
+            else ["artist", "artist_name", "track_name"]
+        )
+    if dataset in ("yambda",):
+        return []
+    return ["artist"] if dataset != "table" else []
+
+
+def _windows(lo: int, hi: int, cfg) -> dict[str, tuple[int, int]]:
+    """preprocess.month_windows on the global first and last plausible play."""
+    return month_windows(
+        np.array([lo, hi], np.int64), np.ones(2, bool), cfg.month_list(), cfg.anchor
+    )
+
+
+def _gather_rejects(work: Path, pieces, manifests, path: Path) -> int:
+    """Every piece's rejects in one file, in input order, with line numbers counted from
+    the start of their file or member (a byte-range piece's lines follow the earlier
+    pieces of its file); their number."""
+    n = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal n
+        offset: dict[tuple, int] = {}
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("where\tline\treason\ttext\n")
+            for p, m in zip(pieces, manifests):
+                key = (p.path, p.member)
+                first = offset.get(key, 0)
+                offset[key] = first + m["lines"]
+                f = work / "ingest" / f"p{p.index:06d}" / "rejects.tsv"
+                if not f.exists():
+                    continue
+                for row in f.read_text(encoding="utf-8").splitlines():
+                    where, line, rest = row.split("\t", 2)
+                    fh.write(f"{where}\t{int(line) + first}\t{rest}\n")
+                    n += 1
+
+    common.write_atomic(path, write)
+    return n
+
+
+# --------------------------------------------------------------------------- sessionize
+def _parts(src: Path) -> list[Path]:
+    parts = sorted(Path(src).glob("part-*.parquet"))
+    if not parts:
+        raise PipelineError(f"{src}: no part-*.parquet; run preprocess.py --engine dask first")
+    return parts
+
+
+def _ts_range(parts: list[Path]) -> tuple[int, int]:
+    """The first and last play of the window, from the parts' Parquet statistics."""
+    lo, hi = None, None
+    for f in parts:
+        meta = pq.ParquetFile(f).metadata
+        col = meta.schema.to_arrow_schema().get_field_index("ts_s")
+        for g in range(meta.num_row_groups):
+            st = meta.row_group(g).column(col).statistics
+            if st is None or not st.has_min_max:
+                raise PipelineError(f"{f}: no time statistics; rerun preprocess.py --engine dask")
+            lo = st.min if lo is None else min(lo, st.min)
+            hi = st.max if hi is None else max(hi, st.max)
+    if lo is None:
+        raise PipelineError(f"{parts[0].parent}: the window holds no play")
+    return int(lo), int(hi)
+
+
+def sessions_part(job: dict) -> dict:
+    """Task (pass A): one part's sessions, filtered and split; its training counts and
+    the first name of each of its tracks."""
+    from lastfm.sessions import build_sessions, split_by_time
+
+    src, work, k = Path(job["src"]), Path(job["work"]), job["part"]
+    name = f"p{k:05d}"
+    params = {"src": common.fingerprint(src), "cfg": job["cfg_dict"], "bounds": job["bounds"]}
+    done = _done(work / "a" / f"{name}.json", params)
+    if done:
+        return done
+    plays = pd.read_parquet(src)
+    sessions, counts = build_sessions(
+        plays[["user_idx", "ts_s", "track_idx"]],
+        job["cfg"],
+        count_before=job["bounds"]["test_from_s"],
+    )
+    splits, _ = split_by_time(sessions, 0.1, 0.1, job["bounds"])
+    which = np.concatenate([np.full(len(splits[s]), i, np.int8) for i, s in enumerate(splits)])
+    table = pd.concat(list(splits.values()), ignore_index=True)
+    table["split"] = which
+    train_counts = splits["train"]["track_idx"].value_counts(sort=False)
+    first = plays.drop_duplicates("track_idx")
+    names = pd.DataFrame(
+        {
+            "track_idx": first["track_idx"].to_numpy(),
+            "user_idx": first["user_idx"].to_numpy(),
+            "row": first.index.to_numpy(np.int64),
+            "artist_idx": first["artist_idx"].to_numpy(),
+            "artist_name": first["artist_name"].to_numpy(object),
+            "track_name": first["track_name"].to_numpy(object),
+            "track_mbid": first["track_mbid"].to_numpy(object),
+        }
+    )
+    (work / "a").mkdir(parents=True, exist_ok=True)
+    _write(work / "a" / f"{name}.parquet", table)
+    _write(
+        work / "a" / f"{name}.counts.parquet",
+        pd.DataFrame({"track_idx": train_counts.index.to_numpy(), "n": train_counts.to_numpy()}),
+    )
+    _write(work / "a" / f"{name}.names.parquet", names)
+    return _finish(
+        work / "a" / f"{name}.json",
+        params,
+        work / "a",
+        [f"{name}.parquet", f"{name}.counts.parquet", f"{name}.names.parquet"],
+        counts={k2: int(v) for k2, v in counts.items()},
+        sessions=int(table["sess"].nunique()),
+    )
+
+
+def build_vocab(client, work: Path, n_parts: int, min_plays: int, max_tracks: int) -> pd.DataFrame:
+    """The training split's tracks by descending count (ties: the track key's order, as
+    the local engine's codes), capped; names from each track's first play."""
+    import dask.dataframe as dd
+
+    counts = dd.read_parquet(str(work / "a" / "p*.counts.parquet"))
+    total = counts.groupby("track_idx")["n"].sum(split_out=max(1, n_parts // 8))
+    if min_plays > 1:
+        total = total[total >= min_plays]
+    if max_tracks > 0:
+        floor = total.nlargest(max_tracks).min()
+        total = total[total >= floor]
+    total = total.compute()
+    names = dd.read_parquet(str(work / "a" / "p*.names.parquet"))
+    keep = names[names["track_idx"].isin(total.index.to_numpy())].compute()
+    keep = keep.sort_values(["track_idx", "user_idx", "row"], kind="stable")
+    keep = keep.drop_duplicates("track_idx").set_index("track_idx")
+    vocab = pd.DataFrame({"track_idx": total.index.to_numpy(), "train_count": total.to_numpy()})
+    for col in ("artist_idx", "artist_name", "track_name", "track_mbid"):
+        vocab[col] = keep[col].reindex(vocab["track_idx"]).to_numpy()
+    mbid = vocab["track_mbid"].fillna("").astype(str)
+    vocab["track_key"] = np.where(
+        mbid != "", mbid, vocab["artist_name"].astype(str) + "\t" + vocab["track_name"].astype(str)
+    )
+    dup = vocab["track_key"].duplicated(keep=False)
+    if dup.any():
+        raise PipelineError(
+            f"track key {vocab.loc[dup, 'track_key'].iloc[0]!r} has two hashes: "
+            "the input's track ids are not one text per track"
+        )
+    order = np.lexsort((vocab["track_key"].to_numpy(object).astype(str), -vocab["train_count"]))
+    vocab = vocab.iloc[order].reset_index(drop=True)
+    if max_tracks > 0:
+        vocab = vocab.iloc[:max_tracks]
+    vocab.insert(0, "item_idx", np.arange(1, len(vocab) + 1, dtype=np.int32))
+    vocab["train_count"] = vocab["train_count"].astype(np.int64)
+    return vocab
+
+
+def finish_part(job: dict) -> dict:
+    """Task (pass B): one part's splits with the vocabulary applied and global session
+    ids; written as Parquet, GRU4Rec TSV and RecBole rows; its statistics."""
+    from lastfm.sessions import apply_vocab
+
+    work, out, k = Path(job["work"]), Path(job["out"]), job["part"]
+    name = f"part-{k:05d}"
+    params = {"a": job["a_outputs"], "vocab_md5": job["vocab_md5"], "offset": job["offset"]}
+    done = _done(work / "b" / f"{name}.json", params, out)
+    if done:
+        return done
+    table = pd.read_parquet(work / "a" / f"p{k:05d}.parquet")
+    lookup = job["lookup"]
+    cfg = job["cfg"]
+    stats, acct = {}, {}
+    for i, split in enumerate(("train", "valid", "test")):
+        part = table[table["split"].to_numpy() == i].drop(columns="split").reset_index(drop=True)
+        if split == "train" and not job["capped"]:
+            part["item_idx"] = (
+                lookup.reindex(part["track_idx"].to_numpy()).to_numpy().astype(np.int32)
+            )
+            acct[split] = {
+                "plays": len(part),
+                "unseen_plays": 0,
+                "events_scored": int((part["position"].to_numpy() >= 1).sum()),
+            }
+        else:
+            vocab = pd.DataFrame({"track_idx": lookup.index, "item_idx": lookup.to_numpy()})
+            part, acct[split] = apply_vocab(
+                part, vocab, cfg.min_len, keep_unseen=cfg.unseen == "keep"
+            )
+        part["session_id"] = part["sess"].to_numpy(np.int64) + job["offset"]
+        part = part[["session_id", "user_idx", "position", "item_idx", "ts_s"]]
+        part["position"] = part["position"].astype(np.int16)
+        for sub in (split, f"gru4rec/{split}", f"recbole/{split}"):
+            (out / (sub if "/" in sub else f"{sub}.parquet")).mkdir(parents=True, exist_ok=True)
+        _write(out / f"{split}.parquet" / f"{name}.parquet", part)
+        gru = part.rename(columns={"session_id": "SessionId", "item_idx": "ItemId", "ts_s": "Time"})
+        gru = gru[["SessionId", "ItemId", "Time"]]
+        common.write_atomic(
+            out / "gru4rec" / split / f"{name}.tsv",
+            lambda tmp, t=gru: t.to_csv(tmp, sep="\t", index=False),
+        )
+        common.write_atomic(
+            out / "recbole" / split / f"{name}.inter",
+            lambda tmp, t=gru: t.to_csv(tmp, sep="\t", index=False, header=False),
+        )
+        sid = part["session_id"].to_numpy()
+        lens = np.bincount(np.unique(sid, return_inverse=True)[1]) if len(sid) else np.zeros(0, int)
+        stats[split] = {
+            "sessions": int(len(lens)),
+            "plays": int(len(part)),
+            "users": int(part["user_idx"].nunique()),
+            "len_hist": np.bincount(lens).tolist() if len(lens) else [],
+            "ts": [int(part["ts_s"].min()), int(part["ts_s"].max())] if len(part) else None,
+        }
+    names = [f"{s}.parquet/{name}.parquet" for s in ("train", "valid", "test")] + [
+        f"{d}/{s}/{name}.{e}"
+        for d, e in (("gru4rec", "tsv"), ("recbole", "inter"))
+        for s in ("train", "valid", "test")
+    ]
+    (work / "b").mkdir(parents=True, exist_ok=True)
+    return _finish(work / "b" / f"{name}.json", params, out, names, stats=stats, accounting=acct)
+
+
+RECBOLE_HEADER = "session_id:token\titem_id:token\ttimestamp:float\n"
+
+
+def _percentile(hist: np.ndarray, q: float) -> float:
+    """numpy's (linear) percentile of the values a histogram counts."""
+    n = int(hist.sum())
+    cum = np.cumsum(hist)
+    pos = q / 100 * (n - 1)
+    lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+    v_lo, v_hi = int(np.searchsorted(cum, lo + 1)), int(np.searchsorted(cum, hi + 1))
+    return float(v_lo + (v_hi - v_lo) * (pos - lo))
+
+
+def _split_stats(client, out: Path, results: list[dict]) -> dict:
+    import dask.dataframe as dd
+
+    stats = {}
+    for split in ("train", "valid", "test"):
+        parts = [r["stats"][split] for r in results]
+        width = max((len(p["len_hist"]) for p in parts), default=0)
+        hist = np.zeros(max(width, 1), np.int64)
+        for p in parts:
+            hist[: len(p["len_hist"])] += p["len_hist"]
+        items = dd.read_parquet(str(out / f"{split}.parquet"), columns=["item_idx"])["item_idx"]
+        tracks = int(items[items > 0].nunique().compute())
+        ts = [p["ts"] for p in parts if p["ts"]]
+        n = int(hist.sum())
+        stats[split] = {
+            "sessions": int(sum(p["sessions"] for p in parts)),
+            "plays": int(sum(p["plays"] for p in parts)),
+            "users": int(sum(p["users"] for p in parts)),
+            "tracks": tracks,
+            "len_mean": float((hist * np.arange(len(hist))).sum() / n) if n else 0.0,
+            "len_median": _percentile(hist, 50) if n else 0.0,
+            "len_p90": _percentile(hist, 90) if n else 0.0,
+            "len_max": int(np.flatnonzero(hist).max()) if n else 0,
+            "first": str(pd.Timestamp(min(t[0] for t in ts), unit="s")) if ts else "",
+            "last": str(pd.Timestamp(max(t[1] for t in ts), unit="s")) if ts else "",
+        }
+    return stats
+
+
+def _concat_recbole(out: Path, name: str) -> list[str]:
+    """One RecBole atomic file per split (``<name>.<split>.inter``), streamed from the
+    parts (RecBole reads one file per split: ``benchmark_filename``)."""
+    written = []
+    for split in ("train", "valid", "test"):
+        target = out / "recbole" / f"{name}.{split}.inter"
+
+        def write(tmp: Path, split=split) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(RECBOLE_HEADER.encode())
+                for f in sorted((out / "recbole" / split).glob("part-*.inter")):
+                    with open(f, "rb") as src:
+                        shutil.copyfileobj(src, fh, 1 << 22)
+
+        common.write_atomic(target, write)
+        written.append(f"recbole/{name}.{split}.inter")
+    return written
+
+
+def sessionize(client, src: Path, out: Path, cfg, name: str) -> dict:
+    """sessionize.py's outputs for one window written by ``preprocess --engine dask``."""
+    from lastfm.sessions import time_bounds, vocab_checksum
+
+    parts = _parts(src)
+    lo, hi = _ts_range(parts)
+    bounds = time_bounds(np.array([lo, hi], np.int64), cfg.valid_frac, cfg.test_frac)
+    work = out / "_work"
+    cfg_dict = asdict(cfg)
+    jobs = [
+        {
+            "src": str(f),
+            "work": str(work),
+            "part": k,
+            "cfg": cfg,
+            "cfg_dict": cfg_dict,
+            "bounds": bounds,
+        }
+        for k, f in enumerate(parts)
+    ]
+    a = run_tasks(client, sessions_part, jobs, "sessions")
+    counts: dict[str, int] = {}
+    for m in a:
+        for key, v in m["counts"].items():
+            counts[key] = counts.get(key, 0) + v
+    if counts.get("kept_plays", 0) == 0:
+        raise PipelineError(
+            f"{src}: no session left after filtering ({counts}); "
+            "lower --min-user-sessions or --min-len"
+        )
+    vocab = build_vocab(client, work, len(parts), cfg.min_track_plays, cfg.max_tracks)
+    common.write_parquet(out / "vocab.parquet", pa.Table.from_pandas(vocab, preserve_index=False))
+    vmd5 = vocab_checksum(vocab)
+    lookup = client.scatter(
+        pd.Series(vocab["item_idx"].to_numpy(), index=vocab["track_idx"].to_numpy()),
+        broadcast=True,
+    )
+    offsets = np.concatenate([[0], np.cumsum([m["sessions"] for m in a])[:-1]]).astype(np.int64)
+    capped = cfg.capped()
+    bjobs = [
+        {
+            "work": str(work),
+            "out": str(out),
+            "part": k,
+            "a_outputs": a[k]["outputs"],
+            "vocab_md5": vmd5,
+            "offset": int(offsets[k]),
+            "lookup": lookup,
+            "cfg": cfg,
+            "capped": capped,
+        }
+        for k in range(len(parts))
+    ]
+    b = run_tasks(client, finish_part, bjobs, "splits")
+    acct: dict[str, dict] = {}
+    for m in b:
+        for split, d in m["accounting"].items():
+            tgt = acct.setdefault(split, {})
+            for key, v in d.items():
+                tgt[key] = tgt.get(key, 0) + int(v)
+    recbole = _concat_recbole(out, name)
+    return {
+        "engine": "dask",
+        "parts": len(parts),
+        "counts": counts,
+        "split_bounds": bounds,
+        "accounting": acct,
+        "splits": _split_stats(client, out, b),
+        "vocab_size": int(len(vocab)),
+        "vocab_md5": vmd5,
+        "recbole": recbole,
+    }

@@ -1,0 +1,222 @@
+"""The data stages on Dask (issue 23): the same outputs as the local engine, resumable.
+
+Each test starts a 2-worker ``LocalCluster`` (``--workers 2``) on tiny generated data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("distributed")
+
+import preprocess  # noqa: E402
+import sessionize  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DASK = ["--engine", "dask", "--workers", "2"]
+
+
+def _run(stage, data: Path, args: list[str]) -> None:
+    stage.main(["--data-dir", str(data), *args])
+
+
+def _window(data: Path, w: str) -> pd.DataFrame:
+    df = pd.read_parquet(data / "preprocessed" / f"{w}.parquet")
+    for c in ("artist_name", "track_name", "track_mbid"):
+        df[c] = df[c].astype(object)
+    return df
+
+
+def _canonical(data: Path, w: str, split: str) -> pd.DataFrame:
+    """A split's plays in (user, time, position) order, sessions named by their
+    (user, first time): ids are labels, the partition into sessions is what counts."""
+    df = pd.read_parquet(data / "sessions" / w / f"{split}.parquet")
+    first = df.groupby("session_id")["ts_s"].transform("min")
+    df = df.assign(start=first.to_numpy()).drop(columns="session_id")
+    return df.sort_values(["user_idx", "start", "position"]).reset_index(drop=True)
+
+
+def both_engines(small_synth, tmp_path_factory):
+    """The small generated Last.fm-1K through both engines (1m and 3m windows)."""
+    src = str(small_synth[0] / "lastfm-dataset-1K")
+    out = {}
+    for name, extra in (("local", []), ("dask", DASK)):
+        d = tmp_path_factory.mktemp(name) / "data"
+        _run(preprocess, d, ["--input", src, "--months", "1,3", *extra])
+        _run(sessionize, d, ["--min-user-sessions", "3", *extra])
+        out[name] = d
+    return out
+
+
+def _windows_and_statistics_are_identical(both_engines):
+    local, dask = both_engines["local"], both_engines["dask"]
+    for w in ("1m", "3m"):
+        a, b = _window(local, w), _window(dask, w)
+        # parts hold whole listeners, in bucket order: each listener's rows in time order
+        b = b.sort_values("user_idx", kind="stable").reset_index(drop=True)
+        cols = ["user_idx", "ts_s", "artist_name", "track_name", "track_mbid"]
+        pd.testing.assert_frame_equal(a[cols], b[cols])
+    sa = json.loads((local / "reports" / "preprocess_stats.json").read_text())
+    sb = json.loads((dask / "reports" / "preprocess_stats.json").read_text())
+    assert sa == sb
+    ma = json.loads((local / "preprocessed" / "meta.json").read_text())
+    mb = json.loads((dask / "preprocessed" / "meta.json").read_text())
+    for key in ("rows_parsed", "rejects", "repaired", "out_of_range", "dropped_missing"):
+        assert ma[key] == mb[key], key
+    for w in ("1m", "3m"):
+        for key in ("start_s", "end_s", "rows", "tracks", "users"):
+            assert ma["windows"][w][key] == mb["windows"][w][key], (w, key)
+    assert mb["engine"] == "dask" and mb["buckets"] >= 2
+
+
+def _sessions_splits_and_vocabulary_are_identical(both_engines):
+    local, dask = both_engines["local"], both_engines["dask"]
+    for w in ("1m", "3m"):
+        va = pd.read_parquet(local / "sessions" / w / "vocab.parquet")
+        vb = pd.read_parquet(dask / "sessions" / w / "vocab.parquet")
+        cols = ["item_idx", "track_key", "train_count", "artist_name", "track_name"]
+        pd.testing.assert_frame_equal(va[cols].astype(object), vb[cols].astype(object))
+        for split in ("train", "valid", "test"):
+            pd.testing.assert_frame_equal(_canonical(local, w, split), _canonical(dask, w, split))
+        ma = json.loads((local / "sessions" / w / "meta.json").read_text())
+        mb = json.loads((dask / "sessions" / w / "meta.json").read_text())
+        for key in ("counts", "split_bounds", "accounting", "splits", "vocab_size", "vocab_md5"):
+            assert ma[key] == mb[key], (w, key)
+
+
+def _dask_sessions_export_gru4rec_and_recbole(both_engines):
+    d = both_engines["dask"] / "sessions" / "1m"
+    test = pd.read_parquet(d / "test.parquet")
+    shards = sorted((d / "gru4rec" / "test").glob("part-*.tsv"))
+    assert len(shards) >= 2
+    gru = pd.concat([pd.read_csv(f, sep="\t") for f in shards], ignore_index=True)
+    assert list(gru.columns) == ["SessionId", "ItemId", "Time"] and len(gru) == len(test)
+    inter = pd.read_csv(d / "recbole" / "1m.test.inter", sep="\t")
+    assert list(inter.columns) == ["session_id:token", "item_id:token", "timestamp:float"]
+    assert sorted(inter["item_id:token"]) == sorted(test["item_idx"])
+    assert test.groupby("session_id").size().min() >= 2
+
+
+def _vocabulary_caps_on_both_engines(both_engines):
+    """--min-track-plays / --max-tracks: the same capped vocabulary on both engines, and
+    capped tracks are out of every split (spliced)."""
+    res = {}
+    for name in ("local", "dask"):
+        d = both_engines[name]
+        extra = DASK if name == "dask" else []
+        _run(
+            sessionize,
+            d,
+            [
+                "--windows",
+                "3m",
+                "--min-user-sessions",
+                "3",
+                "--min-track-plays",
+                "3",
+                "--max-tracks",
+                "400",
+                *extra,
+            ],
+        )
+        res[name] = pd.read_parquet(d / "sessions" / "3m" / "vocab.parquet")
+        train = pd.read_parquet(d / "sessions" / "3m" / "train.parquet")
+        assert len(res[name]) == 400 and res[name]["train_count"].min() >= 3
+        assert train["item_idx"].between(1, 400).all()
+    cols = ["item_idx", "track_key", "train_count"]
+    pd.testing.assert_frame_equal(res["local"][cols], res["dask"][cols])
+
+
+def test_local_and_dask_engines_agree(small_synth, tmp_path_factory):
+    """One run of each engine (a cluster start costs seconds), then every comparison."""
+    runs = both_engines(small_synth, tmp_path_factory)
+    _windows_and_statistics_are_identical(runs)
+    _sessions_splits_and_vocabulary_are_identical(runs)
+    _dask_sessions_export_gru4rec_and_recbole(runs)
+    _vocabulary_caps_on_both_engines(runs)
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """One 2-worker cluster the stages join with --scheduler (as on a real cluster)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc:
+        yield lc.scheduler_address
+
+
+def _sessions_by_source_ids(data: Path, w: str, root: Path, layout: str) -> dict:
+    """Every split's sessions as (user, times, track MBIDs) in the generator's ids."""
+    users = pd.read_parquet(data / "preprocessed" / "users.parquet")["user"].to_numpy()
+    vocab = pd.read_parquet(data / "sessions" / w / "vocab.parquet")
+    track = dict(zip(vocab["item_idx"], vocab["track_mbid"].astype(str)))
+    if layout == "lfm1b":
+        ids = pd.read_csv(root / "layout_ids" / "users.tsv", sep="\t", dtype=str)
+        by_id = dict(zip(ids["id"], ids["user"]))
+        users = np.array([by_id[u] for u in users], object)
+        tr = pd.read_csv(root / "layout_ids" / "tracks.tsv", sep="\t", dtype=str)
+        mbid = dict(zip(tr["id"], tr["mbid"]))
+        track = {k: mbid[v] for k, v in track.items()}
+    if layout == "mlhd":
+        from lastfm import layouts
+
+        by_uuid = {layouts.user_uuid(f"user_{u:06d}"): f"user_{u:06d}" for u in range(1, 100)}
+        users = np.array([by_uuid[u] for u in users], object)
+    out = {}
+    for split in ("train", "valid", "test"):
+        df = pd.read_parquet(data / "sessions" / w / f"{split}.parquet")
+        df = df.sort_values(["session_id", "position"])
+        out[split] = sorted(
+            (users[g["user_idx"].iloc[0]], tuple(g["ts_s"]), tuple(track[i] for i in g["item_idx"]))
+            for _, g in df.groupby("session_id")
+        )
+    return out
+
+
+def test_the_same_plays_in_three_layouts_give_the_same_sessions(tmp_path, scheduler):
+    """Last.fm-1K, LFM-1b and MLHD files of the same plays (every play with its MBIDs),
+    through both Dask stages on a running cluster: the same sessions in every split."""
+    import synth
+
+    cfg = synth.SynthConfig(
+        users=12,
+        plays=24_000,
+        months=4,
+        seed=5,
+        missing_artist_mbid=0.0,
+        no_track_mbid_artists=0.0,
+        missing_track_mbid=0.0,
+        stray_tabs=0,
+        bad_timestamps=0,
+    )
+    join = ["--engine", "dask", "--scheduler", scheduler]
+    found = {}
+    for layout, sub in (("lfm1k", "lastfm-dataset-1K"), ("lfm1b", "LFM-1b"), ("mlhd", "MLHD")):
+        root = tmp_path / layout
+        synth.generate_layout(root, cfg, layout)
+        d = tmp_path / f"data-{layout}"
+        _run(
+            preprocess,
+            d,
+            [
+                "--dataset",
+                layout,
+                "--input",
+                str(root / sub),
+                "--months",
+                "2",
+                "--partitions",
+                "3",
+                *join,
+            ],
+        )
+        _run(sessionize, d, ["--min-user-sessions", "2", *join])
+        found[layout] = _sessions_by_source_ids(d, "2m", root, layout)
+    assert sum(len(v) for v in found["lfm1k"].values()) > 100
+    assert found["lfm1b"] == found["lfm1k"]
+    assert found["mlhd"] == found["lfm1k"]
