@@ -6,6 +6,11 @@ Each test starts a 2-worker ``LocalCluster`` (``--workers 2``) on tiny generated
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +23,7 @@ import preprocess  # noqa: E402
 import sessionize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DASK = ["--engine", "dask", "--workers", "2"]
+DASK = ["--engine", "dask", "--workers", "2", "--piece-mb", "0.5"]
 
 
 def _run(stage, data: Path, args: list[str]) -> None:
@@ -220,3 +225,88 @@ def test_the_same_plays_in_three_layouts_give_the_same_sessions(tmp_path, schedu
     assert sum(len(v) for v in found["lfm1k"].values()) > 100
     assert found["lfm1b"] == found["lfm1k"]
     assert found["mlhd"] == found["lfm1k"]
+
+
+def _outputs(data: Path) -> dict:
+    pre = data / "preprocessed"
+    meta = json.loads((pre / "meta.json").read_text())
+    return {
+        "windows": {
+            p.name: pd.read_parquet(p) for p in sorted(pre.glob("*.parquet/part-*.parquet"))
+        },
+        "users": pd.read_parquet(pre / "users.parquet"),
+        "rejects": (pre / "rejects.tsv").read_text(),
+        "stats": json.loads((data / "reports" / "preprocess_stats.json").read_text()),
+        "meta": {k: meta[k] for k in ("rows_parsed", "rejects", "windows", "lines_accounted")},
+    }
+
+
+def test_a_killed_dask_run_resumes_to_the_same_outputs(small_synth, tmp_path, scheduler):
+    """SIGKILL to the stage and its whole cluster in the middle of the ingest; the rerun
+    keeps the pieces already done and ends with the outputs of an uninterrupted run."""
+    src = str(small_synth[0] / "lastfm-dataset-1K")
+    args = ["--input", src, "--months", "1,3", "--engine", "dask", "--piece-mb", "0.1"]
+    whole = tmp_path / "whole"
+    _run(preprocess, whole, [*args, "--scheduler", scheduler])
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "preprocess.py"), "--data-dir", str(killed), *args]
+        + ["--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=ROOT,
+    )
+    ingest = killed / "preprocessed" / "_work" / "ingest"
+    deadline = time.monotonic() + 120
+    while len(list(ingest.glob("p*/manifest.json"))) < 3 and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in ingest.glob("p*/manifest.json")}
+    assert 3 <= len(done) < 60 and not (killed / "preprocessed" / "meta.json").exists()
+    _run(preprocess, killed, [*args, "--scheduler", scheduler])
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # kept, not redone
+    a, b = _outputs(whole), _outputs(killed)
+    assert a["windows"].keys() == b["windows"].keys()
+    for name in a["windows"]:
+        pd.testing.assert_frame_equal(a["windows"][name], b["windows"][name])
+    pd.testing.assert_frame_equal(a["users"], b["users"])
+    assert a["rejects"] == b["rejects"] and a["stats"] == b["stats"] and a["meta"] == b["meta"]
+
+
+def test_a_worker_killed_mid_run_ends_in_a_completed_run(small_synth, tmp_path):
+    """One worker process SIGKILLed during the ingest: its nanny restarts it, the
+    scheduler reruns its tasks, and the outputs are those of an undisturbed run."""
+    import threading
+
+    from distributed import Client, LocalCluster
+
+    src = str(small_synth[0] / "lastfm-dataset-1K")
+    args = ["--input", src, "--months", "1", "--engine", "dask", "--piece-mb", "0.1"]
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc,
+        Client(lc) as client,
+    ):
+        _run(preprocess, tmp_path / "whole", [*args, "--scheduler", lc.scheduler_address])
+        victim = next(iter(client.run(os.getpid).values()))
+        ingest = tmp_path / "hit" / "preprocessed" / "_work" / "ingest"
+        killed = []
+
+        def kill_when_started():
+            deadline = time.monotonic() + 60
+            while len(list(ingest.glob("p*/manifest.json"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.kill(victim, signal.SIGKILL)
+            killed.append(len(list(ingest.glob("p*/manifest.json"))))
+
+        t = threading.Thread(target=kill_when_started)
+        t.start()
+        _run(preprocess, tmp_path / "hit", [*args, "--scheduler", lc.scheduler_address])
+        t.join()
+    assert killed and killed[0] < 60  # the worker died while pieces were left
+    a, b = _outputs(tmp_path / "whole"), _outputs(tmp_path / "hit")
+    for name in a["windows"]:
+        pd.testing.assert_frame_equal(a["windows"][name], b["windows"][name])
+    assert a["stats"] == b["stats"] and a["meta"] == b["meta"]
