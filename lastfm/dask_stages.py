@@ -19,7 +19,7 @@ partition:
 4. **statistics**: the study's table (count, unique, top, freq per column) by Dask
    reductions over the bucket files - exact.
 
-Sessionize, per window: sessions per bucket with ``sessionize.build_sessions`` (the local
+Sessionize, per window: sessions per bucket with ``lastfm.sessions.build_sessions`` (the local
 engine's vectorised builder, through one task per bucket, never ``groupby().apply``),
 the time split at global cut points, the vocabulary from the training counts (a Dask
 reduction, with ``--min-track-plays`` / ``--max-tracks`` caps), then per bucket the
@@ -54,7 +54,7 @@ from lastfm import common, sources
 from lastfm import config as cfgs
 from lastfm.common import PipelineError, log
 from lastfm.config import option
-from lastfm.plays import month_windows
+from lastfm.plays import REQUIRED, month_windows
 
 
 @dataclass
@@ -185,52 +185,61 @@ def ingest_piece(job: dict) -> dict:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    res = sources.read_piece(piece, job["dataset"], job["options"])
-    t = res.table
-    df = pd.DataFrame(
-        {
-            "user": t["user"].to_numpy(zero_copy_only=False),
-            "ts_s": t["ts_s"].to_numpy(),
-            "artist": t["artist"].to_numpy(zero_copy_only=False),
-            "track": t["track"].to_numpy(zero_copy_only=False),
-            "artist_name": t["artist_name"].to_numpy(zero_copy_only=False),
-            "track_name": t["track_name"].to_numpy(zero_copy_only=False),
-            "piece": np.full(t.num_rows, piece.index, np.int32),
-            "line": t["line"].to_numpy(),
-        }
-    )
-    b = bucket_of(df["user"].to_numpy(), job["buckets"])
-    names = []
-    for k, part in df.groupby(b, sort=True):
-        name = f"b{int(k):05d}.parquet"
-        _write(folder / name, part.reset_index(drop=True))
-        names.append(name)
-    if res.rejects:
+    names, rejects, lines, rows = [], [], 0, 0
+    counts: dict[str, int] = {}
+    lo_ok, hi_ok = job["valid_range"]
+    ts_range = None
+    batches = sources.iter_piece(piece, job["dataset"], job["options"])
+    for n, res in enumerate(batches):  # one batch in memory at a time
+        t = res.table
+        df = pd.DataFrame(
+            {
+                "user": t["user"].to_numpy(zero_copy_only=False),
+                "ts_s": t["ts_s"].to_numpy(),
+                "artist": t["artist"].to_numpy(zero_copy_only=False),
+                "track": t["track"].to_numpy(zero_copy_only=False),
+                "artist_name": t["artist_name"].to_numpy(zero_copy_only=False),
+                "track_name": t["track_name"].to_numpy(zero_copy_only=False),
+                "piece": np.full(t.num_rows, piece.index, np.int32),
+                "line": t["line"].to_numpy(),
+            }
+        )
+        b = bucket_of(df["user"].to_numpy(), job["buckets"])
+        for k, part in df.groupby(b, sort=True):
+            name = f"b{int(k):05d}-{n:05d}.parquet"
+            _write(folder / name, part.reset_index(drop=True))
+            names.append(name)
+        where = res.where
+        rejects += [
+            f"{where}\t{line}\t{reason}\t{_escape(raw)}\n" for line, reason, raw in res.rejects
+        ]
+        lines += res.lines
+        rows += len(df)
+        for key, v in res.counts.items():
+            counts[key] = counts.get(key, 0) + int(v)
+        ts = df["ts_s"].to_numpy()
+        ok = ts[(ts >= lo_ok) & (ts < hi_ok)]
+        if len(ok):
+            lo, hi = int(ok.min()), int(ok.max())
+            ts_range = (
+                [lo, hi] if ts_range is None else [min(ts_range[0], lo), max(ts_range[1], hi)]
+            )
+    if rejects:
         common.write_atomic(
-            folder / "rejects.tsv",
-            lambda tmp: tmp.write_text(
-                "".join(
-                    f"{res.where}\t{line}\t{reason}\t{_escape(raw)}\n"
-                    for line, reason, raw in res.rejects
-                ),
-                encoding="utf-8",
-            ),
+            folder / "rejects.tsv", lambda tmp: tmp.write_text("".join(rejects), encoding="utf-8")
         )
         names.append("rejects.tsv")
-    ts = df["ts_s"].to_numpy()
-    lo, hi = job["valid_range"]
-    ok = ts[(ts >= lo) & (ts < hi)]
     return _finish(
         folder / "manifest.json",
         params,
         folder,
         names,
-        where=res.where,
-        lines=int(res.lines),
-        rows=int(len(df)),
-        counts={k: int(v) for k, v in res.counts.items()},
-        rejects=len(res.rejects),
-        ts_in_range=[int(ok.min()), int(ok.max())] if len(ok) else None,
+        where=where,
+        lines=int(lines),
+        rows=int(rows),
+        counts=counts,
+        rejects=len(rejects),
+        ts_in_range=ts_range,
     )
 
 
@@ -249,7 +258,7 @@ def bucket_plays(job: dict) -> dict:
     done = _done(out / f"{name}.json", params, work)
     if done:
         return done
-    files = sorted((work / "ingest").glob(f"p*/{name}.parquet"))
+    files = sorted((work / "ingest").glob(f"p*/{name}-*.parquet"))
     frame = (
         pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
         if files
@@ -558,20 +567,16 @@ def _piece_bytes(p) -> int:
 
 
 def _required(dataset: str, keep_missing_mbid: bool) -> list[str]:
-    """Columns a play must have (besides user, time and track) to be kept."""
-    if dataset == "lfm1k":
-        return (
-            ["artist_name", "track_name"]
-            if keep_missing_mbid
-            else ["artist", "artist_name", "track_name"]
-        )
-    if dataset in ("yambda",):
-        return []
-    return ["artist"] if dataset != "table" else []
+    """The source columns a play must fill (besides user, time and track) to be kept:
+    ``lastfm.plays.REQUIRED`` (with --keep-missing-mbid: both names)."""
+    if keep_missing_mbid:
+        return ["artist_name", "track_name"]
+    column = {"artist_id": "artist", "artist_name": "artist_name", "track_name": "track_name"}
+    return [column[c] for c in REQUIRED[dataset]]
 
 
 def _windows(lo: int, hi: int, cfg) -> dict[str, tuple[int, int]]:
-    """preprocess.month_windows on the global first and last plausible play."""
+    """``month_windows`` on the global first and last plausible play."""
     return month_windows(
         np.array([lo, hi], np.int64), np.ones(2, bool), cfg.month_list(), cfg.anchor
     )

@@ -160,14 +160,14 @@ def _sessions_by_source_ids(data: Path, w: str, root: Path, layout: str) -> dict
     users = pd.read_parquet(data / "preprocessed" / "users.parquet")["user"].to_numpy()
     vocab = pd.read_parquet(data / "sessions" / w / "vocab.parquet")
     track = dict(zip(vocab["item_idx"], vocab["track_mbid"].astype(str)))
-    if layout == "lfm1b":
+    if layout in ("lfm1b", "lfm2b"):
         ids = pd.read_csv(root / "layout_ids" / "users.tsv", sep="\t", dtype=str)
         by_id = dict(zip(ids["id"], ids["user"]))
         users = np.array([by_id[u] for u in users], object)
         tr = pd.read_csv(root / "layout_ids" / "tracks.tsv", sep="\t", dtype=str)
         mbid = dict(zip(tr["id"], tr["mbid"]))
         track = {k: mbid[v] for k, v in track.items()}
-    if layout == "mlhd":
+    if layout in ("mlhd", "mlhdplus"):
         from lastfm import layouts
 
         by_uuid = {layouts.user_uuid(f"user_{u:06d}"): f"user_{u:06d}" for u in range(1, 100)}
@@ -183,8 +183,9 @@ def _sessions_by_source_ids(data: Path, w: str, root: Path, layout: str) -> dict
     return out
 
 
-def test_the_same_plays_in_three_layouts_give_the_same_sessions(tmp_path, scheduler):
-    """Last.fm-1K, LFM-1b and MLHD files of the same plays (every play with its MBIDs),
+def test_the_same_plays_in_five_layouts_give_the_same_sessions(tmp_path, scheduler):
+    """Last.fm-1K, LFM-1b, LFM-2b, MLHD and MLHD+ files of the same plays (every play
+    with its MBIDs),
     through both Dask stages on a running cluster: the same sessions in every split."""
     import synth
 
@@ -200,8 +201,11 @@ def test_the_same_plays_in_three_layouts_give_the_same_sessions(tmp_path, schedu
         bad_timestamps=0,
     )
     join = ["--engine", "dask", "--scheduler", scheduler]
+
     found = {}
-    for layout, sub in (("lfm1k", "lastfm-dataset-1K"), ("lfm1b", "LFM-1b"), ("mlhd", "MLHD")):
+    layouts_ = (("lfm1k", "lastfm-dataset-1K"), ("lfm1b", "LFM-1b"), ("lfm2b", "LFM-2b"))
+    layouts_ += (("mlhd", "MLHD"), ("mlhdplus", "MLHD+"))
+    for layout, sub in layouts_:
         root = tmp_path / layout
         synth.generate_layout(root, cfg, layout)
         d = tmp_path / f"data-{layout}"
@@ -223,8 +227,8 @@ def test_the_same_plays_in_three_layouts_give_the_same_sessions(tmp_path, schedu
         _run(sessionize, d, ["--min-user-sessions", "2", *join])
         found[layout] = _sessions_by_source_ids(d, "2m", root, layout)
     assert sum(len(v) for v in found["lfm1k"].values()) > 100
-    assert found["lfm1b"] == found["lfm1k"]
-    assert found["mlhd"] == found["lfm1k"]
+    for layout in ("lfm1b", "lfm2b", "mlhd", "mlhdplus"):
+        assert found[layout] == found["lfm1k"], layout
 
 
 def _outputs(data: Path) -> dict:

@@ -228,6 +228,27 @@ def test_a_broken_bz2_stream_keeps_the_complete_lines_before_it(written, tmp_pat
     assert len(bz2.decompress(blob).splitlines()) == whole.lines
 
 
+def test_lfm2b_in_batches_reads_what_one_batch_reads(written, monkeypatch):
+    """The Dask engine reads LFM-2b's one stream in batches: cut into many small ones,
+    the rows, line numbers, rejects and counts add up to the whole read."""
+    from lastfm.sources import lfm2b
+
+    base, _, _ = written
+    piece = sources.find_pieces("lfm2b", root(base, "lfm2b"), options("lfm2b"))[0]
+    whole = sources.read_piece(piece, "lfm2b", options("lfm2b"))
+    monkeypatch.setattr(lfm2b, "BLOCK_BYTES", 2048)
+    parts = list(lfm2b.iter_piece(piece, options("lfm2b"), batch_bytes=4096))
+    assert len(parts) > 3
+    assert pa.concat_tables([p.table for p in parts]).equals(whole.table)
+    assert sum(p.lines for p in parts) == whole.lines
+    assert sorted(r for p in parts for r in p.rejects) == sorted(whole.rejects)
+    total = {}
+    for p in parts:
+        for k, v in p.counts.items():
+            total[k] = total.get(k, 0) + v
+    assert total == whole.counts
+
+
 def test_a_checksum_mismatch_is_a_one_line_error(written, tmp_path):
     base, _, _ = written
     folder = tmp_path / "MLHD"

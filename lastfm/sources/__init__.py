@@ -21,6 +21,7 @@ TAR listing, checksums), ``peruser`` (MLHD-style TARs), ``parquet``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -45,6 +46,7 @@ __all__ = [
     "PieceResult",
     "SourceOptions",
     "find_pieces",
+    "iter_piece",
     "lines_accounted",
     "load_names",
     "newest_first",
@@ -93,6 +95,17 @@ def find_pieces(
 def read_piece(piece: Piece, dataset: str, opts: SourceOptions) -> PieceResult:
     """One piece read exactly (see the module docstring)."""
     return _adapter(dataset).read_piece(piece, opts)
+
+
+def iter_piece(piece: Piece, dataset: str, opts: SourceOptions) -> Iterator[PieceResult]:
+    """One piece in batches of bounded memory where the layout reads one long stream
+    (lfm2b), else in one ``read_piece``; line numbers continue across batches and the
+    counts of the batches add up to the piece's."""
+    batches = getattr(_adapter(dataset), "iter_piece", None)
+    if batches is None:
+        yield read_piece(piece, dataset, opts)
+    else:
+        yield from batches(piece, opts)
 
 
 def load_names(dataset: str, path: Path) -> pa.Table | None:

@@ -83,17 +83,38 @@ def find_pieces(path: Path, opts: SourceOptions, target_bytes: int) -> list[Piec
 
 
 def read_piece(piece: Piece, opts: SourceOptions) -> PieceResult:
+    """The whole events file at once (the local engine; small inputs)."""
+    parts = list(iter_piece(piece, opts, batch_bytes=0))
+    table = pa.concat_tables([p.table for p in parts])
+    counts: dict[str, int] = {}
+    for p in parts:
+        for k, v in p.counts.items():
+            counts[k] = counts.get(k, 0) + v
+    rejects = [r for p in parts for r in p.rejects]
+    return PieceResult(table, rejects, sum(p.lines for p in parts), counts, parts[0].where)
+
+
+def iter_piece(piece: Piece, opts: SourceOptions, batch_bytes: int = 256 << 20):
+    """The events file in batches of about ``batch_bytes`` of text (0: one batch), each a
+    ``PieceResult`` whose lines follow the previous batch's (line numbers count from the
+    file's first line): the one 2-billion-line file of LFM-2b is read as a stream with
+    the memory of one batch."""
     path = Path(piece.path)
     fmt = events_format(_header(path), path)
     out = Collected(counts={"header": 1})
-    line0 = 2
+    line0, first = 2, 1
     pending = None  # parsed one block behind, to know which block ends the file
+    size = 0
     try:
         with bz2.open(path, "rb") as fh:
             fh.readline()
             for block in newline_blocks(fh, BLOCK_BYTES):
                 if pending is not None:
                     line0 = _parse(pending, fmt, line0, False, out)
+                    size += len(pending)
+                    if batch_bytes and size >= batch_bytes:
+                        yield out.result(line0 - first, piece)
+                        out, first, size = Collected(), line0, 0
                 pending = block
         if pending is not None:
             line0 = _parse(pending, fmt, line0, True, out)
@@ -102,7 +123,7 @@ def read_piece(piece: Piece, opts: SourceOptions) -> PieceResult:
             line0 = _parse(pending, fmt, line0, False, out)
         message = f"bz2 stream breaks after line {line0 - 1}: {err}"
         out.rejects.append((line0, "corrupt_stream", message.encode()))
-    return out.result(line0 - 1, piece)
+    yield out.result(line0 - first, piece)
 
 
 def _parse(buf: bytes, fmt: LineFormat, line0: int, at_eof: bool, out: Collected) -> int:
