@@ -55,7 +55,7 @@ from lastfm.common import (
 from lastfm.config import option
 from lastfm.parse import ParseResult, escape_line, parse_file, write_rejects
 from lastfm.paths import Layout, make
-from lastfm.plays import REQUIRED, month_windows
+from lastfm.plays import PLAUSIBLE, REQUIRED, month_windows
 from lastfm.study import README, STUDY
 
 URL = "http://mtg.upf.edu/static/datasets/last.fm/lastfm-dataset-1K.tar.gz"
@@ -66,8 +66,7 @@ KNOWN_MD5 = {
     "userid-timestamp-artid-artname-traid-traname.tsv": "64747b21563e3d2aa95751e0ddc46b68",
     "userid-profile.tsv": "c53608b6b445db201098c1489ea497df",
 }
-# Plausible play times: Last.fm's scrobbles start in 2005; the crawl ended on 2009-05-05.
-VALID_FROM, VALID_TO = "2005-02-01", "2009-05-06"
+VALID_FROM, VALID_TO = PLAUSIBLE["lfm1k"]
 
 STAT_COLUMNS = ["user_id", "timestamp", "artist_id", "artist_name", "track_id", "track_name"]
 
@@ -95,10 +94,20 @@ class PreprocessConfig:
     keep_missing_mbid: bool = option(
         False, "keep rows without MBIDs; tracks keyed by (artist, title)"
     )
-    valid_from: str = option(VALID_FROM, "first plausible play date (earlier plays excluded)")
-    valid_to: str = option(VALID_TO, "end of plausible play dates (excluded from there)")
+    valid_from: str | None = option(
+        None, "first plausible play date, earlier plays excluded (default: the layout's)"
+    )
+    valid_to: str | None = option(
+        None, "end of plausible play dates, excluded from there (default: the layout's)"
+    )
     write_all: bool = option(False, "also write all.parquet (every month, cleaned)")
     force: bool = option(False, "rerun even if outputs are current")
+
+    def __post_init__(self) -> None:
+        """Unset plausible dates take the layout's (``lastfm.plays.PLAUSIBLE``)."""
+        start, end = PLAUSIBLE.get(self.dataset, PLAUSIBLE["table"])
+        self.valid_from = self.valid_from or start
+        self.valid_to = self.valid_to or end
 
     def month_list(self) -> list[int]:
         try:
@@ -888,6 +897,8 @@ def run(layout: Layout, cfg: PreprocessConfig, out: Path, options=None, engine=N
         return
     (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last, after its outputs
     if engine.engine == "dask":
+        if cfg.force:  # redo every task, not only the stage's manifest
+            shutil.rmtree(out / "_work", ignore_errors=True)
         if cfg.write_all:
             raise PipelineError("--write-all is not available with --engine dask")
         with dask_stages.cluster(engine.scheduler, engine.workers) as client:

@@ -20,6 +20,7 @@ later than the start of the validation period (GRU4Rec's rule).
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,8 @@ def dask_window_outputs(src, out, cfg, params, engine, args) -> dict:
         log(f"{out} is current; skipping")
         return read_json(out / "meta.json")
     log(f"sessionizing {src} on Dask")
+    if args.force:  # redo every task, not only the window's manifest
+        shutil.rmtree(out / "_work", ignore_errors=True)
     (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last
     with dask_stages.cluster(engine.scheduler, engine.workers) as client:
         manifest = dask_stages.sessionize(client, src, out, cfg, out.name)

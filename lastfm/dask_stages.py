@@ -161,6 +161,16 @@ def _finish(path: Path, params: dict, folder: Path, names: list[str], **extra) -
     return m
 
 
+def prune(folder: Path, pattern: str, keep: int) -> None:
+    """Remove what an earlier run with more pieces, buckets or parts left: every entry
+    of ``folder`` matching ``pattern`` (a glob with one run of digits) numbered
+    ``keep`` or more."""
+    for p in Path(folder).glob(pattern):
+        digits = "".join(c for c in p.name.split("-")[-1].split(".")[0] if c.isdigit())
+        if digits and int(digits) >= keep:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
 def _write(path: Path, table: pa.Table | pd.DataFrame) -> None:
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
@@ -258,7 +268,11 @@ def bucket_plays(job: dict) -> dict:
     done = _done(out / f"{name}.json", params, work)
     if done:
         return done
-    files = sorted((work / "ingest").glob(f"p*/{name}-*.parquet"))
+    files = [
+        f
+        for k in range(job["pieces"])
+        for f in sorted((work / "ingest" / f"p{k:06d}").glob(f"{name}-*.parquet"))
+    ]
     frame = (
         pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
         if files
@@ -456,6 +470,7 @@ def preprocess(
         }
         for p in pieces
     ]
+    prune(work / "ingest", "p*", len(pieces))
     manifests = run_tasks(client, ingest_piece, jobs, "ingest")
     # the pieces' manifests name the inputs of every bucket (a changed piece redoes them)
     pieces_md5 = hashlib.md5(
@@ -468,9 +483,12 @@ def preprocess(
             "pieces_md5": pieces_md5,
             "rules": rules,
             "newest_first": sources.newest_first(dataset),
+            "pieces": len(pieces),
         }
         for b in range(buckets)
     ]
+    for sub in ("plays", "users"):
+        prune(work / sub, "b*", buckets)
     run_tasks(client, bucket_plays, bjobs, "buckets")
     users = np.sort(
         np.concatenate(
@@ -870,6 +888,11 @@ def sessionize(client, src: Path, out: Path, cfg, name: str) -> dict:
         }
         for k, f in enumerate(parts)
     ]
+    prune(work / "a", "p*", len(parts))
+    prune(work / "b", "part-*", len(parts))
+    for split in ("train", "valid", "test"):
+        for sub in (f"{split}.parquet", f"gru4rec/{split}", f"recbole/{split}"):
+            prune(out / sub, "part-*", len(parts))
     a = run_tasks(client, sessions_part, jobs, "sessions")
     counts: dict[str, int] = {}
     for m in a:

@@ -20,6 +20,21 @@ REQUIRED = {
     "table": [],
 }
 
+# Plausible play dates [from, to) by layout, unless --valid-from / --valid-to say otherwise.
+# Last.fm's scrobbles start in 2005; Last.fm-1K's crawl ended on 2009-05-05. The other
+# Last.fm-derived logs: only dates before Last.fm or after 2020 (LFM-2b's last year, the
+# latest of them) are excluded; set --valid-to to a dataset's own collection end. Yambda's
+# timestamps are relative (not dates) and a generic table's are unknown: nothing excluded.
+PLAUSIBLE = {
+    "lfm1k": ("2005-02-01", "2009-05-06"),
+    "lfm1b": ("2005-02-01", "2021-01-01"),
+    "lfm2b": ("2005-02-01", "2021-01-01"),
+    "mlhd": ("2005-02-01", "2021-01-01"),
+    "mlhdplus": ("2005-02-01", "2021-01-01"),
+    "yambda": ("1970-01-01", "2200-01-01"),
+    "table": ("1970-01-01", "2200-01-01"),
+}
+
 
 def month_windows(
     ts_s: np.ndarray, in_range: np.ndarray, months: list[int], anchor: str
