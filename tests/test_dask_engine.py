@@ -314,3 +314,63 @@ def test_a_worker_killed_mid_run_ends_in_a_completed_run(small_synth, tmp_path):
     for name in a["windows"]:
         pd.testing.assert_frame_equal(a["windows"][name], b["windows"][name])
     assert a["stats"] == b["stats"] and a["meta"] == b["meta"]
+
+
+@pytest.fixture
+def threads_cluster():
+    """A cluster of threads in this process, so that a test can patch what tasks call."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as lc:
+        yield lc.scheduler_address
+
+
+def test_a_full_disk_on_a_worker_is_one_line(
+    small_synth, tmp_path, threads_cluster, monkeypatch, capsys
+):
+    import errno
+
+    from lastfm import common, dask_stages
+    from lastfm.common import run_main
+
+    calls = []
+    real = common.write_parquet
+
+    def fill_up(path, table, compression="snappy"):
+        calls.append(path)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, table, compression)
+
+    monkeypatch.setattr(dask_stages.common, "write_parquet", fill_up)
+    src = str(small_synth[0] / "lastfm-dataset-1K")
+    argv = ["--data-dir", str(tmp_path), "--input", src, "--engine", "dask"]
+    argv += ["--scheduler", threads_cluster, "--piece-mb", "0.5"]
+    assert run_main(preprocess.main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "No space left on device" in err[-1]
+    assert not (tmp_path / "preprocessed" / "meta.json").exists()
+
+
+def test_broken_members_are_counted_and_the_rest_is_processed(tmp_path, scheduler):
+    """MLHD+ with malformed lines and a truncated zstd member, through the Dask stage."""
+    import synth
+
+    cfg = synth.SynthConfig(users=8, plays=12_000, months=3, seed=9)
+    summary = synth.generate_layout(tmp_path / "in", cfg, "mlhdplus", malformed=True)
+    d = tmp_path / "data"
+    _run(
+        preprocess,
+        d,
+        ["--dataset", "mlhdplus", "--input", str(tmp_path / "in" / "MLHD+")]
+        + ["--months", "2", "--engine", "dask", "--scheduler", scheduler],
+    )
+    meta = json.loads((d / "preprocessed" / "meta.json").read_text())
+    assert meta["rejects"].get("corrupt_member") == len(summary["broken_members"]) >= 1
+    bad = sum(v for k, v in meta["rejects"].items() if k != "corrupt_member")
+    assert bad == len(summary["malformed"]) >= 1
+    rejects = pd.read_csv(d / "preprocessed" / "rejects.tsv", sep="\t", quoting=3)
+    assert len(rejects) == bad + len(summary["broken_members"])
+    assert meta["rows_parsed"] == 12_000  # every play of the readable members
