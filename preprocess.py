@@ -850,6 +850,17 @@ def main(argv=None) -> None:
         run(layout, cfg, out, options, engine)
 
 
+def write_names(dataset: str, path: Path, out: Path) -> list[str]:
+    """``names.parquet`` (track id, artist and track names) where the layout ships
+    names beside the plays (LFM-1b, LFM-2b): sessionize.py names the vocabulary from it."""
+    (out / "names.parquet").unlink(missing_ok=True)
+    table = sources.load_names(dataset, path) if dataset != "lfm1k" else None
+    if table is None:
+        return []
+    write_parquet(out / "names.parquet", table, compression="zstd")
+    return ["names.parquet"]
+
+
 def input_fingerprint(path: Path) -> dict:
     """Size and modification time of the input file, or of every file in its folder."""
     path = Path(path)
@@ -896,6 +907,7 @@ def run(layout: Layout, cfg: PreprocessConfig, out: Path, options=None, engine=N
         )
         return
     (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last, after its outputs
+    extra = write_names(cfg.dataset, tsv, out)  # names shipped beside the plays, if any
     if engine.engine == "dask":
         if cfg.force:  # redo every task, not only the stage's manifest
             shutil.rmtree(out / "_work", ignore_errors=True)
@@ -936,6 +948,7 @@ def run(layout: Layout, cfg: PreprocessConfig, out: Path, options=None, engine=N
             + (["all.parquet"] if cfg.write_all else [])
             + ["rejects.tsv"]
         )
+    names += extra
     write_json(out / "meta.json", {"params": params, **meta, "outputs": outputs_record(out, names)})
     sizes = ", ".join(f"{k}: {v['rows']:,}" for k, v in meta["windows"].items())
     log(f"wrote {out} ({sizes})")

@@ -38,6 +38,7 @@ from lastfm.sessions import (  # noqa: F401 (the rules, re-exported for users of
     build_sessions,
     build_vocab,
     check_fracs,
+    fill_names,
     session_starts,
     split_by_time,
     time_bounds,
@@ -105,6 +106,7 @@ def sessionize_window(
         )
     parts, bounds = split_by_time(sessions, cfg.valid_frac, cfg.test_frac, bounds)
     vocab = build_vocab(parts["train"], plays, cfg.min_track_plays, cfg.max_tracks)
+    vocab = fill_names(vocab, Path(src).parent / "names.parquet")
     dropped = {}
     if cfg.capped():  # training plays of tracks left out are handled as unseen ones
         parts["train"], dropped["train"] = apply_vocab(

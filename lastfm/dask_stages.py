@@ -870,7 +870,7 @@ def _concat_recbole(out: Path, name: str) -> list[str]:
 
 def sessionize(client, src: Path, out: Path, cfg, name: str) -> dict:
     """sessionize.py's outputs for one window written by ``preprocess --engine dask``."""
-    from lastfm.sessions import time_bounds, vocab_checksum
+    from lastfm.sessions import fill_names, time_bounds, vocab_checksum
 
     parts = _parts(src)
     lo, hi = _ts_range(parts)
@@ -904,6 +904,7 @@ def sessionize(client, src: Path, out: Path, cfg, name: str) -> dict:
             "lower --min-user-sessions or --min-len"
         )
     vocab = build_vocab(client, work, len(parts), cfg.min_track_plays, cfg.max_tracks)
+    vocab = fill_names(vocab, Path(src).parent / "names.parquet")
     common.write_parquet(out / "vocab.parquet", pa.Table.from_pandas(vocab, preserve_index=False))
     vmd5 = vocab_checksum(vocab)
     lookup = client.scatter(

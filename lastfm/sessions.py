@@ -249,3 +249,24 @@ def apply_vocab(
 def vocab_checksum(vocab: pd.DataFrame) -> str:
     """Identity of a vocabulary: MD5 of its ordered track keys."""
     return hashlib.md5("\n".join(vocab["track_key"].astype(str)).encode()).hexdigest()
+
+
+def fill_names(vocab: pd.DataFrame, names_file) -> pd.DataFrame:
+    """Missing artist and track names of the vocabulary from ``names_file`` (written by
+    preprocess.py for layouts that ship names beside the plays: LFM-1b, LFM-2b), read
+    for the vocabulary's tracks only; ``track_key`` stays the track id."""
+    from pathlib import Path
+
+    import pyarrow.dataset as ds
+
+    if names_file is None or not Path(names_file).exists() or vocab.empty:
+        return vocab
+    ids = vocab["track_mbid"].astype(object).to_numpy()
+    table = ds.dataset(names_file).to_table(filter=ds.field("track").isin([i for i in ids if i]))
+    found = table.to_pandas().drop_duplicates("track").set_index("track")
+    vocab = vocab.copy()
+    for col in ("artist_name", "track_name"):
+        have = vocab[col].astype(object)
+        missing = have.isna() | (have == "")
+        vocab[col] = have.where(~missing, found[col].reindex(ids).to_numpy())
+    return vocab

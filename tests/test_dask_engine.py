@@ -229,6 +229,15 @@ def test_the_same_plays_in_five_layouts_give_the_same_sessions(tmp_path, schedul
     assert sum(len(v) for v in found["lfm1k"].values()) > 100
     for layout in ("lfm1b", "lfm2b", "mlhd", "mlhdplus"):
         assert found[layout] == found["lfm1k"], layout
+    # LFM-1b and LFM-2b name their tracks in side files: the vocabulary carries the names
+    named = pd.read_parquet(tmp_path / "data-lfm1k" / "sessions" / "2m" / "vocab.parquet")
+    named = dict(zip(named["track_mbid"].astype(str), named["track_name"].astype(str)))
+    for layout in ("lfm1b", "lfm2b"):
+        vocab = pd.read_parquet(tmp_path / f"data-{layout}" / "sessions" / "2m" / "vocab.parquet")
+        tr = pd.read_csv(tmp_path / layout / "layout_ids" / "tracks.tsv", sep="\t", dtype=str)
+        mbid = dict(zip(tr["id"], tr["mbid"]))
+        got = [named[mbid[t]] == n for t, n in zip(vocab["track_mbid"], vocab["track_name"])]
+        assert len(got) > 100 and all(got), layout
 
 
 def _outputs(data: Path) -> dict:
