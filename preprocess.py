@@ -850,6 +850,19 @@ def main(argv=None) -> None:
         run(layout, cfg, out, options, engine)
 
 
+def clear_other_engine(out: Path, engine: str) -> None:
+    """Remove what the other engine wrote here: the Dask engine's windows are folders of
+    parts (and its work, users), the local engine's single files."""
+    for p in out.glob("*.parquet"):
+        if engine == "local" and p.is_dir():
+            shutil.rmtree(p)
+        elif engine == "dask" and p.is_file() and p.name != "names.parquet":
+            p.unlink()
+    if engine == "local":
+        shutil.rmtree(out / "_work", ignore_errors=True)
+        (out / "users.parquet").unlink(missing_ok=True)
+
+
 def write_names(dataset: str, path: Path, out: Path) -> list[str]:
     """``names.parquet`` (track id, artist and track names) where the layout ships
     names beside the plays (LFM-1b, LFM-2b): sessionize.py names the vocabulary from it."""
@@ -908,6 +921,7 @@ def run(layout: Layout, cfg: PreprocessConfig, out: Path, options=None, engine=N
         return
     (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last, after its outputs
     extra = write_names(cfg.dataset, tsv, out)  # names shipped beside the plays, if any
+    clear_other_engine(out, engine.engine)
     if engine.engine == "dask":
         if cfg.force:  # redo every task, not only the stage's manifest
             shutil.rmtree(out / "_work", ignore_errors=True)
@@ -917,9 +931,9 @@ def run(layout: Layout, cfg: PreprocessConfig, out: Path, options=None, engine=N
             meta = dask_stages.preprocess(
                 client,
                 cfg.dataset,
-                tsv,
+                tsv.resolve(),  # workers may start elsewhere
                 options,
-                out,
+                out.resolve(),
                 reports,
                 cfg,
                 engine.partitions,

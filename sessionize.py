@@ -155,6 +155,20 @@ def sessionize_window(
     return manifest
 
 
+def clear_other_engine(out: Path, engine: str) -> None:
+    """Remove what the other engine wrote in a window's folder: the Dask engine's splits
+    are folders of parts (with GRU4Rec and RecBole shards), the local engine's files."""
+    for split in SPLITS:
+        for p in (out / f"{split}.parquet", out / f"{split}.tsv"):
+            if engine == "local" and p.is_dir():
+                shutil.rmtree(p)
+            elif engine == "dask" and p.is_file():
+                p.unlink()
+    if engine == "local":
+        for sub in ("_work", "gru4rec", "recbole"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+
+
 def stats_markdown(src_name: str, cfg: SessionConfig, stats: dict[str, dict]) -> str:
     """One window's split table."""
     columns = ["sessions", "plays", "users", "tracks", "len_mean", "len_median", "len_p90"]
@@ -168,7 +182,7 @@ def stats_markdown(src_name: str, cfg: SessionConfig, stats: dict[str, dict]) ->
     return title + markdown_table(header, rows) + "\n"
 
 
-def dask_window_outputs(src, out, cfg, params, engine, args) -> dict:
+def dask_window_outputs(src, out, cfg, params, engine, args, pre) -> dict:
     """``window_outputs`` on the Dask engine: sharded splits, GRU4Rec and RecBole files."""
     from lastfm import dask_stages
 
@@ -176,17 +190,29 @@ def dask_window_outputs(src, out, cfg, params, engine, args) -> dict:
         log(f"{out} is current; skipping")
         return read_json(out / "meta.json")
     log(f"sessionizing {src} on Dask")
+    clear_other_engine(out, "dask")
     if args.force:  # redo every task, not only the window's manifest
         shutil.rmtree(out / "_work", ignore_errors=True)
     (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last
     with dask_stages.cluster(engine.scheduler, engine.workers) as client:
-        manifest = dask_stages.sessionize(client, src, out, cfg, out.name)
+        manifest = dask_stages.sessionize(
+            client,
+            src.resolve(),
+            out.resolve(),
+            cfg,
+            out.name,
+            pre.get("outputs"),
+            bool(pre.get("params", {}).get("keep_missing_mbid")),
+        )
     common.write_text(out / "stats.md", stats_markdown(src.name, cfg, manifest["splits"]))
     common.write_json(out / "stats.json", manifest)
     names = sorted(
         str(p.relative_to(out))
         for p in out.rglob("*")
-        if p.is_file() and "_work" not in p.parts and p.name not in ("meta.json", ".lock")
+        if p.is_file()
+        and "_work" not in p.parts
+        and p.name not in ("meta.json", ".lock")
+        and not common.LITTER.match(p.name)
     )
     common.write_json(
         out / "meta.json",
@@ -203,6 +229,7 @@ def window_outputs(src, out, cfg, params, time_range, plays, args) -> dict:
         log(f"{out} is current; skipping")
         return read_json(out / "meta.json")
     log(f"sessionizing {src}" + (f" {time_range}" if time_range else ""))
+    clear_other_engine(out, "local")
     (out / "meta.json").unlink(missing_ok=True)  # the manifest goes last
     manifest = sessionize_window(src, out, cfg, time_range, plays)
     names = [f"{s}.{ext}" for s in SPLITS for ext in ("parquet", "tsv")]
@@ -310,7 +337,7 @@ def main(argv=None) -> None:
             params |= {"engine": "dask"}
         with common.folder_lock(layout.sessions(w)) as out:  # one writer per window
             if engine.engine == "dask":
-                results[w] = dask_window_outputs(src, out, cfg, params, engine, args)
+                results[w] = dask_window_outputs(src, out, cfg, params, engine, args, pre)
             else:
                 results[w] = window_outputs(
                     src, out, cfg, params, time_range, tables.get(src), args

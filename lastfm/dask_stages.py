@@ -188,7 +188,14 @@ def ingest_piece(job: dict) -> dict:
     """Task: parse one piece, write its rows split by user bucket, then its manifest."""
     piece, work = job["piece"], Path(job["work"])
     folder = work / "ingest" / f"p{piece.index:06d}"
-    params = {"piece": asdict(piece), "buckets": job["buckets"], "dataset": job["dataset"]}
+    params = {  # everything the piece's files depend on
+        "piece": asdict(piece),
+        "input": common.fingerprint(piece.path),
+        "buckets": job["buckets"],
+        "dataset": job["dataset"],
+        "options": asdict(job["options"]),
+        "valid_range": list(job["valid_range"]),
+    }
     done = _done(folder / "manifest.json", params)
     if done:
         return done
@@ -196,6 +203,7 @@ def ingest_piece(job: dict) -> dict:
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     names, rejects, lines, rows = [], [], 0, 0
+    where = piece.path + (f":{piece.member}" if piece.member else "")
     counts: dict[str, int] = {}
     lo_ok, hi_ok = job["valid_range"]
     ts_range = None
@@ -268,11 +276,7 @@ def bucket_plays(job: dict) -> dict:
     done = _done(out / f"{name}.json", params, work)
     if done:
         return done
-    files = [
-        f
-        for k in range(job["pieces"])
-        for f in sorted((work / "ingest" / f"p{k:06d}").glob(f"{name}-*.parquet"))
-    ]
+    files = [work / "ingest" / f for f in job["files"]]
     frame = (
         pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
         if files
@@ -281,19 +285,23 @@ def bucket_plays(job: dict) -> dict:
     # Listener, then time; equal times keep the input's chronological order (newest-first
     # files: the later line is the older play).
     tie = -1 if job["newest_first"] else 1
+    user_code, users = pd.factorize(frame["user"], sort=True)  # codes in the ids' order
     order = np.lexsort(
         (
             tie * frame["line"].to_numpy(np.int64),
             tie * frame["piece"].to_numpy(np.int64),
             frame["ts_s"].to_numpy(np.int64),
-            frame["user"].to_numpy(object).astype(str),
+            user_code,
         )
     )
     frame = frame.iloc[order].reset_index(drop=True)
     rules = job["rules"]
     ts = frame["ts_s"].to_numpy()
     frame["in_range"] = (ts >= rules["valid_from_s"]) & (ts < rules["valid_to_s"])
-    present = frame["track"].notna()
+    # a track id, unless tracks are named by (artist, title): --keep-missing-mbid
+    present = pd.Series(rules["keep_missing_mbid"] or frame["track"].notna(), index=frame.index)
+    if not rules["keep_missing_mbid"]:
+        present &= frame["track"].astype(object) != ""
     for col in rules["required"]:
         present &= frame[col].notna() & (frame[col].astype(object) != "")
     frame["clean"] = present.to_numpy()
@@ -305,8 +313,7 @@ def bucket_plays(job: dict) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (work / "users").mkdir(parents=True, exist_ok=True)
     _write(out / f"{name}.parquet", frame)
-    users = np.unique(frame["user"].to_numpy(object).astype(str))
-    _write(work / "users" / f"{name}.parquet", pd.DataFrame({"user": users}))
+    _write(work / "users" / f"{name}.parquet", pd.DataFrame({"user": np.asarray(users, object)}))
     return _finish(
         out / f"{name}.json",
         params,
@@ -322,7 +329,7 @@ def window_parts(job: dict) -> dict:
     name = f"b{b:05d}"
     frame = pd.read_parquet(work / "plays" / f"{name}.parquet")
     users = job["users"]
-    user_idx = np.searchsorted(users, frame["user"].to_numpy(object).astype(str)).astype(np.int32)
+    user_idx = np.searchsorted(users, frame["user"].to_numpy(object)).astype(np.int32)
     kept = frame["clean"].to_numpy() & frame["in_range"].to_numpy()
     ts = frame["ts_s"].to_numpy()
     result = {}
@@ -341,16 +348,28 @@ def window_parts(job: dict) -> dict:
         )
         d = pre / f"{w}.parquet"
         d.mkdir(parents=True, exist_ok=True)
-        _write(d / f"part-{b:05d}.parquet", part)
+        if m.any():  # a bucket without a play in the window writes no part
+            _write(d / f"part-{b:05d}.parquet", part)
         result[w] = {
             "rows": int(m.sum()),
             "ts": [int(ts[m].min()), int(ts[m].max())] if m.any() else None,
-            "tracks": np.unique(part["track_idx"].to_numpy()),
         }
     return result
 
 
-def study_statistics(client, work: Path, windows: dict, names: bool) -> dict:
+def _top(vc) -> pd.DataFrame:
+    """A value-count partition's most frequent value (ties: the smallest) and its count."""
+    if len(vc) == 0:
+        return pd.DataFrame(
+            {"value": pd.Series([], dtype=object), "n": pd.Series([], dtype="int64")}
+        )
+    n = vc.to_numpy()
+    best = n.max()
+    values = vc.index[n == best]
+    return pd.DataFrame({"value": [min(values.tolist())], "n": [int(best)]})
+
+
+def study_statistics(client, work: Path, windows: dict) -> dict:
     """The study's describe() table for raw, clean and every window, exactly, by Dask
     reductions: count, unique, top (the most frequent value; ties: the smallest) and freq."""
     import dask
@@ -379,21 +398,22 @@ def study_statistics(client, work: Path, windows: dict, names: bool) -> dict:
     for t, frame in tables.items():
         lazy[(t, "rows")] = frame.shape[0]
         for col, src in source.items():
-            if not names and col.endswith("_name"):
-                continue
             s = frame[src]
             if src != "ts_s":
                 s = s[s.notnull() & (s != "")]
             vc = s.value_counts(split_out=max(1, frame.npartitions // 8))
-            lazy[(t, col)] = (s.shape[0], vc.shape[0], vc.max())
-            lazy[(t, col, "vc")] = vc
+            # each partition's best comes back, never the whole count
+            tops = vc.map_partitions(_top, meta={"value": object, "n": "int64"})
+            lazy[(t, col)] = (s.shape[0], vc.shape[0], tops)
+            if (t, col) == ("clean", "user_id"):
+                lazy["user_plays"] = vc
     art = ddf["artist"]
     has_art = art.notnull() & (art != "")
     lazy["artists_with_mbid"] = art[has_art].nunique()
-    if names:  # filter the frame, then take the column: series read with different
-        # column projections may be partitioned differently and must not be combined
-        lacking = ddf[~has_art & ddf["artist_name"].notnull() & (ddf["artist_name"] != "")]
-        lazy["artists_without_mbid"] = lacking["artist_name"].nunique()
+    # filter the frame, then take the column: series read with different column
+    # projections may be partitioned differently and must not be combined
+    lacking = ddf[~has_art & ddf["artist_name"].notnull() & (ddf["artist_name"] != "")]
+    lazy["artists_without_mbid"] = lacking["artist_name"].nunique()
     lazy["out_of_range"] = (~ddf["in_range"]).sum()
     first = dict(zip(lazy, dask.compute(*lazy.values())))
     stats, extra = {}, {}
@@ -402,11 +422,11 @@ def study_statistics(client, work: Path, windows: dict, names: bool) -> dict:
         for col in source:
             if (t, col) not in first:
                 continue
-            count, unique, freq = first[(t, col)]
-            vc = first[(t, col, "vc")]
-            top = None
+            count, unique, tops = first[(t, col)]
+            top, freq = None, 0
             if unique:
-                top = min(vc.index[vc.to_numpy() == freq].tolist())
+                freq = int(tops["n"].max())
+                top = min(tops.loc[tops["n"] == freq, "value"].tolist())
                 if col == "timestamp":
                     top = str(np.datetime64(int(top), "s")) + "Z"
             stats[t][col] = {
@@ -418,9 +438,9 @@ def study_statistics(client, work: Path, windows: dict, names: bool) -> dict:
         extra[t] = {"rows": int(first[(t, "rows")]), "users": stats[t]["user_id"]["unique"]}
     artists = {
         "artists_with_mbid": int(first["artists_with_mbid"]),
-        "artists_without_mbid": int(first.get("artists_without_mbid", 0)),
+        "artists_without_mbid": int(first["artists_without_mbid"]),
     }
-    user_plays = first[("clean", "user_id", "vc")].to_numpy()
+    user_plays = first["user_plays"].to_numpy()
     return {
         "tables": stats,
         "sizes": extra,
@@ -430,9 +450,20 @@ def study_statistics(client, work: Path, windows: dict, names: bool) -> dict:
     }
 
 
-def choose_buckets(total_bytes: int, bytes_per_row: float = 60.0) -> int:
-    """Buckets so that one holds about ``BUCKET_ROWS`` plays (at least 2)."""
-    return max(2, math.ceil(total_bytes / bytes_per_row / BUCKET_ROWS))
+# Text bytes per play, and how much larger than its compressed form a log's text is
+# (rough: the number of buckets only needs the right order of magnitude).
+BYTES_PER_PLAY = 60.0
+EXPANSION = {".bz2": 8.0, ".zst": 6.0, ".gz": 5.0}
+
+
+def _piece_rows(p) -> float:
+    """About how many plays a piece holds: Parquet row counts, else its bytes of text."""
+    if str(p.path).endswith(".parquet"):
+        meta = pq.ParquetFile(p.path).metadata
+        return float(sum(meta.row_group(g).num_rows for g in range(p.start, p.end)))
+    name = p.member or str(p.path)
+    factor = next((f for ext, f in EXPANSION.items() if name.endswith(ext)), 1.0)
+    return _piece_bytes(p) * factor / BYTES_PER_PLAY
 
 
 def preprocess(
@@ -451,7 +482,7 @@ def preprocess(
     if not pieces:
         raise PipelineError(f"{path}: no input file of layout {dataset} found")
     total = sum(_piece_bytes(p) for p in pieces)
-    buckets = buckets or choose_buckets(total)
+    buckets = buckets or max(2, math.ceil(sum(map(_piece_rows, pieces)) / BUCKET_ROWS))
     work = out / "_work"
     rules = {
         "valid_from_s": int(np.datetime64(cfg.valid_from, "s").astype(np.int64)),
@@ -476,6 +507,11 @@ def preprocess(
     pieces_md5 = hashlib.md5(
         json.dumps([m["outputs"] for m in manifests], sort_keys=True).encode()
     ).hexdigest()
+    files: dict[int, list[str]] = {}  # each bucket's files, from the pieces' manifests
+    for p, m in zip(pieces, manifests):
+        for f in m["outputs"]:
+            if f.endswith(".parquet"):
+                files.setdefault(int(f[1:6]), []).append(f"p{p.index:06d}/{f}")
     bjobs = [
         {
             "work": str(work),
@@ -483,7 +519,7 @@ def preprocess(
             "pieces_md5": pieces_md5,
             "rules": rules,
             "newest_first": sources.newest_first(dataset),
-            "pieces": len(pieces),
+            "files": files.get(b, []),
         }
         for b in range(buckets)
     ]
@@ -493,9 +529,7 @@ def preprocess(
     users = np.sort(
         np.concatenate(
             [
-                pd.read_parquet(work / "users" / f"b{b:05d}.parquet")["user"]
-                .to_numpy(object)
-                .astype(str)
+                pd.read_parquet(work / "users" / f"b{b:05d}.parquet")["user"].to_numpy(object)
                 for b in range(buckets)
             ]
         )
@@ -534,10 +568,10 @@ def preprocess(
             "start_s": start,
             "end_s": end,
             "rows": rows,
-            "tracks": int(len(np.unique(np.concatenate([p[w]["tracks"] for p in parts])))),
+            "tracks": _distinct_tracks(out / f"{w}.parquet"),
             "ts": [min(t[0] for t in tss), max(t[1] for t in tss)],
         }
-    stats = study_statistics(client, work, windows, names=dataset in ("lfm1k", "table"))
+    stats = study_statistics(client, work, windows)
     for w in windows:
         written[w]["users"] = stats["sizes"][w]["users"]
     rejects = _gather_rejects(work, pieces, manifests, out / "rejects.tsv")
@@ -569,6 +603,14 @@ def preprocess(
         "stats": stats,
         "users": f"users.parquet ({len(users):,} users: user_idx, user)",
     }
+
+
+def _distinct_tracks(window: Path) -> int:
+    """Distinct tracks of a window written in parts (a Dask reduction)."""
+    import dask.dataframe as dd
+
+    tracks = dd.read_parquet(str(window / "part-*.parquet"), columns=["track_idx"])
+    return int(tracks["track_idx"].nunique().compute())
 
 
 def _piece_bytes(p) -> int:
@@ -659,7 +701,7 @@ def sessions_part(job: dict) -> dict:
 
     src, work, k = Path(job["src"]), Path(job["work"]), job["part"]
     name = f"p{k:05d}"
-    params = {"src": common.fingerprint(src), "cfg": job["cfg_dict"], "bounds": job["bounds"]}
+    params = {"src": job["record"], "cfg": job["cfg_dict"], "bounds": job["bounds"]}
     done = _done(work / "a" / f"{name}.json", params)
     if done:
         return done
@@ -703,37 +745,42 @@ def sessions_part(job: dict) -> dict:
     )
 
 
-def build_vocab(client, work: Path, n_parts: int, min_plays: int, max_tracks: int) -> pd.DataFrame:
-    """The training split's tracks by descending count (ties: the track key's order, as
-    the local engine's codes), capped; names from each track's first play."""
+def build_vocab(
+    client, work: Path, n_parts: int, min_plays: int, max_tracks: int, by_names: bool = False
+) -> pd.DataFrame:
+    """The training split's tracks by descending count (ties: the track key's order, which
+    is the local engine's code order; ``by_names``: tracks are (artist, title) pairs),
+    capped; names from each track's first play. Counts, caps and the first plays are
+    reduced and joined on the cluster: only the vocabulary comes back."""
     import dask.dataframe as dd
 
+    split_out = max(1, n_parts // 8)
     counts = dd.read_parquet(str(work / "a" / "p*.counts.parquet"))
-    total = counts.groupby("track_idx")["n"].sum(split_out=max(1, n_parts // 8))
+    total = counts.groupby("track_idx")["n"].sum(split_out=split_out)
     if min_plays > 1:
         total = total[total >= min_plays]
     if max_tracks > 0:
-        floor = total.nlargest(max_tracks).min()
+        floor = total.nlargest(max_tracks).min().compute()  # ties at the cut stay, then cut
         total = total[total >= floor]
-    total = total.compute()
     names = dd.read_parquet(str(work / "a" / "p*.names.parquet"))
-    keep = names[names["track_idx"].isin(total.index.to_numpy())].compute()
-    keep = keep.sort_values(["track_idx", "user_idx", "row"], kind="stable")
-    keep = keep.drop_duplicates("track_idx").set_index("track_idx")
-    vocab = pd.DataFrame({"track_idx": total.index.to_numpy(), "train_count": total.to_numpy()})
-    for col in ("artist_idx", "artist_name", "track_name", "track_mbid"):
-        vocab[col] = keep[col].reindex(vocab["track_idx"]).to_numpy()
+    names = names.assign(first=names["user_idx"].astype("int64") * 2**32 + names["row"])
+    firsts = names.groupby("track_idx")["first"].min(split_out=split_out).reset_index()
+    chosen = firsts.merge(total.rename("train_count").reset_index(), on="track_idx")
+    vocab = names.merge(chosen, on=["track_idx", "first"]).compute()
+    vocab = vocab[
+        ["track_idx", "train_count", "artist_idx", "artist_name", "track_name"] + ["track_mbid"]
+    ].reset_index(drop=True)
     mbid = vocab["track_mbid"].fillna("").astype(str)
-    vocab["track_key"] = np.where(
-        mbid != "", mbid, vocab["artist_name"].astype(str) + "\t" + vocab["track_name"].astype(str)
-    )
-    dup = vocab["track_key"].duplicated(keep=False)
+    pair = vocab["artist_name"].astype(str) + "\t" + vocab["track_name"].astype(str)
+    vocab["track_key"] = np.where(mbid != "", mbid, pair)
+    key = pair if by_names else vocab["track_key"]
+    dup = key.duplicated(keep=False)
     if dup.any():
         raise PipelineError(
-            f"track key {vocab.loc[dup, 'track_key'].iloc[0]!r} has two hashes: "
+            f"track key {key[dup].iloc[0]!r} has two hashes: "
             "the input's track ids are not one text per track"
         )
-    order = np.lexsort((vocab["track_key"].to_numpy(object).astype(str), -vocab["train_count"]))
+    order = np.lexsort((key.to_numpy(object), -vocab["train_count"].to_numpy()))
     vocab = vocab.iloc[order].reset_index(drop=True)
     if max_tracks > 0:
         vocab = vocab.iloc[:max_tracks]
@@ -749,7 +796,12 @@ def finish_part(job: dict) -> dict:
 
     work, out, k = Path(job["work"]), Path(job["out"]), job["part"]
     name = f"part-{k:05d}"
-    params = {"a": job["a_outputs"], "vocab_md5": job["vocab_md5"], "offset": job["offset"]}
+    params = {
+        "a": job["a_outputs"],
+        "vocab_md5": job["vocab_md5"],
+        "offset": job["offset"],
+        "cfg": asdict(job["cfg"]),  # --unseen, --min-len, the caps
+    }
     done = _done(work / "b" / f"{name}.json", params, out)
     if done:
         return done
@@ -811,13 +863,15 @@ RECBOLE_HEADER = "session_id:token\titem_id:token\ttimestamp:float\n"
 
 
 def _percentile(hist: np.ndarray, q: float) -> float:
-    """numpy's (linear) percentile of the values a histogram counts."""
+    """numpy's (linear) percentile of the values a histogram counts, with numpy's
+    interpolation formula (so that equal inputs give equal floats)."""
     n = int(hist.sum())
     cum = np.cumsum(hist)
     pos = q / 100 * (n - 1)
     lo, hi = int(np.floor(pos)), int(np.ceil(pos))
-    v_lo, v_hi = int(np.searchsorted(cum, lo + 1)), int(np.searchsorted(cum, hi + 1))
-    return float(v_lo + (v_hi - v_lo) * (pos - lo))
+    a, b = float(np.searchsorted(cum, lo + 1)), float(np.searchsorted(cum, hi + 1))
+    t = pos - lo
+    return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
 
 
 def _split_stats(client, out: Path, results: list[dict]) -> dict:
@@ -829,7 +883,7 @@ def _split_stats(client, out: Path, results: list[dict]) -> dict:
         width = max((len(p["len_hist"]) for p in parts), default=0)
         hist = np.zeros(max(width, 1), np.int64)
         for p in parts:
-            hist[: len(p["len_hist"])] += p["len_hist"]
+            hist[: len(p["len_hist"])] += np.asarray(p["len_hist"], dtype=np.int64)
         items = dd.read_parquet(str(out / f"{split}.parquet"), columns=["item_idx"])["item_idx"]
         tracks = int(items[items > 0].nunique().compute())
         ts = [p["ts"] for p in parts if p["ts"]]
@@ -868,8 +922,18 @@ def _concat_recbole(out: Path, name: str) -> list[str]:
     return written
 
 
-def sessionize(client, src: Path, out: Path, cfg, name: str) -> dict:
-    """sessionize.py's outputs for one window written by ``preprocess --engine dask``."""
+def sessionize(
+    client,
+    src: Path,
+    out: Path,
+    cfg,
+    name: str,
+    records: dict | None = None,
+    by_names: bool = False,
+) -> dict:
+    """sessionize.py's outputs for one window written by ``preprocess --engine dask``
+    (``records``: preprocess's record of each part, size and MD5, which identifies a
+    part's input when the run resumes; ``by_names``: tracks are (artist, title) pairs)."""
     from lastfm.sessions import fill_names, time_bounds, vocab_checksum
 
     parts = _parts(src)
@@ -885,6 +949,7 @@ def sessionize(client, src: Path, out: Path, cfg, name: str) -> dict:
             "cfg": cfg,
             "cfg_dict": cfg_dict,
             "bounds": bounds,
+            "record": (records or {}).get(f"{src.name}/{f.name}") or common.fingerprint(f),
         }
         for k, f in enumerate(parts)
     ]
@@ -903,7 +968,7 @@ def sessionize(client, src: Path, out: Path, cfg, name: str) -> dict:
             f"{src}: no session left after filtering ({counts}); "
             "lower --min-user-sessions or --min-len"
         )
-    vocab = build_vocab(client, work, len(parts), cfg.min_track_plays, cfg.max_tracks)
+    vocab = build_vocab(client, work, len(parts), cfg.min_track_plays, cfg.max_tracks, by_names)
     vocab = fill_names(vocab, Path(src).parent / "names.parquet")
     common.write_parquet(out / "vocab.parquet", pa.Table.from_pandas(vocab, preserve_index=False))
     vmd5 = vocab_checksum(vocab)

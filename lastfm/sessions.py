@@ -57,11 +57,11 @@ class SessionConfig:
         cfgs.require_at_least(self, 0, "max_session_len", "min_len", "min_user_sessions")
         cfgs.require_at_least(self, 1, "slices", "min_track_plays")
         cfgs.require_at_least(self, 0, "max_tracks")
+        check_fracs(self.valid_frac, self.test_frac)
 
     def capped(self) -> bool:
         """Whether the vocabulary leaves training tracks out."""
         return self.min_track_plays > 1 or self.max_tracks > 0
-        check_fracs(self.valid_frac, self.test_frac)
 
 
 def check_fracs(valid_frac: float, test_frac: float) -> None:
@@ -143,7 +143,9 @@ def build_sessions(
     out["sess"] = rank[np.cumsum(first) - 1]
     out = out.drop(columns="old").sort_values(["sess", "position"], kind="stable")
     counts.update(
-        kept_plays=len(out), kept_sessions=int(first.sum()), kept_users=int(ok_user.sum())
+        kept_plays=len(out),
+        kept_sessions=int(first.sum()),
+        kept_users=int(len(np.unique(out["user_idx"].to_numpy()))),
     )
     return out.reset_index(drop=True), counts
 

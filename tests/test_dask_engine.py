@@ -383,3 +383,51 @@ def test_broken_members_are_counted_and_the_rest_is_processed(tmp_path, schedule
     rejects = pd.read_csv(d / "preprocessed" / "rejects.tsv", sep="\t", quoting=3)
     assert len(rejects) == bad + len(summary["broken_members"])
     assert meta["rows_parsed"] == 12_000  # every play of the readable members
+
+
+def test_keep_missing_mbid_agrees_on_both_engines(small_synth, tmp_path, scheduler):
+    """Tracks named by (artist, title): plays without a track MBID are kept, and the
+    vocabulary (ordered by name on ties) is the same on both engines."""
+    src = str(small_synth[0] / "lastfm-dataset-1K")
+    vocab = {}
+    for name, extra in (("local", []), ("dask", ["--engine", "dask", "--scheduler", scheduler])):
+        d = tmp_path / name
+        _run(preprocess, d, ["--input", src, "--months", "3", "--keep-missing-mbid", *extra])
+        _run(sessionize, d, ["--min-user-sessions", "3", *extra])
+        vocab[name] = pd.read_parquet(d / "sessions" / "3m" / "vocab.parquet")
+        window = _window(d, "3m")
+        assert window["track_mbid"].isna().any()  # plays without an MBID were kept
+    cols = ["item_idx", "train_count", "artist_name", "track_name"]
+    pd.testing.assert_frame_equal(
+        vocab["local"][cols].astype(object), vocab["dask"][cols].astype(object)
+    )
+
+
+def test_reruns_follow_changed_options_and_engine_switches(small_synth, tmp_path, scheduler):
+    """One data folder: local, then Dask (16 buckets, some empty in the window), a changed
+    --unseen and --valid-to (no task reused from the earlier run), then local again."""
+    src = str(small_synth[0] / "lastfm-dataset-1K")
+    d = tmp_path / "data"
+    dask = ["--engine", "dask", "--scheduler", scheduler]
+    _run(preprocess, d, ["--input", src, "--months", "1"])
+    _run(sessionize, d, ["--min-user-sessions", "3"])
+    local_vocab = pd.read_parquet(d / "sessions" / "1m" / "vocab.parquet")
+    _run(preprocess, d, ["--input", src, "--months", "1", "--partitions", "16", *dask])
+    assert (d / "preprocessed" / "1m.parquet").is_dir()
+    assert len(list((d / "preprocessed" / "1m.parquet").glob("part-*"))) < 16  # empty buckets
+    _run(sessionize, d, ["--min-user-sessions", "3", *dask])
+    vocab = pd.read_parquet(d / "sessions" / "1m" / "vocab.parquet")
+    assert vocab["track_key"].tolist() == local_vocab["track_key"].tolist()
+    _run(sessionize, d, ["--min-user-sessions", "3", "--unseen", "keep", *dask])
+    test = pd.read_parquet(d / "sessions" / "1m" / "test.parquet")
+    assert (test["item_idx"] == 0).any()  # unseen tracks kept: not the spliced parts
+    end = json.loads((d / "preprocessed" / "meta.json").read_text())["windows"]["1m"]["end_s"]
+    _run(preprocess, d, ["--input", src, "--months", "1", "--valid-to", "2009-03-01", *dask])
+    meta = json.loads((d / "preprocessed" / "meta.json").read_text())
+    assert meta["windows"]["1m"]["end_s"] <= pd.Timestamp("2009-03-01").timestamp() < end
+    _run(preprocess, d, ["--input", src, "--months", "1"])
+    _run(sessionize, d, ["--min-user-sessions", "3"])
+    assert (d / "preprocessed" / "1m.parquet").is_file()
+    assert not (d / "sessions" / "1m" / "recbole").exists()
+    vocab = pd.read_parquet(d / "sessions" / "1m" / "vocab.parquet")
+    assert vocab["track_key"].tolist() == local_vocab["track_key"].tolist()
