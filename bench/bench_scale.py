@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,22 +81,19 @@ def scale(args) -> dict:
     out = {}
     for size in [int(s) for s in args.sizes.split(",")]:
         folder = Path(args.work) / f"lfm1b-{size}m"
-        if not (folder / "synth_meta.json").exists():
-            t = time.perf_counter()
-            subprocess.run(
+        generated = None
+        if not (folder / "synth_meta.json").exists():  # the generator's memory is bounded too
+            generated = measure(
                 [PY, "synth.py", "--out", str(folder), "--layout", "lfm1b", "--stream"]
-                + ["--plays", str(size * 1_000_000), "--users", str(max(100, size * 60))],
-                cwd=ROOT,
-                check=True,
-                stdout=subprocess.DEVNULL,
+                + ["--plays", str(size * 1_000_000), "--users", str(max(100, size * 60))]
             )
-            print(f"generated {size}M plays in {time.perf_counter() - t:.0f}s", flush=True)
+            print(f"generated {size}M plays: {generated}", flush=True)
         data = folder / "data"
         engine = ["--engine", "dask", "--workers", str(args.workers), "--data-dir", str(data)]
         pre = [PY, "preprocess.py", "--dataset", "lfm1b", "--input", str(folder / "LFM-1b")]
         pre += ["--months", "1,6", "--force", *engine]
         ses = [PY, "sessionize.py", "--force", *engine]
-        row = {"preprocess": median_runs(pre, args.repeats)}
+        row = {"generate": generated, "preprocess": median_runs(pre, args.repeats)}
         row["sessionize"] = median_runs(ses, args.repeats)
         row["wall_s"] = round(row["preprocess"]["wall_s"] + row["sessionize"]["wall_s"], 1)
         row["peak_gb"] = max(row["preprocess"]["peak_gb"], row["sessionize"]["peak_gb"])
@@ -103,6 +101,8 @@ def scale(args) -> dict:
         row["plays"] = meta["rows_parsed"]
         out[size] = row
         print(f"{size}M: {row['wall_s']}s, peak {row['peak_gb']} GB", flush=True)
+        if args.clean:  # the stages' outputs (the generated input stays)
+            shutil.rmtree(data, ignore_errors=True)
     sizes = sorted(out)
     for a, b in zip(sizes, sizes[1:]):
         if b == 2 * a:
@@ -132,6 +132,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="")
+    ap.add_argument("--clean", action="store_true", help="remove each size's outputs after it")
     args = ap.parse_args()
     result = {"workers": args.workers, "repeats": args.repeats}
     if args.sizes:
