@@ -135,8 +135,21 @@ def hash64(values) -> np.ndarray:
     return pd.util.hash_array(arr, categorize=True).view(np.int64)
 
 
+def hash_strings(col) -> np.ndarray:
+    """``hash64`` of an Arrow string column (nulls as ""), hashing each distinct value
+    once (its dictionary) rather than every row."""
+    import pyarrow.compute as pc
+
+    enc = pc.dictionary_encode(pc.fill_null(col, "")).combine_chunks()
+    return hash64(enc.dictionary.to_numpy(zero_copy_only=False))[
+        enc.indices.to_numpy(zero_copy_only=False)
+    ]
+
+
 def bucket_of(users, buckets: int) -> np.ndarray:
-    return (hash64(users).view(np.uint64) % np.uint64(buckets)).astype(np.int32)
+    """Each user's bucket (``hash64(user) % buckets``) of an Arrow or numpy column."""
+    h = hash_strings(users) if isinstance(users, pa.ChunkedArray | pa.Array) else hash64(users)
+    return (h.view(np.uint64) % np.uint64(buckets)).astype(np.int32)
 
 
 def _done(path: Path, params: dict, folder: Path | None = None) -> dict | None:
@@ -210,32 +223,24 @@ def ingest_piece(job: dict) -> dict:
     batches = sources.iter_piece(piece, job["dataset"], job["options"])
     for n, res in enumerate(batches):  # one batch in memory at a time
         t = res.table
-        df = pd.DataFrame(
-            {
-                "user": t["user"].to_numpy(zero_copy_only=False),
-                "ts_s": t["ts_s"].to_numpy(),
-                "artist": t["artist"].to_numpy(zero_copy_only=False),
-                "track": t["track"].to_numpy(zero_copy_only=False),
-                "artist_name": t["artist_name"].to_numpy(zero_copy_only=False),
-                "track_name": t["track_name"].to_numpy(zero_copy_only=False),
-                "piece": np.full(t.num_rows, piece.index, np.int32),
-                "line": t["line"].to_numpy(),
-            }
-        )
-        b = bucket_of(df["user"].to_numpy(), job["buckets"])
-        for k, part in df.groupby(b, sort=True):
-            name = f"b{int(k):05d}-{n:05d}.parquet"
-            _write(folder / name, part.reset_index(drop=True))
+        t = t.append_column("piece", pa.array(np.full(t.num_rows, piece.index, np.int32)))
+        b = bucket_of(t["user"], job["buckets"])
+        order = np.argsort(b, kind="stable")  # rows of a bucket together, in line order
+        t, b = t.take(pa.array(order)), b[order]
+        edges = np.flatnonzero(np.r_[True, b[1:] != b[:-1], True]) if len(b) else []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            name = f"b{int(b[lo]):05d}-{n:05d}.parquet"
+            _write(folder / name, t.slice(lo, hi - lo))
             names.append(name)
         where = res.where
         rejects += [
             f"{where}\t{line}\t{reason}\t{_escape(raw)}\n" for line, reason, raw in res.rejects
         ]
         lines += res.lines
-        rows += len(df)
+        rows += t.num_rows
         for key, v in res.counts.items():
             counts[key] = counts.get(key, 0) + int(v)
-        ts = df["ts_s"].to_numpy()
+        ts = t["ts_s"].to_numpy()
         ok = ts[(ts >= lo_ok) & (ts < hi_ok)]
         if len(ok):
             lo, hi = int(ok.min()), int(ok.max())
@@ -276,44 +281,53 @@ def bucket_plays(job: dict) -> dict:
     done = _done(out / f"{name}.json", params, work)
     if done:
         return done
+    import pyarrow.compute as pc
+
     files = [work / "ingest" / f for f in job["files"]]
+    schema = sources.PLAY_SCHEMA.append(pa.field("piece", pa.int32()))
     frame = (
-        pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+        pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
         if files
-        else pd.DataFrame({c: pd.Series(dtype=object) for c in _PIECE_COLUMNS})
+        else schema.empty_table()
     )
-    # Listener, then time; equal times keep the input's chronological order (newest-first
-    # files: the later line is the older play).
-    tie = -1 if job["newest_first"] else 1
-    user_code, users = pd.factorize(frame["user"], sort=True)  # codes in the ids' order
-    order = np.lexsort(
-        (
-            tie * frame["line"].to_numpy(np.int64),
-            tie * frame["piece"].to_numpy(np.int64),
-            frame["ts_s"].to_numpy(np.int64),
-            user_code,
-        )
-    )
-    frame = frame.iloc[order].reset_index(drop=True)
+    # Listener (code point order, as the local engine), then time; equal times keep the
+    # input's chronological order (newest-first files: the later line is the older play).
+    tie = "descending" if job["newest_first"] else "ascending"
+    keys = [("user", "ascending"), ("ts_s", "ascending"), ("piece", tie), ("line", tie)]
+    frame = frame.take(pc.sort_indices(frame, sort_keys=keys))
     rules = job["rules"]
     ts = frame["ts_s"].to_numpy()
-    frame["in_range"] = (ts >= rules["valid_from_s"]) & (ts < rules["valid_to_s"])
+    in_range = (ts >= rules["valid_from_s"]) & (ts < rules["valid_to_s"])
+
+    def filled(col: str) -> np.ndarray:
+        c = frame[col]
+        return pc.and_(pc.is_valid(c), pc.not_equal(pc.fill_null(c, ""), "")).to_numpy(
+            zero_copy_only=False
+        )
+
     # a track id, unless tracks are named by (artist, title): --keep-missing-mbid
-    present = pd.Series(rules["keep_missing_mbid"] or frame["track"].notna(), index=frame.index)
-    if not rules["keep_missing_mbid"]:
-        present &= frame["track"].astype(object) != ""
+    clean = np.ones(frame.num_rows, bool) if rules["keep_missing_mbid"] else filled("track")
     for col in rules["required"]:
-        present &= frame[col].notna() & (frame[col].astype(object) != "")
-    frame["clean"] = present.to_numpy()
-    key = _track_key(frame, rules["keep_missing_mbid"])
-    frame["track_idx"] = np.where(frame["clean"], hash64(key.fillna("")), 0)
-    art = frame["artist_name"] if rules["keep_missing_mbid"] else frame["artist"]
-    frame["artist_idx"] = hash64(art.fillna(""))
-    frame["track_key"] = key
+        clean &= filled(col)
+    if rules["keep_missing_mbid"]:
+        key = pc.binary_join_element_wise(
+            pc.fill_null(frame["artist_name"], ""), pc.fill_null(frame["track_name"], ""), "\t"
+        )
+        art = frame["artist_name"]
+    else:
+        key, art = frame["track"], frame["artist"]
+    track_idx = np.where(clean, hash_strings(key), 0)
+    frame = (
+        frame.append_column("in_range", pa.array(in_range))
+        .append_column("clean", pa.array(clean))
+        .append_column("track_idx", pa.array(track_idx, pa.int64()))
+        .append_column("artist_idx", pa.array(hash_strings(art), pa.int64()))
+    )
     out.mkdir(parents=True, exist_ok=True)
     (work / "users").mkdir(parents=True, exist_ok=True)
     _write(out / f"{name}.parquet", frame)
-    _write(work / "users" / f"{name}.parquet", pd.DataFrame({"user": np.asarray(users, object)}))
+    users = pc.unique(frame["user"]).sort()
+    _write(work / "users" / f"{name}.parquet", pa.table({"user": users}))
     return _finish(
         out / f"{name}.json",
         params,
@@ -325,31 +339,32 @@ def bucket_plays(job: dict) -> dict:
 
 def window_parts(job: dict) -> dict:
     """Task: one bucket's plays of every window, users numbered globally."""
+    import pyarrow.compute as pc
+
     work, b, pre = Path(job["work"]), job["bucket"], Path(job["out"])
     name = f"b{b:05d}"
-    frame = pd.read_parquet(work / "plays" / f"{name}.parquet")
-    users = job["users"]
-    user_idx = np.searchsorted(users, frame["user"].to_numpy(object)).astype(np.int32)
+    frame = pq.read_table(work / "plays" / f"{name}.parquet")
+    # the rank of each user among all users: its position in the sorted list
+    user_idx = pc.index_in(frame["user"], value_set=job["users"]).cast(pa.int32())
     kept = frame["clean"].to_numpy() & frame["in_range"].to_numpy()
     ts = frame["ts_s"].to_numpy()
+    columns = {
+        "user_idx": user_idx,
+        "ts_s": frame["ts_s"],
+        "artist_idx": frame["artist_idx"],
+        "track_idx": frame["track_idx"],
+        "artist_name": frame["artist_name"],
+        "track_name": frame["track_name"],
+        "track_mbid": frame["track"],
+    }
+    table = pa.table(columns)
     result = {}
     for w, (start, end) in job["windows"].items():
         m = kept & (ts >= start) & (ts < end)
-        part = pd.DataFrame(
-            {
-                "user_idx": user_idx[m],
-                "ts_s": ts[m].astype(np.int64),
-                "artist_idx": frame["artist_idx"].to_numpy()[m],
-                "track_idx": frame["track_idx"].to_numpy()[m],
-                "artist_name": frame["artist_name"].to_numpy(object)[m],
-                "track_name": frame["track_name"].to_numpy(object)[m],
-                "track_mbid": frame["track"].to_numpy(object)[m],
-            }
-        )
         d = pre / f"{w}.parquet"
         d.mkdir(parents=True, exist_ok=True)
         if m.any():  # a bucket without a play in the window writes no part
-            _write(d / f"part-{b:05d}.parquet", part)
+            _write(d / f"part-{b:05d}.parquet", table.filter(pa.array(m)))
         result[w] = {
             "rows": int(m.sum()),
             "ts": [int(ts[m].min()), int(ts[m].max())] if m.any() else None,
@@ -357,96 +372,130 @@ def window_parts(job: dict) -> dict:
     return result
 
 
-def _top(vc) -> pd.DataFrame:
-    """A value-count partition's most frequent value (ties: the smallest) and its count."""
-    if len(vc) == 0:
-        return pd.DataFrame(
-            {"value": pd.Series([], dtype=object), "n": pd.Series([], dtype="int64")}
-        )
-    n = vc.to_numpy()
-    best = n.max()
-    values = vc.index[n == best]
-    return pd.DataFrame({"value": [min(values.tolist())], "n": [int(best)]})
+STAT_SOURCE = {  # the study's column -> the plays' column
+    "user_id": "user",
+    "timestamp": "ts_s",
+    "artist_id": "artist",
+    "artist_name": "artist_name",
+    "track_id": "track",
+    "track_name": "track_name",
+}
+
+
+def _summarize(groups: pd.DataFrame) -> pd.DataFrame:
+    """One partition of a column's value counts per table (a column per table): per table
+    the plays, distinct values, the largest count and the smallest value holding it.
+    Missing values (null, "") are not values."""
+    idx = groups.index
+    keep = idx.notna()
+    if idx.dtype == object or str(idx.dtype) in ("str", "string"):
+        keep &= np.asarray(idx.astype(object) != "")
+    groups = groups[keep]
+    rows = []
+    for table in groups.columns:
+        n = groups[table].to_numpy()
+        present = n > 0
+        best = int(n.max()) if present.any() else 0
+        top = min(groups.index[n == best].tolist()) if best else None
+        rows.append((table, int(n.sum()), int(present.sum()), best, top))
+    return pd.DataFrame(rows, columns=["table", "count", "unique", "freq", "top"])
+
+
+def _with_masks(df: pd.DataFrame, windows: dict) -> pd.DataFrame:
+    """A partition of the plays with a 0/1 column ``m_<table>`` for raw, clean, each
+    window, and ``m_no_artist`` (plays without an artist id)."""
+    ts, clean, in_range = df["ts_s"].to_numpy(), df["clean"].to_numpy(), df["in_range"].to_numpy()
+    art = df["artist"]
+    masks = {"m_raw": np.ones(len(df), bool), "m_clean": clean}
+    for w, (start, end) in windows.items():
+        masks[f"m_{w}"] = clean & in_range & (ts >= start) & (ts < end)
+    masks["m_no_artist"] = (art.isna() | (art.astype(object) == "")).to_numpy()
+    masks["m_in_range"] = in_range
+    return df.assign(**{k: v.astype(np.int64) for k, v in masks.items()})
+
+
+def _read_masked(path: str, windows: dict) -> pd.DataFrame:
+    columns = [*STAT_SOURCE.values(), "clean", "in_range"]
+    return _with_masks(pq.read_table(path, columns=columns).to_pandas(), windows)
+
+
+def _clean_plays(groups: pd.DataFrame) -> pd.Series:
+    return groups["m_clean"]
 
 
 def study_statistics(client, work: Path, windows: dict) -> dict:
-    """The study's describe() table for raw, clean and every window, exactly, by Dask
-    reductions: count, unique, top (the most frequent value; ties: the smallest) and freq."""
+    """The study's describe() table for raw, clean and every window, exactly: per column
+    one Dask group-by of the value with a count column per table (one shuffle per column,
+    not per table), summarised per partition; only the summaries come back (and the
+    plays per user, for the plot). Top: the most frequent value, the smallest on ties."""
     import dask
     import dask.dataframe as dd
 
-    ddf = dd.read_parquet(
-        str(work / "plays" / "b*.parquet"),
-        columns=["user", "ts_s", "artist", "artist_name", "track", "track_name"]
-        + ["clean", "in_range"],
+    # each bucket file read with a count column per table by one opaque function (the
+    # query optimizer's projections broke assign + several group-bys, dask 2026.8)
+    files = sorted(str(f) for f in (work / "plays").glob("b*.parquet"))
+    meta_in = pd.DataFrame(
+        {c: pd.Series(dtype="int64" if c == "ts_s" else "str") for c in STAT_SOURCE.values()}
+        | {"clean": pd.Series(dtype=bool), "in_range": pd.Series(dtype=bool)}
     )
-    # One filter on the read frame per table: a filter of a filtered frame, then column
-    # projections of it, mis-aligned partitions in one combined compute (dask 2026.8)
-    tables = {"raw": ddf, "clean": ddf[ddf["clean"]]}
-    for w, (start, end) in windows.items():
-        ts = ddf["ts_s"]
-        tables[w] = ddf[ddf["clean"] & ddf["in_range"] & (ts >= start) & (ts < end)]
-    source = {
-        "user_id": "user",
-        "timestamp": "ts_s",
-        "artist_id": "artist",
-        "artist_name": "artist_name",
-        "track_id": "track",
-        "track_name": "track_name",
-    }
-    lazy = {}
-    for t, frame in tables.items():
-        lazy[(t, "rows")] = frame.shape[0]
-        for col, src in source.items():
-            s = frame[src]
-            if src != "ts_s":
-                s = s[s.notnull() & (s != "")]
-            vc = s.value_counts(split_out=max(1, frame.npartitions // 8))
-            # each partition's best comes back, never the whole count
-            tops = vc.map_partitions(_top, meta={"value": object, "n": "int64"})
-            lazy[(t, col)] = (s.shape[0], vc.shape[0], tops)
-            if (t, col) == ("clean", "user_id"):
-                lazy["user_plays"] = vc
-    art = ddf["artist"]
-    has_art = art.notnull() & (art != "")
-    lazy["artists_with_mbid"] = art[has_art].nunique()
-    # filter the frame, then take the column: series read with different column
-    # projections may be partitioned differently and must not be combined
-    lacking = ddf[~has_art & ddf["artist_name"].notnull() & (ddf["artist_name"] != "")]
-    lazy["artists_without_mbid"] = lacking["artist_name"].nunique()
-    lazy["out_of_range"] = (~ddf["in_range"]).sum()
-    first = dict(zip(lazy, dask.compute(*lazy.values())))
-    stats, extra = {}, {}
-    for t in tables:
-        stats[t] = {}
-        for col in source:
-            if (t, col) not in first:
-                continue
-            count, unique, tops = first[(t, col)]
-            top, freq = None, 0
-            if unique:
-                freq = int(tops["n"].max())
-                top = min(tops.loc[tops["n"] == freq, "value"].tolist())
-                if col == "timestamp":
-                    top = str(np.datetime64(int(top), "s")) + "Z"
+    masked = dd.from_map(_read_masked, files, windows=windows, meta=_with_masks(meta_in, windows))
+    tables = ["raw", "clean", *windows]
+    split_out = max(1, masked.npartitions // 8)
+    meta = pd.DataFrame(
+        {
+            "table": pd.Series(dtype=object),
+            "count": pd.Series(dtype="int64"),
+            "unique": pd.Series(dtype="int64"),
+            "freq": pd.Series(dtype="int64"),
+            "top": pd.Series(dtype=object),
+        }
+    )
+    lazy = {"out_of_range": masked["m_raw"].sum() - masked["m_in_range"].sum()}
+    for col, src in STAT_SOURCE.items():
+        cols = [f"m_{t}" for t in tables] + (["m_no_artist"] if col == "artist_name" else [])
+        groups = masked[[src, *cols]].groupby(src)[cols].sum(split_out=split_out)
+        lazy[col] = groups.map_partitions(_summarize, meta=meta)
+        if col == "user_id":
+            # taken inside the partitions: a projection of ``groups`` would be pushed into
+            # the group-by it shares with the summary (dask 2026.8)
+            lazy["user_plays"] = groups.map_partitions(
+                _clean_plays, meta=pd.Series(dtype="int64", name="m_clean")
+            )
+    got = dict(zip(lazy, dask.compute(*lazy.values())))
+    stats = {t: {} for t in tables}
+    for col in STAT_SOURCE:
+        summary = got[col]
+        for t in tables:
+            part = summary[summary["table"] == f"m_{t}"]
+            unique = int(part["unique"].sum())
+            freq = int(part["freq"].max()) if unique else 0
+            top = min(part.loc[part["freq"] == freq, "top"].tolist()) if unique else None
+            if col == "timestamp" and top is not None:
+                top = str(np.datetime64(int(top), "s")) + "Z"
             stats[t][col] = {
-                "count": int(count),
-                "unique": int(unique),
+                "count": int(part["count"].sum()),
+                "unique": unique,
                 "top": top,
-                "freq": int(freq) if unique else 0,
+                "freq": freq,
             }
-        extra[t] = {"rows": int(first[(t, "rows")]), "users": stats[t]["user_id"]["unique"]}
-    artists = {
-        "artists_with_mbid": int(first["artists_with_mbid"]),
-        "artists_without_mbid": int(first["artists_without_mbid"]),
+    lacking = got["artist_name"]
+    lacking = lacking[lacking["table"] == "m_no_artist"]
+    raw_rows = int(got["user_id"].query("table == 'm_raw'")["count"].sum())
+    extra = {
+        t: {"rows": stats[t]["user_id"]["count"], "users": stats[t]["user_id"]["unique"]}
+        for t in tables
     }
-    user_plays = first["user_plays"].to_numpy()
+    extra["raw"]["rows"] = raw_rows
+    user_plays = got["user_plays"].to_numpy()
     return {
         "tables": stats,
         "sizes": extra,
-        "artists": artists,
-        "user_plays": user_plays,
-        "out_of_range": int(first["out_of_range"]),
+        "artists": {
+            "artists_with_mbid": stats["raw"]["artist_id"]["unique"],
+            "artists_without_mbid": int(lacking["unique"].sum()),
+        },
+        "user_plays": user_plays[user_plays > 0],
+        "out_of_range": int(got["out_of_range"]),
     }
 
 
@@ -526,14 +575,12 @@ def preprocess(
     for sub in ("plays", "users"):
         prune(work / sub, "b*", buckets)
     run_tasks(client, bucket_plays, bjobs, "buckets")
-    users = np.sort(
-        np.concatenate(
-            [
-                pd.read_parquet(work / "users" / f"b{b:05d}.parquet")["user"].to_numpy(object)
-                for b in range(buckets)
-            ]
-        )
-    )
+    users = pa.concat_arrays(  # every user once (buckets are disjoint), in id order
+        [
+            pq.read_table(work / "users" / f"b{b:05d}.parquet")["user"].combine_chunks()
+            for b in range(buckets)
+        ]
+    ).sort()
     ranges = [m["ts_in_range"] for m in manifests if m.get("ts_in_range")]
     if not ranges:
         raise PipelineError(
@@ -543,7 +590,7 @@ def preprocess(
     # user_idx -> the source's user id (the local engine keeps this list in meta.json)
     _write(
         out / "users.parquet",
-        pd.DataFrame({"user_idx": np.arange(len(users), dtype=np.int32), "user": users}),
+        pa.table({"user_idx": pa.array(np.arange(len(users), dtype=np.int32)), "user": users}),
     )
     windows = _windows(lo, hi, cfg)
     for w in windows:
@@ -554,8 +601,7 @@ def preprocess(
         {"work": str(work), "bucket": b, "users": users_f, "windows": windows, "out": str(out)}
         for b in range(buckets)
     ]
-    futures = client.map(window_parts, wjobs, pure=False)
-    parts = client.gather(futures)
+    parts = run_tasks(client, window_parts, wjobs, "windows")
     written = {}
     for w, (start, end) in windows.items():
         rows = sum(p[w]["rows"] for p in parts)
@@ -568,12 +614,17 @@ def preprocess(
             "start_s": start,
             "end_s": end,
             "rows": rows,
-            "tracks": _distinct_tracks(out / f"{w}.parquet"),
             "ts": [min(t[0] for t in tss), max(t[1] for t in tss)],
         }
     stats = study_statistics(client, work, windows)
     for w in windows:
         written[w]["users"] = stats["sizes"][w]["users"]
+        # distinct track ids of the window (with --keep-missing-mbid: (artist, title) pairs)
+        written[w]["tracks"] = (
+            _distinct_tracks(out / f"{w}.parquet")
+            if cfg.keep_missing_mbid
+            else stats["tables"][w]["track_id"]["unique"]
+        )
     rejects = _gather_rejects(work, pieces, manifests, out / "rejects.tsv")
     counts: dict[str, int] = {}
     for m in manifests:
