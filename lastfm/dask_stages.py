@@ -440,7 +440,7 @@ def study_statistics(client, work: Path, windows: dict) -> dict:
     )
     masked = dd.from_map(_read_masked, files, windows=windows, meta=_with_masks(meta_in, windows))
     tables = ["raw", "clean", *windows]
-    split_out = max(1, masked.npartitions // 8)
+    split_out = max(1, masked.npartitions // 4)  # a reducer holds ~4 buckets of values
     meta = pd.DataFrame(
         {
             "table": pd.Series(dtype=object),
@@ -805,7 +805,7 @@ def build_vocab(
     reduced and joined on the cluster: only the vocabulary comes back."""
     import dask.dataframe as dd
 
-    split_out = max(1, n_parts // 8)
+    split_out = max(1, n_parts // 4)  # a reducer holds ~4 parts of tracks
     counts = dd.read_parquet(str(work / "a" / "p*.counts.parquet"))
     total = counts.groupby("track_idx")["n"].sum(split_out=split_out)
     if min_plays > 1:
