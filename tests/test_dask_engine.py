@@ -26,6 +26,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DASK = ["--engine", "dask", "--workers", "2", "--piece-mb", "0.5"]
 
 
+@pytest.fixture(autouse=True)
+def collect_cluster_garbage():
+    """Collect what the clusters leave before the next test: finalizers of distributed's
+    objects that run later, inside another test, would swallow a KeyboardInterrupt meant
+    for it (the Ctrl-C tests of the tag crawl)."""
+    import gc
+
+    yield
+    gc.collect()
+
+
 def _run(stage, data: Path, args: list[str]) -> None:
     stage.main(["--data-dir", str(data), *args])
 
@@ -149,10 +160,13 @@ def test_local_and_dask_engines_agree(small_synth, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scheduler():
     """One 2-worker cluster the stages join with --scheduler (as on a real cluster)."""
+    import gc
+
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as lc:
         yield lc.scheduler_address
+    gc.collect()  # see collect_cluster_garbage
 
 
 def _sessions_by_source_ids(data: Path, w: str, root: Path, layout: str) -> dict:
