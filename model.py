@@ -30,7 +30,9 @@ ids; a track's tag vector is the weight-averaged tag embeddings, added to its
 track embedding.
 
 Only Keras layers and ``keras.ops``: the file runs with KERAS_BACKEND
-tensorflow (default), jax or torch. Options removed after losing their
+tensorflow (default), jax or torch (tests/test_backends.py). The GRUs read
+right-padded prefixes (``lastfm.nn.run_right_padded``: unmasked on JAX and torch, whose
+fused kernels take no mask). Options removed after losing their
 comparisons are listed in docs/DECISIONS.md.
 """
 
@@ -46,7 +48,7 @@ from keras import layers, ops
 from lastfm import config as cfgs
 from lastfm import gru4rec, narm, sasrec, stamp  # noqa: F401 - the peers register their arch
 from lastfm.common import PipelineError, file_md5, read_json
-from lastfm.nn import ARCHS, NEG, ModelConfig, NextItemModel, register
+from lastfm.nn import ARCHS, NEG, ModelConfig, NextItemModel, register, run_right_padded
 
 
 @register("bigru_att")
@@ -57,7 +59,8 @@ class SessionRecommender(NextItemModel):
         super().__init__(n_items, config, n_tags, seed, **kwargs)
         c = config
         self.in_drop = layers.Dropout(c.dropout, seed=seed)
-        # reset_after=True and tanh/sigmoid defaults keep the cuDNN kernel on GPU.
+        # reset_after=True and tanh/sigmoid defaults keep the fused (cuDNN) kernels; the
+        # layer holds both directions' weights, ``call`` runs each without a mask.
         self.bigru = layers.Bidirectional(
             layers.GRU(c.hidden, return_sequences=True, return_state=True), name="bigru"
         )
@@ -86,7 +89,10 @@ class SessionRecommender(NextItemModel):
     def call(self, items, training=False):
         items, mask = self.rnn_inputs(items)  # (B, L) right-padded; True = read
         x = self.in_drop(self.embed(items), training=training)
-        seq, fwd, bwd = self.bigru(x, mask=mask, training=training)  # (B,L,2H), (B,H), (B,H)
+        # the two directions of self.bigru, each unmasked (nn.run_right_padded)
+        seq_f, fwd = run_right_padded(self.bigru.forward_layer, x, mask, training)  # (B,L,H)
+        seq_b, bwd = run_right_padded(self.bigru.backward_layer, x, mask, training)  # (B,H)
+        seq = ops.concatenate([seq_f, seq_b], axis=-1)  # (B, L, 2H)
         last = ops.concatenate([fwd, bwd], axis=-1)  # (B, 2H) global encoder
         e = self.att_v(ops.sigmoid(self.att_keys(seq) + self.att_query(last)[:, None, :]))
         e = ops.where(mask, e[..., 0], ops.cast(NEG, e.dtype))  # (B, L)

@@ -48,9 +48,19 @@ from lastfm.common import (
     write_text,
 )
 from lastfm.config import option
-from lastfm.data import Events, load_splits, load_tag_tables, make_events, sample_events
+from lastfm.data import (
+    SPLITS,
+    Events,
+    load_splits,
+    load_tag_tables,
+    make_events,
+    popularity,
+    sample_events,
+)
+from lastfm.devices import batch_multiple, data_parallel, devices_in_use, even_batch
 from lastfm.metrics import device_ranker, evaluate
 from lastfm.paths import Layout, make
+from lastfm.stream import ShuffleStream, split_files
 from model import ModelConfig, build_model, load_trained
 
 MODEL_FILES = ("config.json", "model.keras", hybrid.TABLE, "history.csv")
@@ -79,6 +89,22 @@ class TrainConfig:
     )
     valid_events: int = option(20_000, "validation events (drawn with --seed) per epoch")
     max_train_examples: int = option(0, "use only the most recent N examples (0: all)")
+    stream: bool = option(
+        False,
+        "read the training examples from the session files through a shuffle buffer "
+        "(splits larger than memory; lastfm/stream.py) instead of all at once",
+    )
+    shuffle_buffer: int = option(1_000_000, "examples held by the --stream shuffle buffer")
+    devices: int = option(
+        1,
+        "data-parallel training over N devices, --batch-size the global batch (JAX: "
+        "keras.distribution.DataParallel; TensorFlow: MirroredStrategy; 0: all devices)",
+    )
+    shard_tracks: int = option(
+        1,
+        "JAX: split the track tables' embedding dimension over groups of K of the "
+        "--devices (keras.distribution.ModelParallel), for tables too large for one device",
+    )
     transitions: int = option(
         16,
         "after training, choose on validation the network + "
@@ -95,9 +121,16 @@ class TrainConfig:
     def check(self) -> None:
         cfgs.require_at_least(self, 1, "epochs", "batch_size", "patience", "valid_events")
         cfgs.require_at_least(
-            self, 0, "max_train_examples", "transitions", "clip_norm", "time_budget"
+            self, 0, "max_train_examples", "transitions", "clip_norm", "time_budget", "devices"
         )
+        cfgs.require_at_least(self, 1, "shard_tracks", "shuffle_buffer")
         cfgs.require_above(self, 0, "lr")
+        if self.stream and self.max_train_examples:
+            raise PipelineError("--max-train-examples needs the whole split: not with --stream")
+        if self.stream and self.shuffle_buffer < self.batch_size:
+            raise PipelineError(
+                f"--shuffle-buffer {self.shuffle_buffer}: at least --batch-size {self.batch_size}"
+            )
         if self.transitions_only and not self.transitions:
             raise PipelineError("--transitions-only needs --transitions K > 0")
 
@@ -118,6 +151,9 @@ class FusedAdam(keras.optimizers.Adam):
         if keras.backend.backend() != "tensorflow" or self.amsgrad:
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
+
+        if tf.distribute.has_strategy():  # mirrored variables: Keras' own update
+            return super().update_step(gradient, variable, learning_rate)
 
         def handle(v):  # a Keras variable or (inside Keras' TF update) its tf.Variable
             return (v.value if isinstance(v, keras.Variable) else v).handle
@@ -195,17 +231,61 @@ class LengthBuckets(keras.utils.PyDataset):
     def __len__(self) -> int:
         return len(self.batches)
 
+    multiple = 1  # > 1: each batch padded to a multiple of the devices (devices.even_batch)
+
     def __getitem__(self, i: int):
         idx = self.batches[i]
-        return self.x[idx, : self.widths[i]], self.y[idx]
+        x, y = self.x[idx, : self.widths[i]], self.y[idx]
+        return even_batch(x, y, self.multiple) if self.multiple > 1 else (x, y)
 
     def on_epoch_end(self) -> None:
         self.plan()
 
 
-def bucket_step(requested: int = -1) -> int:
+class StreamBatches(keras.utils.PyDataset):
+    """A ``ShuffleStream``'s batches for ``model.fit`` (``--stream``): asked in order, an
+    epoch at a time. Keras asks for the first two batches once more before an epoch (to
+    read their shapes): those two are kept."""
+
+    multiple = 1  # as LengthBuckets.multiple
+
+    def __init__(self, stream: ShuffleStream):
+        super().__init__()
+        self.stream, self.number = stream, 0
+        self.start()
+
+    def start(self) -> None:
+        self.batches, self.next, self.kept = self.stream.epoch(self.number), 0, {}
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __getitem__(self, i: int):
+        if i in self.kept:
+            return self.kept[i]
+        if i != self.next:
+            raise PipelineError(f"streamed batch {i} asked before batch {self.next}")
+        batch = next(self.batches)
+        if self.multiple > 1:
+            batch = even_batch(*batch, self.multiple)
+        self.next += 1
+        if i < 2:
+            self.kept[i] = batch
+        return batch
+
+    def on_epoch_end(self) -> None:
+        self.number += 1
+        self.start()
+
+
+def bucket_step(requested: int = -1, devices: int = 1) -> int:
     """Width rounding of LengthBuckets: ``requested`` if >= 0, else the
-    backend's default (4 with JAX, 1 otherwise; see LengthBuckets)."""
+    backend's default (4 with JAX, 1 otherwise; see LengthBuckets). On several
+    devices with TensorFlow, 0 (full width): MirroredStrategy's replicas meet in their
+    all-reduces by the order of the collectives each traced step holds, and steps traced
+    for other widths break that order."""
+    if devices > 1 and keras.backend.backend() == "tensorflow":
+        return 0
     if requested >= 0:
         return requested
     return 4 if keras.backend.backend() == "jax" else 1
@@ -218,7 +298,12 @@ def model_folder(layout: Layout, tc: TrainConfig) -> Path:
 def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
     """Train, choose the hybrid, write the model folder and reports; return its record.
     The model folder is held for the whole run (``folder_lock``): one writer at a time."""
-    with folder_lock(model_folder(layout, tc)) as out:
+    if mc.emb_dim % tc.shard_tracks:
+        raise PipelineError(f"--shard-tracks {tc.shard_tracks}: must divide --emb-dim {mc.emb_dim}")
+    with (
+        folder_lock(model_folder(layout, tc)) as out,
+        data_parallel(tc.devices, tc.shard_tracks),
+    ):
         return train_into(out, layout, mc, tc)
 
 
@@ -227,13 +312,26 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
     if tc.mixed_precision:
         keras.mixed_precision.set_dtype_policy("mixed_float16")
     keras.utils.set_random_seed(tc.seed)
-    splits, vocab, meta = load_splits(layout, tc.window)
+    splits, vocab, meta = load_splits(layout, tc.window, ("valid",) if tc.stream else SPLITS)
     n_items = len(vocab)
-    train_ev = make_events(splits["train"], mc.input_len)
-    if tc.max_train_examples and len(train_ev) > tc.max_train_examples:
-        train_ev = train_ev.subset(np.arange(len(train_ev) - tc.max_train_examples, len(train_ev)))
+    if tc.stream:  # examples read file by file, every epoch (lastfm/stream.py)
+        train_files = split_files(layout.sessions(tc.window) / "train.parquet")
+        stream = ShuffleStream(
+            train_files,
+            mc.input_len,
+            tc.batch_size,
+            tc.shuffle_buffer,
+            tc.seed,
+        )
+        n_train = stream.n_examples
+    else:
+        train_ev = make_events(splits["train"], mc.input_len)
+        if tc.max_train_examples and len(train_ev) > tc.max_train_examples:
+            keep = np.arange(len(train_ev) - tc.max_train_examples, len(train_ev))
+            train_ev = train_ev.subset(keep)
+        n_train = len(train_ev)
     valid_ev = sample_events(make_events(splits["valid"], mc.input_len), tc.valid_events, tc.seed)
-    if len(train_ev) == 0 or len(valid_ev) == 0:
+    if n_train == 0 or len(valid_ev) == 0:
         raise PipelineError(f"window {tc.window}: no training or validation event")
     available = load_tag_tables(
         layout, tc.window, n_items, mc.tags_per_track, vocab_md5=meta["vocab_md5"]
@@ -245,7 +343,9 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
     model = build_model(n_items, mc, n_tags=tags[2] if tags else 0, seed=tc.seed)
     if tags:
         model.set_tags(tags[0], tags[1])
-    steps = int(np.ceil(len(train_ev) / tc.batch_size)) * tc.epochs
+    if mc.loss == "sampled":
+        model.set_sampler(popularity(vocab))
+    steps = int(np.ceil(n_train / tc.batch_size)) * tc.epochs
     lr = keras.optimizers.schedules.CosineDecay(tc.lr, steps, alpha=0.1) if tc.cosine else tc.lr
     model.compile(optimizer=FusedAdam(lr, global_clipnorm=tc.clip_norm or None))
     work = out / ".partial"  # the run's files, moved into out once all are written
@@ -258,31 +358,43 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
         tc.patience,
         work / "model.keras",
         work / "history.csv",
-        len(train_ev),
+        n_train,
         tc.time_budget,
     )
     callbacks = [cb]
     if keras.backend.backend() == "tensorflow" and tc.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "tensorboard")))
-    batches = LengthBuckets(
-        train_ev.prefixes,
-        train_ev.lengths,
-        train_ev.targets,
-        tc.batch_size,
-        seed=tc.seed,
-        step=bucket_step(tc.bucket_step),
+    if tc.stream:
+        batches = StreamBatches(stream)
+    else:
+        batches = LengthBuckets(
+            train_ev.prefixes,
+            train_ev.lengths,
+            train_ev.targets,
+            tc.batch_size,
+            seed=tc.seed,
+            step=bucket_step(tc.bucket_step, batch_multiple()),
+        )
+    batches.multiple = batch_multiple()  # > 1 under a JAX data-parallel distribution
+    # a stream is read in its own order (Keras would shuffle the batch indices)
+    model.fit(
+        batches,
+        epochs=tc.epochs,
+        callbacks=callbacks,
+        verbose=tc.verbose,
+        shuffle=not tc.stream,
     )
-    model.fit(batches, epochs=tc.epochs, callbacks=callbacks, verbose=tc.verbose)
     record = {
         "window": tc.window,
         "vocab_md5": meta["vocab_md5"],
         "n_items": n_items,
         "n_tags": tags[2] if tags else 0,
         "backend": keras.backend.backend(),
+        "devices": devices_in_use(),
         "provenance": run_provenance(meta, layout.tags(tc.window) if tags else None),
         "model": cfgs.as_dict(mc),
         "train": cfgs.as_dict(tc),
-        "train_examples": len(train_ev),
+        "train_examples": n_train,
         "valid_events": len(valid_ev),
         "best_epoch": cb.best_epoch,
         "best_valid": cb.best,
@@ -296,7 +408,8 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
         )
     if tc.transitions:
         model.load_weights(work / "model.keras")  # the best epoch's weights
-        record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, n_items, tc, work)
+        train = train_files if tc.stream else splits["train"]
+        record["transitions"] = fit_hybrid(model, train, valid_ev, n_items, tc, work)
     parts = [n for n in MODEL_FILES if n != "config.json" and (work / n).exists()]
     record["outputs"] = outputs_record(work, parts)  # what load_trained checks
     write_json(work / "config.json", record)
@@ -316,7 +429,7 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
     plot_history(cb.rows, reports / f"training_curves{suffix}.png")
     md = (
         f"## Training{' (without tags)' if suffix else ''}\n\n"
-        + f"Window {tc.window}; {len(train_ev):,} training examples; "
+        + f"Window {tc.window}; {n_train:,} training examples; "
         f"backend {record['backend']}; tags {'on' if mc.tags else 'off'}; "
         f"best epoch {cb.best_epoch} (validation MRR@20 {cb.best:.4f}).\n\n"
         + markdown_table(list(cb.rows[0].keys()), [list(r.values()) for r in cb.rows])
@@ -335,8 +448,12 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
 def fit_hybrid(
     model, train_split, valid_ev: Events, n_items: int, tc: TrainConfig, out: Path
 ) -> dict:
-    """Choose the hybrid's weights for ``model`` and save its tables in ``out``."""
-    trans = hybrid.Transitions.from_train(train_split, n_items, tc.transitions)
+    """Choose the hybrid's weights for ``model`` and save its tables in ``out``.
+    ``train_split``: the plays, or (``--stream``) the split's files, read one at a time."""
+    if isinstance(train_split, list):
+        trans = hybrid.Transitions.from_files(train_split, n_items, tc.transitions)
+    else:
+        trans = hybrid.Transitions.from_train(train_split, n_items, tc.transitions)
     record = hybrid.fit(model, trans, valid_ev)
     trans.save(out)
     return record

@@ -96,6 +96,8 @@ def main() -> None:
         k = cfg.tags_per_track
         ids = rng.integers(1, args.n_tags + 1, size=(args.items + 1, k)).astype(np.int32)
         model.set_tags(ids, rng.random((args.items + 1, k)).astype(np.float32))
+    if cfg.loss == "sampled":  # negatives by the generated popularity
+        model.set_sampler(np.r_[0.0, pop])
     jit = {"auto": "auto", "true": True, "false": False}[args.jit.lower()]
     adam = keras.optimizers.Adam if args.keras_adam else FusedAdam
     model.compile(optimizer=adam(1e-3, global_clipnorm=1.0), jit_compile=jit)

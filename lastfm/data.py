@@ -107,12 +107,15 @@ def read_table(path: Path, schema: str, hint: str) -> pd.DataFrame:
     return frame
 
 
-def load_splits(layout: Layout, window: str) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict]:
-    """The window's train / valid / test plays, vocabulary and manifest (sessionize.py)."""
+def load_splits(
+    layout: Layout, window: str, names: tuple[str, ...] = SPLITS
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, dict]:
+    """The window's train / valid / test plays (``names`` of them), vocabulary and
+    manifest (sessionize.py)."""
     d = layout.sessions(window)
     if not (d / "meta.json").exists():
         raise PipelineError(f"{d}/meta.json not found: run sessionize.py (window {window}) first")
-    splits = {s: read_table(d / f"{s}.parquet", "sessions", "sessionize.py") for s in SPLITS}
+    splits = {s: read_table(d / f"{s}.parquet", "sessions", "sessionize.py") for s in names}
     vocab = read_table(d / "vocab.parquet", "vocab", "sessionize.py")
     return splits, vocab, read_json(d / "meta.json")
 

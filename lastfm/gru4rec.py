@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from lastfm.nn import NextItemModel, register
+from lastfm.nn import NextItemModel, register, run_right_padded
 
 
 @register("gru4rec")
@@ -23,12 +23,12 @@ class GRU4Rec(NextItemModel):
     def __init__(self, n_items, config, n_tags=0, seed=0, **kwargs):
         super().__init__(n_items, config, n_tags, seed, **kwargs)
         self.emb_drop = layers.Dropout(config.dropout, seed=seed)
-        self.gru = layers.GRU(config.hidden, name="gru")
+        self.gru = layers.GRU(config.hidden, return_sequences=True, name="gru")
         self.out_drop = layers.Dropout(config.dropout, seed=seed + 1)
         self.to_item_space = layers.Dense(config.emb_dim, use_bias=False, name="to_item_space")
 
     def call(self, items, training=False):
         items, mask = self.rnn_inputs(items)  # (B, L) right-padded; True = read
         x = self.emb_drop(self.embed(items), training=training)  # (B, L, E)
-        h = self.gru(x, mask=mask, training=training)  # (B, H) the last real step's state
+        _, h = run_right_padded(self.gru, x, mask, training)  # (B, H) after the last real step
         return self.to_item_space(self.out_drop(h, training=training))  # (B, E)

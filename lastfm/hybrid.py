@@ -79,6 +79,22 @@ class Transitions:
         ids, counts = top_successors(rules.table, k)
         return cls(ids, counts, rules.pop.astype(np.float32))
 
+    @classmethod
+    def from_files(cls, files: list, n_items: int, k: int) -> Transitions:
+        """``from_train`` of a split held in several files (``train.py --stream``), one
+        file in memory at a time: each file holds whole sessions (``stream.split_files``),
+        so the pair counts add up."""
+        import pyarrow.parquet as pq
+
+        table, plays = None, np.zeros(n_items + 1)
+        for path in files:
+            part = pq.read_table(path, columns=["session_id", "item_idx"]).to_pandas()
+            rules = SequentialRules(steps=1, pruning=0).fit(part, n_items)
+            table = rules.table if table is None else table + rules.table
+            plays += rules.pop
+        ids, counts = top_successors(table.tocsr(), k)
+        return cls(ids, counts, plays.astype(np.float32))
+
     def boost(
         self, x: np.ndarray, weight: float | None = None, pop_weight: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

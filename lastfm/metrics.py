@@ -468,38 +468,175 @@ def no_topk(n: int) -> np.ndarray:
     return np.zeros((n, TOPK), np.int64)
 
 
-def device_ranker(model, exclude_seen: bool = False, boost=None) -> Ranker:
+# Catalogues above this many tracks are ranked in chunks of CHUNK tracks (a batch of 512
+# prefixes then holds 512 x CHUNK scores, 128 MB at float32, not 512 x V).
+CHUNK_ABOVE = 262_144
+CHUNK = 65_536
+
+
+def device_ranker(
+    model, exclude_seen: bool = False, boost=None, chunk: int | None = None
+) -> Ranker:
     """The on-device ranker of a Keras model with ``predict_on_batch`` (prefixes of
-    ``model.input_len`` tracks -> representation) and ``logits`` (-> (B, V+1)).
+    ``model.input_len`` tracks -> representation) and ``logits`` (-> (B, V+1), or the
+    tracks ``start..stop-1`` with ``logits(rep, start, stop)``).
 
     ``boost``: optional ``x -> (indices (N, 2), values (N,))`` added to the
     scores (a hybrid's extra terms). ``exclude_seen``: the tracks of the whole prefix
     given (as the numpy path), not only of the network's ``input_len`` window. Scores,
     ranks and top-k stay on the backend's device; only (B,) counts and (B, 20) ids come
-    back to the host.
+    back to the host. ``chunk``: score the catalogue ``chunk`` tracks at a time
+    (``chunked_counts``: memory bounded by B x chunk, the same ranks and top-k); default:
+    in chunks of ``CHUNK`` above ``CHUNK_ABOVE`` tracks, else all at once.
     """
     from keras import ops
 
+    if chunk is None:
+        chunk = CHUNK if model.n_items + 1 > CHUNK_ABOVE else 0
+
     def rank(prefixes, lengths, targets, times=None):
         x = recent(prefixes, lengths, model.input_len)
-        logits = device_logits(model, x)  # (B, V+1)
-        if boost is not None:
-            logits = logits + ops.scatter(*boost(x), (len(x), model.n_items + 1))
-        rows = DenseScores(logits, seen_indices(prefixes) if exclude_seen else None, ops)
-        higher, ties = rows.counts(targets)
-        top = rows.top(TOPK)[0]
+        exclude = seen_indices(prefixes) if exclude_seen else None
+        extra = boost(x) if boost is not None else None
+        if chunk and chunk < model.n_items + 1:
+            rep = device_rep(model, x)
+            with no_gradients():
+                higher, ties, top = chunked_counts(model, rep, targets, chunk, exclude, extra)
+        else:
+            logits = device_logits(model, x)  # (B, V+1)
+            if extra is not None:
+                logits = logits + ops.scatter(*extra, (len(x), model.n_items + 1))
+            rows = DenseScores(logits, exclude, ops)
+            higher, ties = rows.counts(targets)
+            top = rows.top(TOPK)[0]
         return (ops.convert_to_numpy(higher), ops.convert_to_numpy(ties), ops.convert_to_numpy(top))
 
     return rank
 
 
-def device_logits(model, x: np.ndarray):
-    """Scores (B, V+1) of the prefixes ``x`` on the backend's device."""
+def no_gradients():
+    """A context in which the backend records nothing for gradients (torch's autograd
+    would otherwise keep each chunk's graph); nothing to do on the others."""
+    import contextlib
+
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
+def chunked_counts(model, rep, targets, chunk: int, exclude=None, extra=None, k: int = TOPK):
+    """(higher, ties, top-k ids) of each row's target over the whole catalogue, scored
+    ``chunk`` tracks at a time (``model.logit_parts(rep, start, stop)``), never a (B, V+1)
+    matrix: exact full ranking with memory bounded by B x chunk.
+
+    First each target's score, made exactly as ``device_ranker``'s one matrix makes it
+    (the same float operations on the same terms, taken at the target's column: the
+    products, plus the offset, plus a hybrid's term, or -inf when excluded); then per
+    chunk the scores above it and equal to it are counted and a running top-k is kept
+    (earlier chunks hold lower ids, so on equal scores the lower id stays first, as in
+    ``topk``). ``exclude`` (rows, columns) at -inf and ``extra`` (indices (N, 2), values
+    (N,); a row's columns distinct) added, as in ``device_ranker``."""
     from keras import ops
 
-    # predict_on_batch runs the backend's compiled inference step (jit on JAX,
-    # tf.function on TensorFlow) instead of op-by-op eager calls.
-    return model.logits(ops.convert_to_tensor(model.predict_on_batch(x)))
+    n_cols = model.n_items + 1
+    b = int(rep.shape[0])
+    targets = np.asarray(targets, np.int64)
+    e_idx, e_val = (np.asarray(a) for a in extra) if extra is not None else (None, None)
+    x_rows, x_cols = (np.asarray(a, np.int64) for a in exclude) if exclude is not None else (0, 0)
+
+    t = ops.zeros((b,), "float32")  # the targets' scores
+    for start in range(0, n_cols, chunk):
+        stop = min(start + chunk, n_cols)
+        inside = (targets >= start) & (targets < stop)
+        if inside.any():
+            products, offset = model.logit_parts(rep, start, stop)
+            cols = np.clip(targets - start, 0, stop - start - 1).astype(np.int32)
+            at = ops.take_along_axis(products, cols[:, None], axis=1)[:, 0]
+            t = ops.where(inside, at + ops.take(offset, cols), t)
+    if extra is not None:  # the hybrid's term at the target (0 where it has none)
+        hit = e_idx[:, 1] == targets[e_idx[:, 0]]
+        add = np.zeros(b, np.float32)
+        np.add.at(add, e_idx[hit, 0], e_val[hit].astype(np.float32))
+        t = t + ops.convert_to_tensor(add)
+    if exclude is not None:
+        seen = np.zeros(b, bool)
+        seen[x_rows[x_cols == targets[x_rows]]] = True
+        t = ops.where(seen, -np.inf, t)
+
+    higher = equal = ops.zeros((b,), "int32")
+    top_ids = top_vals = None
+    tt = ops.expand_dims(t, 1)
+    for start in range(0, n_cols, chunk):
+        stop = min(start + chunk, n_cols)
+        first = max(start, 1)  # column 0 (padding) is never counted
+        if stop <= first:
+            continue
+        s = model.logits(rep, start, stop)  # (B, C)
+        if extra is not None:
+            sel = (e_idx[:, 1] >= start) & (e_idx[:, 1] < stop)
+            if sel.any():
+                shifted = e_idx[sel] - np.array([0, start], e_idx.dtype)
+                s = s + ops.scatter(shifted, e_val[sel], (b, stop - start))
+        if exclude is not None:
+            sel = (x_cols >= start) & (x_cols < stop)
+            if sel.any():
+                s = exclude_columns(s, (x_rows[sel], x_cols[sel] - start), ops)
+        if start == 0:
+            s = s[:, 1:]
+        higher = higher + _count(s > tt, 1, ops)
+        equal = equal + _count(s == tt, 1, ops)
+        ids, vals = _block_top(s, k, ops)
+        ids = ops.where(ids > 0, ids + (first - 1), 0)
+        if top_ids is None:
+            top_ids, top_vals = ids, vals
+        else:
+            both = ops.concatenate([top_vals, vals], axis=1)
+            top_ids, top_vals = topk(both, k, ops, ids=ops.concatenate([top_ids, ids], axis=1))
+    nan = ops.isnan(t)
+    return ops.where(nan, n_cols - 2, higher), ops.where(nan, 0, equal - 1), top_ids
+
+
+def _block_top(s, k: int, ops, block: int = 128):
+    """``topk(s, k, ops)`` of a wide (B, C) tensor, found among the columns of the k
+    blocks of ``block`` columns with the best maxima (ties: the lower block), as
+    ``_dense_candidates`` does on numpy: an entry outside them has k chosen blocks, each
+    with an entry above it or equal to it with a lower id."""
+    b, c = int(s.shape[0]), int(s.shape[1])
+    if c <= 4 * k * block:
+        return topk(s, k, ops)
+    s = ops.where(s > -np.inf, s, -np.inf)  # NaN: never listed, never a block's maximum
+    pad = (-c) % block
+    if pad:
+        s = ops.concatenate([s, ops.full((b, pad), -np.inf, dtype=s.dtype)], axis=1)
+    maxima = ops.max(ops.reshape(s, (b, (c + pad) // block, block)), axis=2)
+    chosen = ops.sort(topk(maxima, k, ops)[0] - 1, axis=1)  # (B, k) ascending; -1: none
+    cand = ops.reshape(chosen[:, :, None] * block + ops.arange(block)[None, None, :], (b, -1))
+    valid = ops.reshape(ops.repeat(chosen >= 0, block, axis=1), (b, -1)) & (cand < c)
+    cand = ops.where(valid, cand, 0)
+    vals = ops.where(valid, ops.take_along_axis(s, cand, axis=1), -np.inf)
+    return topk(vals, k, ops, ids=ops.where(valid, cand + 1, 0))
+
+
+def device_logits(model, x: np.ndarray):
+    """Scores (B, V+1) of the prefixes ``x`` on the backend's device."""
+    return model.logits(device_rep(model, x))
+
+
+def device_rep(model, x: np.ndarray):
+    """The session vectors (B, E) of the prefixes ``x`` on the backend's device.
+    ``predict_on_batch`` runs the backend's compiled inference step (jit on JAX,
+    tf.function on TensorFlow) instead of op-by-op eager calls; under a data-parallel
+    distribution the batch is padded to a multiple of its devices, the padding dropped."""
+    from keras import ops
+
+    from lastfm.devices import batch_multiple, pad_rows
+
+    rep = ops.convert_to_tensor(model.predict_on_batch(pad_rows(x, batch_multiple())))
+    return rep[: len(x)]
 
 
 @dataclass

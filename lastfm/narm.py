@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from keras import layers, ops
 
-from lastfm.nn import NextItemModel, register
+from lastfm.nn import NextItemModel, register, run_right_padded
 
 
 @register("narm")
@@ -32,7 +32,7 @@ class NARM(NextItemModel):
     def call(self, items, training=False):
         items, mask = self.rnn_inputs(items)  # (B, L) right-padded; True = read
         x = self.emb_drop(self.embed(items), training=training)  # (B, L, E)
-        seq, last = self.gru(x, mask=mask, training=training)  # (B, L, H), (B, H)
+        seq, last = run_right_padded(self.gru, x, mask, training)  # (B, L, H), (B, H)
         alpha = self.v(ops.sigmoid(self.a1(last)[:, None, :] + self.a2(seq)))[..., 0]  # (B, L)
         alpha = alpha * ops.cast(mask, alpha.dtype)
         local = ops.sum(alpha[..., None] * seq, axis=1)  # (B, H)

@@ -1,7 +1,8 @@
 """Prefixes with plays of unseen tracks (id 0, ``sessionize.py --unseen keep``): inside a
-prefix, or the whole prefix. Keras' cuDNN GRU (TensorFlow on a GPU) takes only
-right-padded masks that are never all False; here, on the CPU, every GRU of every
-network is checked to get such a mask, and the outputs to stay finite and unchanged."""
+prefix, or the whole prefix. Every GRU runs on right-padded rows
+(``lastfm.nn.run_right_padded``: without a mask on JAX and torch, whose fused kernels take
+none; with a right-padded one on TensorFlow); here both are checked to equal Keras' masked
+GRU, and the networks' outputs to stay finite and unchanged."""
 
 from __future__ import annotations
 
@@ -39,18 +40,56 @@ def gru_masks(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", RNN_ARCHS)
-def test_every_gru_gets_a_right_padded_never_empty_mask(arch, gru_masks):
+def test_every_gru_gets_no_mask_or_a_right_padded_never_empty_one(arch, gru_masks):
+    """JAX and torch: no mask reaches a GRU (their fused kernels take none; torch loops
+    per step with one). TensorFlow: a right-padded mask, never all False (what cuDNN
+    takes)."""
     m = build_model(V, ModelConfig(arch=arch, input_len=6, emb_dim=8, hidden=6, fc_dim=8), seed=1)
     gru_masks.clear()
     logits = keras.ops.convert_to_numpy(m.logits(m(KEPT)))
     assert gru_masks, "no GRU was called"
     for mask in gru_masks:
+        if keras.backend.backend() != "tensorflow":
+            assert mask is None
+            continue
         assert mask is not None and mask.shape == KEPT.shape
         n = mask.sum(axis=1)
         assert (n >= 1).all(), "a fully masked row (cuDNN refuses it)"
-        right_padded = np.arange(mask.shape[1])[None, :] < n[:, None]
-        assert np.array_equal(mask, right_padded), "a mask with holes (cuDNN refuses it)"
+        assert np.array_equal(mask, np.arange(mask.shape[1])[None, :] < n[:, None])
     assert np.isfinite(logits[:, 1:]).all()
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_an_unmasked_gru_on_right_padded_rows_equals_the_masked_one(backwards):
+    """``run_right_padded`` gives the masked layer's outputs at every real position and
+    its final state, forwards and backwards, for rows of every length (on TensorFlow it
+    runs the masked layer itself; the other backends run the unmasked path)."""
+    from keras import ops
+
+    from lastfm.nn import run_right_padded
+
+    rng = np.random.default_rng(3)
+    lengths = np.array([1, 2, 5, 7, 7, 3])
+    mask = np.arange(7)[None, :] < lengths[:, None]
+    x = rng.normal(size=(6, 7, 4)).astype(np.float32)
+    x[~mask] = rng.normal(size=x[~mask].shape)  # padding that must not leak in
+    gru = keras.layers.GRU(5, return_sequences=True, return_state=True, go_backwards=backwards)
+    seq_ref, last_ref = (keras.ops.convert_to_numpy(t) for t in gru(x, mask=mask))
+    if backwards:  # Keras returns a backward layer's outputs in reading order
+        seq_ref = seq_ref[:, ::-1]
+    seq, last = (ops.convert_to_numpy(t) for t in run_right_padded(gru, x, mask))
+    np.testing.assert_allclose(last, last_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(seq[mask], seq_ref[mask], rtol=1e-5, atol=1e-6)
+    # and a bidirectional layer's sequence, which Keras aligns itself
+    # inside Bidirectional (whose layers give zeros at masked steps): outputs and states
+    bi = keras.layers.Bidirectional(keras.layers.GRU(5, return_sequences=True, return_state=True))
+    both, f_state, b_state = (ops.convert_to_numpy(t) for t in bi(x, mask=mask))
+    f, f_last = run_right_padded(bi.forward_layer, x, mask)
+    b, b_last = run_right_padded(bi.backward_layer, x, mask)
+    got = np.concatenate([ops.convert_to_numpy(f), ops.convert_to_numpy(b)], axis=-1)
+    np.testing.assert_allclose(got[mask], both[mask], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(f_last), f_state, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ops.convert_to_numpy(b_last), b_state, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ALL_ARCHS)

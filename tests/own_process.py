@@ -1,0 +1,26 @@
+"""Run test files in a pytest process of their own (a process holds one Keras backend;
+Dask's clusters leave state in the process that ran them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_pytest(files: list[str], env: dict | None = None, timeout: int = 1800) -> None:
+    """``pytest files`` in one process (no xdist); fails the calling test with the tail of
+    its output unless every test there passed (none skipped)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *files, "-n", "0", "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-20000:] + proc.stderr[-5000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout, proc.stdout[-3000:]
