@@ -43,18 +43,85 @@ equally similar neighbour sessions (V-SKNN, VSTAN) the more recent is kept.
   prefix position of the most recent shared item, idf(j) = log(sessions / plays of j).
   In both, a kept unseen play (id 0) holds its position (it counts in L and in the
   distances) but has no weight and is never shared with a neighbour.
+
+Past memory (``SplitFiles``: a split held in part files, each with whole sessions): POP,
+S-POP, SR, AR and Item-kNN are sums over sessions, so each part's count tables are
+computed alone (on a Dask cluster when a client is given) and added up before the
+pruning; V-SKNN and VSTAN read a per-track index of training sessions kept on disk and
+memory-mapped (``TrainingSessions.save`` / ``open``), each track holding only its
+``cap`` most recent sessions: exact for every ``sample`` <= ``cap``, since a session among
+the ``sample`` most recent sharing a prefix track is among that track's ``sample`` most
+recent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from lastfm.common import PipelineError
 from lastfm.data import last_known_items
 from lastfm.metrics import SharedPlusSparse
+
+PART_COLUMNS = ["session_id", "item_idx", "ts_s"]
+
+
+@dataclass
+class SplitFiles:
+    """A training split held in Parquet part files, each with whole sessions
+    (``lastfm.stream.split_files``), for fits that never hold the whole split: ``client``,
+    a ``distributed.Client`` that computes the parts' count tables (else one part after
+    another here); ``index_dir``, where V-SKNN's and VSTAN's session index is kept (built
+    on first use, then memory-mapped)."""
+
+    files: list[Path]
+    index_dir: Path | None = None
+    client: Any = field(default=None, repr=False)
+
+    def read(self, path: Path, columns: list[str]) -> pd.DataFrame:
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path, columns=columns).to_pandas()
+
+
+def _part_tables(path: Path, model: Baseline) -> dict:
+    """One part's additive tables (training popularity and the model's counts)."""
+    part = SplitFiles([]).read(path, ["session_id", "item_idx"])
+    pop = np.bincount(part["item_idx"].to_numpy(), minlength=model.n_items + 1)
+    return {"pop": pop.astype(np.float64), **model._tables(part)}
+
+
+def _add_tables(a: dict, b: dict) -> dict:
+    return {k: a[k] + b[k] for k in a}
+
+
+def sum_tables(model: Baseline, source: SplitFiles) -> dict:
+    """``_part_tables`` of every part of ``source``, added up: on ``source.client``'s
+    cluster (a tree of pairwise sums) or here, one part in memory at a time."""
+    if not source.files:
+        raise PipelineError("a training split without part files")
+    if source.client is None:
+        total = None
+        for path in source.files:
+            t = _part_tables(path, model)
+            total = t if total is None else _add_tables(total, t)
+        return total
+    client = source.client
+    futures = client.map(_part_tables, source.files, model=model, pure=False)
+    while len(futures) > 1:
+        pairs = [futures[i : i + 2] for i in range(0, len(futures), 2)]
+        futures = [
+            client.submit(_add_tables, *p, pure=False) if len(p) == 2 else p[0] for p in pairs
+        ]
+    return futures[0].result()
 
 
 def _keep_top_k(m: sp.csr_matrix, k: int, ties_high: bool = False) -> sp.csr_matrix:
@@ -100,20 +167,39 @@ class Baseline:
     params: dict = {}
     needs_times = False  # score() takes the time of each prefix's last play
 
-    def fit(self, train: pd.DataFrame, n_items: int, like: Baseline | None = None) -> Baseline:
-        """Fit on ``train``; ``like``: a model of the same kind already fitted on the same
-        data, whose parameter-free structures are reused (a grid's earlier point)."""
+    def fit(
+        self, train: pd.DataFrame | SplitFiles, n_items: int, like: Baseline | None = None
+    ) -> Baseline:
+        """Fit on ``train`` (the plays, or a split's part files); ``like``: a model of the
+        same kind already fitted on the same data, whose parameter-free structures are
+        reused (a grid's earlier point)."""
         self.n_items = n_items
         self._like = like if type(like) is type(self) and like.n_items == n_items else None
-        pop = np.bincount(train["item_idx"].to_numpy(), minlength=n_items + 1).astype(np.float64)
-        pop[0] = 0
-        self.pop = pop
-        self._fit(train)
+        if isinstance(train, SplitFiles):
+            self._fit_files(train)
+        else:
+            pop = np.bincount(train["item_idx"].to_numpy(), minlength=n_items + 1)
+            self.pop = pop.astype(np.float64)
+            self.pop[0] = 0
+            self._fit(train)
         self._like = None  # not kept: a grid would hold every earlier point
         return self
 
     def _fit(self, train: pd.DataFrame) -> None:
-        pass
+        self._from_tables(self._tables(train))
+
+    def _tables(self, part: pd.DataFrame) -> dict:
+        """The model's count tables of some whole sessions: they add up over parts."""
+        return {}
+
+    def _from_tables(self, tables: dict) -> None:
+        """The fitted model from its summed count tables."""
+
+    def _fit_files(self, source: SplitFiles) -> None:
+        tables = sum_tables(self, source)
+        self.pop = tables.pop("pop")
+        self.pop[0] = 0
+        self._from_tables(tables)
 
     def score(self, prefixes: np.ndarray, lengths: np.ndarray, times=None) -> np.ndarray:
         """Scores (B, V+1) of every track for each prefix."""
@@ -186,20 +272,25 @@ class SequentialRules(LastItemBaseline):
         self.params = {"steps": steps, "weighting": weighting, "pruning": pruning}
         self.steps, self.weighting, self.pruning = steps, weighting, pruning
 
-    def _fit(self, train):
+    def _tables(self, train):
+        # counts of each rule at each distance d: integers, which add up exactly over parts
         sid = train["session_id"].to_numpy()
         items = train["item_idx"].to_numpy()
-        src, dst, w = [], [], []
+        n = self.n_items + 1
+        tables = {}
         for d in range(1, self.steps + 1):
             same = sid[d:] == sid[:-d]
-            src.append(items[:-d][same])
-            dst.append(items[d:][same])
-            w.append(np.full(same.sum(), STEP_WEIGHTS[self.weighting](d), np.float32))
-        n = self.n_items + 1
-        table = sp.csr_matrix(
-            (np.concatenate(w), (np.concatenate(src), np.concatenate(dst))), shape=(n, n)
-        )
-        table.sum_duplicates()
+            ones = np.ones(int(same.sum()))
+            pairs = (items[:-d][same], items[d:][same])
+            tables[f"d{d}"] = sp.csr_matrix((ones, pairs), shape=(n, n))
+        return tables
+
+    def _from_tables(self, tables):
+        # sum_d w(d) x count_d in one fixed order (float64), so that equal weights tie
+        table = sp.csr_matrix((self.n_items + 1, self.n_items + 1))
+        for d in range(1, self.steps + 1):
+            table = table + tables[f"d{d}"] * float(STEP_WEIGHTS[self.weighting](d))
+        table = table.tocsr().astype(np.float32)
         table.eliminate_zeros()
         self.table = _prune(table, self.pruning)
 
@@ -211,7 +302,7 @@ class AssociationRules(LastItemBaseline):
         self.params = {"pruning": pruning}
         self.pruning = pruning
 
-    def _fit(self, train):
+    def _tables(self, train):
         codes, _ = pd.factorize(train["session_id"], sort=True)
         x = sp.csr_matrix(
             (np.ones(len(codes), np.float32), (codes, train["item_idx"].to_numpy())),
@@ -220,7 +311,10 @@ class AssociationRules(LastItemBaseline):
         x.sum_duplicates()  # plays of each item in each session
         plays = np.asarray(x.sum(axis=0)).ravel()
         table = (x.T @ x).tocsr() - sp.diags(plays)  # pairs of distinct positions
-        table = table.tocsr()
+        return {"pairs": table.tocsr()}
+
+    def _from_tables(self, tables):
+        table = tables["pairs"].tocsr()
         table.eliminate_zeros()
         self.table = _prune(table, self.pruning)
 
@@ -232,7 +326,7 @@ class ItemKNN(LastItemBaseline):
         self.params = {"k": k, "lambda": lam, "alpha": alpha}
         self.k, self.lam, self.alpha = k, lam, alpha
 
-    def _fit(self, train):
+    def _tables(self, train):
         codes, _ = pd.factorize(train["session_id"], sort=True)
         plays = sp.csr_matrix(
             (np.ones(len(codes)), (codes, train["item_idx"].to_numpy())),
@@ -241,7 +335,10 @@ class ItemKNN(LastItemBaseline):
         plays.sum_duplicates()  # n_s(i): plays of each item in each session
         holds = plays.copy()
         holds.data[:] = 1.0  # [j in s]
-        co = (plays.T @ holds).tocsr()  # co[i, j] = sum_s n_s(i) [j in s]
+        return {"co": (plays.T @ holds).tocsr()}  # co[i, j] = sum_s n_s(i) [j in s]
+
+    def _from_tables(self, tables):
+        co = tables["co"].tocsr()
         co.setdiag(0)
         co.eliminate_zeros()
         supp = self.pop + self.lam  # supp_i: training plays of i
@@ -253,9 +350,13 @@ class ItemKNN(LastItemBaseline):
 
 class TrainingSessions:
     """Training sessions indexed by the time of their last play (index order = recency):
-    binary session x item matrix, item lists, last positions, last times."""
+    binary session x item matrix, item lists, last positions, last times; ``binary_t``
+    (track -> sessions) keeps each track's ``cap`` most recent sessions (0: all)."""
 
-    def __init__(self, train: pd.DataFrame, n_items: int):
+    ARRAYS = ("last_t", "list_s", "list_items", "list_pos", "keys", "sizes", "list_ptr", "idf")
+    MATRICES = ("binary", "binary_t", "last_pos")
+
+    def __init__(self, train: pd.DataFrame, n_items: int, cap: int = 0):
         sid = train["session_id"].to_numpy()
         start = np.r_[True, sid[1:] != sid[:-1]]
         raw = np.cumsum(start) - 1  # sessions in order of appearance
@@ -269,7 +370,7 @@ class TrainingSessions:
         s = rank[raw]
         items = train["item_idx"].to_numpy().astype(np.int64)
         pos = np.arange(len(sid)) - np.flatnonzero(start)[raw] + 1  # 1-based position
-        self.n, self.n_items, self.last_t = n, n_items, last_t[order]
+        self.n, self.n_items, self.cap, self.last_t = n, n_items, cap, last_t[order]
         by = np.lexsort((pos, s))  # the plays of each session, in order
         self.list_s, self.list_items, self.list_pos = s[by], items[by], pos[by]
         self.binary = sp.csr_matrix(
@@ -277,7 +378,7 @@ class TrainingSessions:
         )
         self.binary.sum_duplicates()
         self.binary.data[:] = 1.0
-        self.binary_t = self.binary.T.tocsr()
+        self.binary_t = _most_recent(self.binary.T.tocsr(), cap)
         # each session's distinct items with their last position (VSTAN's pos_n(j))
         key = self.list_s * (n_items + 1) + self.list_items
         by_key = np.lexsort((self.list_pos, key))
@@ -296,6 +397,78 @@ class TrainingSessions:
         with np.errstate(divide="ignore"):
             self.idf = np.where(plays > 0, np.log(max(n, 1) / np.maximum(plays, 1)), 0.0)
 
+    def save(self, folder: Path, fingerprint: str = "") -> None:
+        """The index as .npy files in ``folder`` (written beside it, then renamed into
+        place: an interrupted save leaves no folder that looks complete)."""
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name in self.ARRAYS:
+            np.save(tmp / f"{name}.npy", getattr(self, name))
+        for name in self.MATRICES:
+            m = getattr(self, name)
+            for part in ("data", "indices", "indptr"):
+                np.save(tmp / f"{name}.{part}.npy", getattr(m, part))
+        meta = {"n": self.n, "n_items": self.n_items, "cap": self.cap, "fingerprint": fingerprint}
+        (tmp / "index.json").write_text(json.dumps(meta))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+
+    @classmethod
+    def open(cls, folder: Path) -> TrainingSessions:
+        """A saved index, its arrays memory-mapped (read from disk as they are used)."""
+        folder = Path(folder)
+        meta = json.loads((folder / "index.json").read_text())
+        self = cls.__new__(cls)
+        self.n, self.n_items, self.cap = meta["n"], meta["n_items"], meta["cap"]
+        for name in self.ARRAYS:
+            setattr(self, name, np.load(folder / f"{name}.npy", mmap_mode="r"))
+        for name in self.MATRICES:
+            parts = [
+                np.load(folder / f"{name}.{p}.npy", mmap_mode="r")
+                for p in ("data", "indices", "indptr")
+            ]
+            rows = self.n_items + 1 if name == "binary_t" else self.n
+            cols = self.n if name == "binary_t" else self.n_items + 1
+            m = sp.csr_matrix(tuple(parts), shape=(rows, cols), copy=False)
+            m.has_sorted_indices = True
+            setattr(self, name, m)
+        return self
+
+    @classmethod
+    def from_files(cls, source: SplitFiles, n_items: int, cap: int) -> TrainingSessions:
+        """The index of a split's part files, kept in ``source.index_dir`` (built once for
+        these files and this cap, then memory-mapped)."""
+        stats = [(str(p), os.path.getsize(p), os.path.getmtime(p)) for p in source.files]
+        fingerprint = json.dumps([stats, n_items, cap])
+        folder = None
+        if source.index_dir is not None:
+            folder = Path(source.index_dir) / f"sessions-cap{cap}"
+            done = folder / "index.json"
+            if done.exists() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
+                return cls.open(folder)
+        # each part holds whole sessions: concatenated, every session stays contiguous
+        parts = [source.read(p, PART_COLUMNS) for p in source.files]
+        index = cls(pd.concat(parts, ignore_index=True), n_items, cap)
+        del parts
+        if folder is None:
+            return index
+        index.save(folder, fingerprint)
+        return cls.open(folder)
+
+
+def _most_recent(m: sp.csr_matrix, cap: int) -> sp.csr_matrix:
+    """Each row's ``cap`` highest columns (the most recent sessions; 0: all)."""
+    m.sort_indices()
+    counts = np.diff(m.indptr)
+    if not cap or counts.max(initial=0) <= cap:
+        return m
+    rank_in_row = np.arange(len(m.indices)) - np.repeat(m.indptr[:-1], counts)
+    keep = rank_in_row >= np.repeat(counts - cap, counts)
+    kept = np.r_[0, np.cumsum(np.minimum(counts, cap))]
+    return sp.csr_matrix((m.data[keep], m.indices[keep], kept), shape=m.shape)
+
 
 def _prefix_weights(prefixes, lengths, weight, n_items: int) -> sp.csr_matrix:
     """(B, V+1) weights of each prefix's items, a repeated item keeping its latest one."""
@@ -313,12 +486,24 @@ def _prefix_weights(prefixes, lengths, weight, n_items: int) -> sp.csr_matrix:
     return sp.csr_matrix((w[sel], (rows[sel], items[sel])), shape=(b, n_items + 1))
 
 
+INDEX_CAP = 5000  # sessions per track in the on-disk index: the grids' largest ``sample``
+
+
 class SessionKNN(Baseline):
     """The neighbourhood search V-SKNN and VSTAN share (see the module docstring)."""
 
     def _fit(self, train):
         like = self._like
         self.sessions = like.sessions if like is not None else TrainingSessions(train, self.n_items)
+
+    def _fit_files(self, source: SplitFiles) -> None:
+        # one index serves every grid point: each track's INDEX_CAP most recent sessions
+        cap = max(INDEX_CAP, self.sample) if self.sample else 0
+        self.sessions = TrainingSessions.from_files(source, self.n_items, cap)
+        self.pop = np.bincount(self.sessions.list_items, minlength=self.n_items + 1).astype(
+            np.float64
+        )
+        self.pop[0] = 0
 
     def _query(self, prefixes, lengths, weight):
         return _prefix_weights(prefixes, lengths, weight, self.n_items)

@@ -178,6 +178,10 @@ class Events:
     def __len__(self) -> int:
         return len(self.targets)
 
+    def repeat_mask(self) -> np.ndarray:
+        """(E,) whether each event's target is already in its prefix (a re-listen)."""
+        return (self.prefixes == self.targets[:, None]).any(axis=1)
+
     def subset(self, idx: np.ndarray) -> Events:
         times = None if self.times is None else self.times[idx]
         users = None if self.users is None else self.users[idx]

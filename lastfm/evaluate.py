@@ -14,6 +14,7 @@ it is handed in as ``load_trained`` wherever a network is evaluated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -52,6 +53,7 @@ from lastfm.metrics import (
 from lastfm.paths import Layout, make, slice_name
 from lastfm.ranks import events_md5, load_ranks, save_ranks
 from lastfm.report import REPORT_METRICS, log_test_evaluation, prefix_bins, slices_markdown
+from lastfm.stream import EventStream, split_files
 
 # model.load_trained(model_dir, expected_vocab_md5=...) -> (Keras model, its record)
 LoadTrained = Callable[..., tuple]
@@ -79,6 +81,17 @@ class EvalConfig:
         "comma-separated --save-ranks files of the same test events: their methods join the table",
     )
     exclude_seen: bool = option(False, "never recommend a track already in the session")
+    stream: bool = option(
+        False,
+        "read the training and test splits file by file (splits larger than memory): "
+        "count baselines summed part by part, V-SKNN/VSTAN from a session index kept on "
+        "disk (<window>/index), test events streamed; validation is held in memory",
+    )
+    scheduler: str | None = option(
+        None,
+        "with --stream: a Dask scheduler address or scheduler file whose workers "
+        "compute the count baselines' tables (default: here, one part at a time)",
+    )
     prefix_len: int = option(50, "most recent tracks of a prefix every method sees")
     n_boot: int = option(1000, "bootstrap resamples for the intervals")
     tune_events: int = option(20_000, "validation events (drawn with --seed) for tuning")
@@ -113,6 +126,8 @@ class EvalConfig:
         for m in self.method_list():
             if m not in known:
                 raise PipelineError(f"--methods: unknown baseline {m!r}; known: {known}")
+        if self.scheduler and not self.stream:
+            raise PipelineError("--scheduler only applies with --stream")
         given = [f"--{f}" for f in ("tracks", "session") if getattr(self, f) is not None]
         if given and not self.recommend:
             raise PipelineError(f"{' and '.join(given)} only apply with --recommend")
@@ -236,17 +251,34 @@ def run_evaluation(layout: Layout, ec: EvalConfig, load_trained: LoadTrained | N
     trained networks (loaded by ``load_trained``) on the test split; merge ``--ranks-from``
     files; add intervals, paired differences, seed groups and segments. The results as
     ``results.json`` holds them, plus ``_raw``: each method's per-event ``EvalResult``."""
-    splits, vocab, meta = load_splits(layout, ec.window)
+    with contextlib.ExitStack() as stack:
+        client = None
+        if ec.scheduler:
+            from lastfm.dask_stages import cluster
+
+            client = stack.enter_context(cluster(ec.scheduler))
+        return _run_evaluation(layout, ec, load_trained, client)
+
+
+def _run_evaluation(layout: Layout, ec: EvalConfig, load_trained, client) -> dict:
+    if ec.stream:  # the splits' files read one at a time (lastfm/stream.py, SplitFiles)
+        splits, vocab, meta = load_splits(layout, ec.window, ("valid",))
+        folder = layout.sessions(ec.window)
+        train = bl.SplitFiles(split_files(folder / "train.parquet"), folder / "index", client)
+        test_events = EventStream(split_files(folder / "test.parquet"), ec.prefix_len).scan()
+    else:
+        splits, vocab, meta = load_splits(layout, ec.window)
+        train = splits["train"]
+        test_events = make_events(splits["test"], ec.prefix_len)
     n_items = len(vocab)
     pop = popularity(vocab)
-    test_events = make_events(splits["test"], ec.prefix_len)
     if len(test_events) == 0:
         raise PipelineError(f"window {ec.window}: the test split has no event")
     valid_events = sample_events(
         make_events(splits["valid"], ec.prefix_len), ec.tune_events, ec.seed
     )
     t0 = time.perf_counter()
-    chosen = tune_baselines(splits["train"], valid_events, n_items, ec.method_list())
+    chosen = tune_baselines(train, valid_events, n_items, ec.method_list())
     t_tune = time.perf_counter() - t0
     results: dict[str, dict] = {}
     raw: dict[str, EvalResult] = {}
@@ -259,7 +291,7 @@ def run_evaluation(layout: Layout, ec: EvalConfig, load_trained: LoadTrained | N
     comparator_seconds: dict = {}
     if ec.ensemble or ec.blend:
         rows, comparator_seconds = evaluate_ensemble(
-            chosen, splits["train"], valid_events, test_events, n_items, pop, ec
+            chosen, train, valid_events, test_events, n_items, pop, ec
         )
         add(rows)
     dirs = default_model_dirs(layout, ec) if ec.model else []
@@ -277,9 +309,7 @@ def run_evaluation(layout: Layout, ec: EvalConfig, load_trained: LoadTrained | N
         add(rows)
     for name, entry in results.items():  # merged baselines: their validation scores here
         if name in BASELINES and "valid" not in entry and entry.get("params") is not None:
-            entry["valid"] = validation_scores(
-                name, entry["params"], splits["train"], valid_events, n_items
-            )
+            entry["valid"] = validation_scores(name, entry["params"], train, valid_events, n_items)
     references = add_intervals_and_differences(results, raw, ec, test_events.users)
     gains = add_comparator_gains(results, raw, references, ec, test_events.users)
     seed_groups = group_seeds(model_records, results)

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from lastfm.baselines import SequentialRules
+from lastfm.baselines import SequentialRules, SplitFiles
 from lastfm.common import PipelineError, log, markdown_table, write_atomic
 from lastfm.data import Events, last_real_position, recent
 from lastfm.metrics import (
@@ -83,17 +83,8 @@ class Transitions:
     def from_files(cls, files: list, n_items: int, k: int) -> Transitions:
         """``from_train`` of a split held in several files (``train.py --stream``), one
         file in memory at a time: each file holds whole sessions (``stream.split_files``),
-        so the pair counts add up."""
-        import pyarrow.parquet as pq
-
-        table, plays = None, np.zeros(n_items + 1)
-        for path in files:
-            part = pq.read_table(path, columns=["session_id", "item_idx"]).to_pandas()
-            rules = SequentialRules(steps=1, pruning=0).fit(part, n_items)
-            table = rules.table if table is None else table + rules.table
-            plays += rules.pop
-        ids, counts = top_successors(table.tocsr(), k)
-        return cls(ids, counts, plays.astype(np.float32))
+        so the pair counts add up (``baselines.SplitFiles``)."""
+        return cls.from_train(SplitFiles(list(files)), n_items, k)
 
     def boost(
         self, x: np.ndarray, weight: float | None = None, pop_weight: float | None = None

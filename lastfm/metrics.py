@@ -661,28 +661,33 @@ class EvalResult:
 
 def evaluate(
     ranker: Ranker,
-    events: Events,
+    events,
     n_items: int,
     popularity: np.ndarray | None = None,
     batch_size: int = 512,
 ) -> EvalResult:
-    """Run ``ranker`` over ``events`` in batches; summarise the metrics."""
-    higher, ties, topk = [], [], []
+    """Run ``ranker`` over ``events`` in batches; summarise the metrics. ``events``: an
+    ``Events``, or chunks of them (``stream.EventStream``: a split read a part at a time,
+    of which only the per-event results are kept)."""
+    higher, ties, topk, sessions, positions = [], [], [], [], []
     t0 = time.perf_counter()
-    for i in range(0, len(events), batch_size):
-        sl = slice(i, i + batch_size)
-        times = events.times[sl] if events.times is not None else None
-        h, t, k = ranker(events.prefixes[sl], events.lengths[sl], events.targets[sl], times)
-        higher.append(np.asarray(h, dtype=np.int64))
-        ties.append(np.asarray(t, dtype=np.int64))
-        topk.append(np.asarray(k, dtype=np.int64))
+    for ev in [events] if isinstance(events, Events) else events:
+        for i in range(0, len(ev), batch_size):
+            sl = slice(i, i + batch_size)
+            times = ev.times[sl] if ev.times is not None else None
+            h, t, k = ranker(ev.prefixes[sl], ev.lengths[sl], ev.targets[sl], times)
+            higher.append(np.asarray(h, dtype=np.int64))
+            ties.append(np.asarray(t, dtype=np.int64))
+            topk.append(np.asarray(k, dtype=np.int64))
+        sessions.append(ev.sessions)
+        positions.append(ev.positions)
     seconds = time.perf_counter() - t0
     empty = np.zeros(0, np.int64)
     res = EvalResult(
         np.concatenate(higher) if higher else empty,
         np.concatenate(ties) if ties else empty,
-        events.sessions,
-        events.positions,
+        sessions[0] if len(sessions) == 1 else np.concatenate(sessions or [empty]),
+        positions[0] if len(positions) == 1 else np.concatenate(positions or [empty]),
         np.concatenate(topk) if topk else np.zeros((0, TOPK), np.int64),
         seconds,
     )
@@ -896,7 +901,7 @@ def segments(events: Events, popularity: np.ndarray) -> dict[str, np.ndarray]:
     band[order] = np.where(share <= 1 / 3, 0, np.where(share <= 2 / 3, 1, 2))
     band[0] = 2
     t_band = band[events.targets]
-    repeat = (events.prefixes == events.targets[:, None]).any(axis=1)
+    repeat = events.repeat_mask()
     return {
         "repeat": repeat,
         "new": ~repeat,

@@ -28,10 +28,14 @@ RECORD_KEYS = ("model", "train", "best_epoch", "stopped", "history")
 
 
 def events_md5(events: Events, vocab_md5: str, exclude_seen: bool, prefix_len: int) -> str:
-    """Fingerprint of an evaluation: the events, the vocabulary and the protocol."""
+    """Fingerprint of an evaluation: the events, the vocabulary and the protocol.
+    ``events``: an ``Events``, or a scanned ``stream.EventStream`` (the same bytes: its
+    prefixes read chunk by chunk)."""
     h = hashlib.md5(f"{vocab_md5}|{exclude_seen}|{prefix_len}".encode())
-    for a in (events.sessions, events.positions, events.targets, events.prefixes):
+    for a in (events.sessions, events.positions, events.targets):
         h.update(np.ascontiguousarray(a).tobytes())
+    for chunk in [events] if isinstance(events, Events) else events:
+        h.update(np.ascontiguousarray(chunk.prefixes).tobytes())
     return h.hexdigest()
 
 

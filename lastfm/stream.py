@@ -10,6 +10,10 @@ examples as ``data.make_events`` on the whole split). Examples enter a buffer of
 ``buffer`` rows; once it is full, each batch is drawn from it at random and its places
 refilled from the stream; at the end of the epoch what is left is shuffled and drawn in
 turn. Memory: the buffer (``buffer`` x (L + 1) int32) and one record batch.
+
+``EventStream``: a split's next-track events (``data.Events``) a record batch at a time,
+for the evaluation (``metrics.evaluate``) of a test split larger than memory: what is kept
+is each event's result, never the prefixes of the whole split.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from lastfm.common import PipelineError
-from lastfm.data import make_events
+from lastfm.data import Events, make_events
 
 COLUMNS = ["session_id", "item_idx"]
+EVENT_COLUMNS = ["session_id", "item_idx", "ts_s", "user_idx"]  # the last two where present
 
 
 def split_files(path: Path) -> list[Path]:
@@ -39,13 +44,21 @@ def split_files(path: Path) -> list[Path]:
     return [path]
 
 
-def file_examples(path: Path, input_len: int, rows: int = 1 << 20):
-    """(prefixes (n, L), lengths (n,), targets (n,)) of one file, a record batch of about
-    ``rows`` plays at a time; a session cut by a batch's end is carried to the next."""
+def file_events(path: Path, input_len: int, rows: int = 1 << 20, columns=None) -> Iterator[Events]:
+    """The events of one file (``data.make_events``), a record batch of about ``rows``
+    plays at a time; a session cut by a batch's end is carried to the next. ``columns``:
+    the columns read (default: ``EVENT_COLUMNS`` the file has)."""
     import pandas as pd
 
+    f = pq.ParquetFile(path)
+    if columns is None:
+        names = set(f.schema_arrow.names)
+        columns = [c for c in EVENT_COLUMNS if c in names]
+    missing = [c for c in COLUMNS if c not in columns]
+    if missing:
+        raise PipelineError(f"{path}: no column {missing[0]!r} (a session split file?)")
     carry = None
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=COLUMNS):
+    for batch in f.iter_batches(batch_size=rows, columns=columns):
         df = batch.to_pandas()
         if carry is not None:
             df = pd.concat([carry, df], ignore_index=True)
@@ -55,11 +68,58 @@ def file_examples(path: Path, input_len: int, rows: int = 1 << 20):
         last = np.searchsorted(sid, sid[-1]) if len(sid) else 0  # the last session's start
         carry, df = df.iloc[last:], df.iloc[:last]
         if len(df):
-            ev = make_events(df, input_len)
-            yield ev.prefixes, ev.lengths, ev.targets
+            yield make_events(df, input_len)
     if carry is not None and len(carry):
-        ev = make_events(carry.reset_index(drop=True), input_len)
+        yield make_events(carry.reset_index(drop=True), input_len)
+
+
+def file_examples(path: Path, input_len: int, rows: int = 1 << 20):
+    """(prefixes (n, L), lengths (n,), targets (n,)) of one file (``file_events``)."""
+    for ev in file_events(path, input_len, rows, COLUMNS):
         yield ev.prefixes, ev.lengths, ev.targets
+
+
+class EventStream:
+    """The events of a split's files (``split_files``), in file order, ``rows`` plays
+    read at a time: what ``metrics.evaluate`` takes in place of one ``Events``. After
+    ``scan()`` it also holds what the evaluation keeps of every event (no prefix): its
+    session, position, target, prefix length, listener, time and whether the target is a
+    repeat (``Events.repeat_mask``)."""
+
+    def __init__(self, files: list[Path], prefix_len: int, rows: int = 1 << 20):
+        self.files, self.prefix_len, self.rows = list(files), prefix_len, rows
+        self.sessions = self.positions = self.targets = self.lengths = None
+        self.users = self.times = self.repeat = None
+
+    def __iter__(self) -> Iterator[Events]:
+        for path in self.files:
+            yield from file_events(path, self.prefix_len, self.rows)
+
+    def scan(self) -> EventStream:
+        parts: dict[str, list] = {k: [] for k in KEPT}
+        for ev in self:
+            for k in KEPT:
+                v = ev.repeat_mask() if k == "repeat" else getattr(ev, k)
+                parts[k].append(v)
+        for k, vs in parts.items():
+            has = [v for v in vs if v is not None]
+            setattr(self, k, np.concatenate(has) if has and len(has) == len(vs) else None)
+        if self.targets is None:  # no chunk: an empty split
+            self.sessions = self.positions = np.zeros(0, np.int64)
+            self.targets = self.lengths = np.zeros(0, np.int32)
+            self.repeat = np.zeros(0, bool)
+        return self
+
+    def __len__(self) -> int:
+        if self.targets is None:  # (a TypeError: list() takes it as "no length known")
+            raise TypeError("EventStream.scan() first")
+        return len(self.targets)
+
+    def repeat_mask(self) -> np.ndarray:
+        return self.repeat
+
+
+KEPT = ("sessions", "positions", "targets", "lengths", "users", "times", "repeat")
 
 
 def count_examples(files: list[Path]) -> int:

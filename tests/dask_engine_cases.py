@@ -445,3 +445,28 @@ def test_reruns_follow_changed_options_and_engine_switches(small_synth, tmp_path
     assert not (d / "sessions" / "1m" / "recbole").exists()
     vocab = pd.read_parquet(d / "sessions" / "1m" / "vocab.parquet")
     assert vocab["track_key"].tolist() == local_vocab["track_key"].tolist()
+
+
+def test_count_baselines_from_tables_computed_on_the_cluster(tmp_path):
+    """``SplitFiles(client=...)``: each part's count tables computed by a worker and summed
+    in a tree on the cluster; the same models as fitted one part at a time here."""
+    from test_baselines_files import N_ITEMS, queries, random_split, write_parts
+
+    from lastfm import baselines as bl
+    from lastfm.dask_stages import cluster
+
+    files = write_parts(random_split(sessions=400), tmp_path / "train", parts=5)
+    pre, lengths, times = queries()
+    with cluster(None, workers=2) as client:
+        for cls, params in [
+            (bl.SequentialRules, {"steps": 5, "pruning": 3}),
+            (bl.AssociationRules, {}),
+            (bl.ItemKNN, {"k": 5}),
+            (bl.SessionPop, {}),
+        ]:
+            here = cls(**params).fit(bl.SplitFiles(files), N_ITEMS)
+            there = cls(**params).fit(bl.SplitFiles(files, client=client), N_ITEMS)
+            np.testing.assert_array_equal(there.pop, here.pop)
+            np.testing.assert_array_equal(
+                there.score(pre, lengths, times), here.score(pre, lengths, times)
+            )

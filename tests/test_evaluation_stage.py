@@ -218,3 +218,53 @@ def test_unseen_tracks_kept_in_the_prefixes_end_to_end(pipeline_data, monkeypatc
     assert keep["test_events"] == a["events_scored"]
     md = (data / "reports" / "results.md").read_text()
     assert "stay in the prefixes as id 0" in md
+
+
+def _figures(x):
+    """results.json's figures without the timings (which differ between runs)."""
+    if isinstance(x, dict):
+        return {
+            k: _figures(v)
+            for k, v in x.items()
+            if "per_s" not in k and "seconds" not in k and k != "tuning"
+        }
+    if isinstance(x, list):
+        return [_figures(v) for v in x]
+    return x
+
+
+def test_stream_gives_the_same_results_from_part_files(pipeline_data, tmp_path, monkeypatch):
+    """``--stream``: training split and test split as folders of part files (whole
+    sessions each), the baselines fitted part by part and V-SKNN/VSTAN from the session
+    index on disk, the test events read part by part: every figure as in memory."""
+    import shutil
+
+    import numpy as np
+
+    got = {}
+    for mode in ("memory", "stream"):
+        data = tmp_path / mode
+        shutil.copytree(pipeline_data, data)
+        if mode == "stream":
+            w = data / "sessions" / "1m"
+            for split in ("train", "test"):
+                df = pd.read_parquet(w / f"{split}.parquet")
+                (w / f"{split}.parquet").unlink()
+                (w / f"{split}.parquet").mkdir()
+                for k, ids in enumerate(np.array_split(df["session_id"].unique(), 3)):
+                    part = df[df["session_id"].isin(ids)]
+                    part.to_parquet(w / f"{split}.parquet" / f"part-{k:05d}.parquet")
+        monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
+        flags = ["--stream"] if mode == "stream" else []
+        evaluation.main(["--window", "1m", "--no-model", "--n-boot", "50", *flags])
+        got[mode] = json.loads((data / "reports" / "results.json").read_text())
+    a, b = got["memory"], got["stream"]
+    assert b["data"]["test_events_md5"] == a["data"]["test_events_md5"]
+    assert b["test_events"] == a["test_events"] and b["intervals"] == a["intervals"]
+    assert _figures(b["methods"]) == _figures(a["methods"])
+    assert (tmp_path / "stream" / "sessions" / "1m" / "index").is_dir()
+
+
+def test_scheduler_needs_stream(tmp_path):
+    with pytest.raises(PipelineError, match="--scheduler only applies with --stream"):
+        evaluation.main(["--data-dir", str(tmp_path), "--scheduler", "tcp://127.0.0.1:1"])

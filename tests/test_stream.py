@@ -153,3 +153,29 @@ def test_bad_scale_options_are_one_line(flag, value, words, tmp_path):
     for bad in ("nan", "inf"):
         with pytest.raises(SystemExit):
             trainer.parse_args(["--data-dir", str(tmp_path), "--sample-alpha", bad])
+
+
+def test_event_stream_gives_the_events_and_results_of_the_whole_split(train_split, tmp_path):
+    """The test split read part by part (``EventStream``): the same events, in the same
+    order within each part, and ``evaluate`` gives the same per-event results."""
+    from lastfm import baselines as bl
+    from lastfm.metrics import evaluate, ranker_from_scorer
+    from lastfm.stream import EventStream
+
+    train, n_items, _ = train_split
+    files = split_files(parts_of(train, tmp_path / "test.parquet"))
+    stream = EventStream(files, L, rows=101)  # sessions cut by record batches
+    chunks = list(stream)
+    assert len(chunks) > len(files)
+    whole = make_events(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), L)
+    for name in ("prefixes", "lengths", "targets", "sessions", "positions", "times", "users"):
+        got = np.concatenate([getattr(c, name) for c in chunks])
+        np.testing.assert_array_equal(got, getattr(whole, name), err_msg=name)
+    sr = bl.SequentialRules().fit(train, n_items)
+    ranker = ranker_from_scorer(sr.scorer)
+    a, b = evaluate(ranker, whole, n_items), evaluate(ranker, stream, n_items)
+    for name in ("higher", "ties", "sessions", "positions", "topk"):
+        np.testing.assert_array_equal(getattr(b, name), getattr(a, name), err_msg=name)
+    assert {k: v for k, v in b.summary.items() if "per_s" not in k and k != "seconds"} == {
+        k: v for k, v in a.summary.items() if "per_s" not in k and k != "seconds"
+    }
