@@ -48,10 +48,10 @@ Past memory (``SplitFiles``: a split held in part files, each with whole session
 S-POP, SR, AR and Item-kNN are sums over sessions, so each part's count tables are
 computed alone (on a Dask cluster when a client is given) and added up before the
 pruning; V-SKNN and VSTAN read a per-track index of training sessions kept on disk and
-memory-mapped (``TrainingSessions.save`` / ``open``), each track holding only its
-``cap`` most recent sessions: exact for every ``sample`` <= ``cap``, since a session among
-the ``sample`` most recent sharing a prefix track is among that track's ``sample`` most
-recent.
+memory-mapped (``TrainingSessions.save`` / ``open``). In memory as on disk, each track's
+list of sessions holds only its ``INDEX_CAP`` most recent: exact for every ``sample`` <=
+the cap, since a session among the ``sample`` most recent sharing a prefix track is among
+that track's ``sample`` most recent (and bounded work per prefix track).
 """
 
 from __future__ import annotations
@@ -492,14 +492,20 @@ INDEX_CAP = 5000  # sessions per track in the on-disk index: the grids' largest 
 class SessionKNN(Baseline):
     """The neighbourhood search V-SKNN and VSTAN share (see the module docstring)."""
 
+    def index_cap(self) -> int:
+        """Sessions kept per track: ``INDEX_CAP`` (or ``sample`` if larger; 0 = all when
+        ``sample`` is 0), one index for every grid point, exact for each (module docstring)."""
+        return max(INDEX_CAP, self.sample) if self.sample else 0
+
     def _fit(self, train):
-        like = self._like
-        self.sessions = like.sessions if like is not None else TrainingSessions(train, self.n_items)
+        like, cap = self._like, self.index_cap()
+        if like is not None and like.sessions.cap == cap:
+            self.sessions = like.sessions
+        else:
+            self.sessions = TrainingSessions(train, self.n_items, cap)
 
     def _fit_files(self, source: SplitFiles) -> None:
-        # one index serves every grid point: each track's INDEX_CAP most recent sessions
-        cap = max(INDEX_CAP, self.sample) if self.sample else 0
-        self.sessions = TrainingSessions.from_files(source, self.n_items, cap)
+        self.sessions = TrainingSessions.from_files(source, self.n_items, self.index_cap())
         self.pop = np.bincount(self.sessions.list_items, minlength=self.n_items + 1).astype(
             np.float64
         )

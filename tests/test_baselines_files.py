@@ -94,6 +94,8 @@ def test_session_knn_from_a_capped_index_on_disk_equals_the_whole_split(tmp_path
     monkeypatch.setattr(bl, "INDEX_CAP", 4)
     for sample in (2, 4):
         whole = cls(k=3, sample=sample).fit(df, N_ITEMS)
+        assert whole.sessions.cap == 4
+        whole.sessions = bl.TrainingSessions(df, N_ITEMS, cap=0)  # every session of a track
         source = bl.SplitFiles(files, index_dir=tmp_path / "index")
         parts = cls(k=3, sample=sample).fit(source, N_ITEMS)
         assert parts.sessions.cap == 4
@@ -115,6 +117,7 @@ def test_a_cap_below_the_sample_would_change_the_neighbours(tmp_path):
     whole = bl.VSKNN(k=50, sample=20).fit(df, N_ITEMS)
     capped = bl.VSKNN(k=50, sample=20).fit(df, N_ITEMS)
     capped.sessions = bl.TrainingSessions(df, N_ITEMS, cap=3)
+    assert whole.sessions.cap == bl.INDEX_CAP
     assert not np.array_equal(capped.score(pre, lengths, times), whole.score(pre, lengths, times))
 
 
