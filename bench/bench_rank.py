@@ -30,20 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_eval_stream import sessions  # noqa: E402 - generated Zipf sessions
 from children import median_of_children  # noqa: E402
-
-
-def sessions(n_plays: int, n_items: int, seed: int):
-    """A session table (session_id, item_idx) of about ``n_plays`` Zipf-popular plays."""
-    import pandas as pd
-
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, 21, size=n_plays // 10 + 1)
-    lengths = lengths[: np.searchsorted(np.cumsum(lengths), n_plays) + 1]
-    items = np.minimum(rng.zipf(1.2, size=int(lengths.sum())), n_items).astype(np.int64)
-    items = (items * 2654435761 % n_items + 1).astype(np.int32)  # popular ids spread out
-    sid = np.repeat(np.arange(len(lengths)), lengths)
-    return pd.DataFrame({"session_id": sid, "item_idx": items})
 
 
 def run_one(method: str, args) -> dict:
