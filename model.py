@@ -20,9 +20,10 @@ References:
 Contract: input ``items`` (B, L) int32, the most recent L = ``input_len``
 tracks of a session prefix in play order, right-padded with 0 (padding;
 ``mask`` True = a real play). Only the prefix is ever input, so the backward
-GRU reads the past only. ``call`` returns the session representation (B, E);
-``logits`` turns it into scores over all tracks (B, V+1) against the track
-embeddings (tied output), column 0 (padding) set to a large negative value.
+GRU reads the past only. ``encode`` returns the session representation (B, E)
+(``call`` adds the copy scores with ``--copy``: ``lastfm.nn``); ``logits`` turns it
+into scores over all tracks (B, V+1) against the track embeddings (tied output),
+column 0 (padding) set to a large negative value.
 
 Tags (optional): each track's top-K tag ids and weights are constant tables
 stored in the model (non-trainable weights), so the only input stays track
@@ -86,7 +87,7 @@ class SessionRecommender(NextItemModel):
     def own_embeddings(self) -> list:
         return [self.succ_emb]
 
-    def call(self, items, training=False):
+    def encode(self, items, training=False):
         items, mask = self.rnn_inputs(items)  # (B, L) right-padded; True = read
         x = self.in_drop(self.embed(items), training=training)
         # the two directions of self.bigru, each unmasked (nn.run_right_padded)

@@ -35,6 +35,7 @@ import numpy as np
 
 from lastfm import config as cfgs
 from lastfm import hybrid
+from lastfm.baselines import SplitFiles
 from lastfm.common import (
     PipelineError,
     code_provenance,
@@ -343,6 +344,10 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
     model = build_model(n_items, mc, n_tags=tags[2] if tags else 0, seed=tc.seed)
     if tags:
         model.set_tags(tags[0], tags[1])
+    if mc.counts:  # --counts: the training transitions inside the network
+        src = SplitFiles(train_files) if tc.stream else splits["train"]
+        trans = hybrid.Transitions.from_train(src, n_items, mc.count_k)
+        model.set_transitions(trans.ids, trans.counts, trans.plays)
     if mc.loss == "sampled":
         model.set_sampler(popularity(vocab))
     steps = int(np.ceil(n_train / tc.batch_size)) * tc.epochs

@@ -199,9 +199,15 @@ ARCH_NAMES = {
 
 
 def network_name(record: dict) -> str:
-    """A trained network's row name: its architecture, "+tags" when it was given tags."""
-    return ARCH_NAMES.get(record["model"]["arch"], record["model"]["arch"]) + (
-        "+tags" if record["model"]["tags"] and record.get("n_tags") else ""
+    """A trained network's row name: its architecture, "+copy" / "+counts" with the copy
+    or count path (each a different model from the pure network), "+tags" when it was
+    given tags."""
+    m = record["model"]
+    return (
+        ARCH_NAMES.get(m["arch"], m["arch"])
+        + ("+copy" if m.get("copy") else "")
+        + ("+counts" if m.get("counts") else "")
+        + ("+tags" if m["tags"] and record.get("n_tags") else "")
     )
 
 

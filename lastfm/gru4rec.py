@@ -27,7 +27,7 @@ class GRU4Rec(NextItemModel):
         self.out_drop = layers.Dropout(config.dropout, seed=seed + 1)
         self.to_item_space = layers.Dense(config.emb_dim, use_bias=False, name="to_item_space")
 
-    def call(self, items, training=False):
+    def encode(self, items, training=False):
         items, mask = self.rnn_inputs(items)  # (B, L) right-padded; True = read
         x = self.emb_drop(self.embed(items), training=training)  # (B, L, E)
         _, h = run_right_padded(self.gru, x, mask, training)  # (B, H) after the last real step

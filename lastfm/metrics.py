@@ -497,13 +497,13 @@ def device_ranker(
     def rank(prefixes, lengths, targets, times=None):
         x = recent(prefixes, lengths, model.input_len)
         exclude = seen_indices(prefixes) if exclude_seen else None
-        extra = boost(x) if boost is not None else None
+        rep = device_rep(model, x)
+        extra = merge_terms(boost(x) if boost is not None else None, model_terms(model, rep, x))
         if chunk and chunk < model.n_items + 1:
-            rep = device_rep(model, x)
             with no_gradients():
                 higher, ties, top = chunked_counts(model, rep, targets, chunk, exclude, extra)
         else:
-            logits = device_logits(model, x)  # (B, V+1)
+            logits = model.logits(rep)  # (B, V+1)
             if extra is not None:
                 logits = logits + ops.scatter(*extra, (len(x), model.n_items + 1))
             rows = DenseScores(logits, exclude, ops)
@@ -622,8 +622,46 @@ def _block_top(s, k: int, ops, block: int = 128):
 
 
 def device_logits(model, x: np.ndarray):
-    """Scores (B, V+1) of the prefixes ``x`` on the backend's device."""
-    return model.logits(device_rep(model, x))
+    """Scores (B, V+1) of the prefixes ``x`` on the backend's device, the model's own
+    terms at the prefix's tracks included (``model_terms``)."""
+    from keras import ops
+
+    rep = device_rep(model, x)
+    logits = model.logits(rep)
+    extra = model_terms(model, rep, x)
+    if extra is not None:
+        logits = logits + ops.scatter(*extra, (len(x), model.n_items + 1))
+    return logits
+
+
+def model_terms(model, rep, x: np.ndarray):
+    """A network's own terms at its prefix's tracks (``NextItemModel.prefix_terms``: the
+    ``--copy`` path) as a hybrid's are given: (indices (N, 2) int32, values (N,) float32),
+    each (row, track) once; None when the network has none."""
+    from keras import ops
+
+    terms = model.prefix_terms(rep, x) if hasattr(model, "prefix_terms") else None
+    if terms is None:
+        return None
+    ids, values = (ops.convert_to_numpy(a) for a in terms)
+    rows = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)
+    keep = ids > 0
+    return np.stack([rows[keep], ids[keep]], 1).astype(np.int32), values[keep].astype(np.float32)
+
+
+def merge_terms(*terms):
+    """Several (indices (N, 2), values (N,)) terms as one, each (row, column) once (its
+    values summed in float32), or None when none is given."""
+    terms = [t for t in terms if t is not None]
+    if len(terms) <= 1:
+        return terms[0] if terms else None
+    idx = np.concatenate([np.asarray(t[0], np.int64) for t in terms])
+    val = np.concatenate([np.asarray(t[1], np.float32) for t in terms])
+    key = idx[:, 0] * (int(idx[:, 1].max(initial=0)) + 1) + idx[:, 1]
+    uniq, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    summed = np.zeros(len(uniq), np.float32)
+    np.add.at(summed, inverse, val)
+    return idx[first].astype(np.int32), summed
 
 
 def device_rep(model, x: np.ndarray):

@@ -29,7 +29,7 @@ class NARM(NextItemModel):
         self.ct_drop = layers.Dropout(config.dropout, seed=seed + 1)
         self.decoder = layers.Dense(config.emb_dim, use_bias=False, name="bilinear")  # B
 
-    def call(self, items, training=False):
+    def encode(self, items, training=False):
         items, mask = self.rnn_inputs(items)  # (B, L) right-padded; True = read
         x = self.emb_drop(self.embed(items), training=training)  # (B, L, E)
         seq, last = run_right_padded(self.gru, x, mask, training)  # (B, L, H), (B, H)

@@ -5,11 +5,34 @@ network ignores the fields it has no use for). ``NextItemModel`` is the base cla
 embeddings with the optional tag vectors, the output (scores against the track
 embeddings plus a bias, padding pushed to ``NEG``), the full-softmax loss, and saving.
 A network subclasses it, creates its layers in ``__init__`` and maps a prefix to a
-session vector in ``call``:
+session vector in ``encode``:
 
     items (B, L) int32, right-padded with 0  ->  session vector (B, E)
 
 so that training, early stopping, ranking and evaluation are the same for all of them.
+
+``--copy`` (any network): a repeat-aware output, CopyNet's joint softmax (Gu et al., ACL
+2016; the repeat mode of RepeatNet, Ren et al., AAAI 2019, is its mixture form). Each
+real play p of the prefix gets a copy score c_p = <W rep, e(x_p)> / sqrt(E) + r(d_p) + b
+(d_p: plays from the prefix's last real play to p, r a learned weight per distance), and
+
+    P(i) = (exp(s_i) + sum_{p: x_p = i} exp(c_p)) / (sum_j exp(s_j) + sum_p exp(c_p)),
+
+s the network's scores: a track already in the prefix gains the mass of its plays there,
+others are scored as without the copy path. ``call`` then returns [rep, c] (B, E + L).
+For ranking, the added mass is a term at the prefix's tracks only (``prefix_terms``:
+log(exp(s_i) + C_i) = s_i + softplus(C_i - s_i)), added as the hybrid's terms are; the
+loss needs no (B, V+1) term at all (``full_softmax_nll``).
+
+``--counts`` (any network): a count-aware output. The last real play's ``count_k`` most
+frequent training successors (``hybrid.Transitions``, kept in the model as constant
+tables) get t_k = a(rep) log(1 + count_k) + b(rep) log(1 + plays_k), a and b >= 0 from
+the session vector (softplus of a linear map): the hybrid's terms with weights the
+network sets per prefix, trained jointly. In training the example's own transition is
+taken out of its count (leave-one-out: a count that includes the target would teach the
+gate to trust counts more than held-out data allows), and the whole term is dropped for
+a share ``count_dropout`` of the examples, so that the network also learns alone
+(Neubig & Dyer, EMNLP 2016).
 Networks register under their ``arch`` name (``register``); ``ARCHS`` lists them.
 """
 
@@ -58,6 +81,18 @@ class ModelConfig:
         choices=["full", "sampled"],
     )
     negatives: int = option(2048, "tracks drawn per batch for --loss sampled")
+    counts: bool = option(
+        False,
+        "count-aware output: the last track's most frequent training successors get a "
+        "term from their counts, gated by the network and trained jointly (lastfm/nn.py)",
+    )
+    count_k: int = option(16, "with --counts: successors per track")
+    count_dropout: float = option(0.5, "with --counts: share of training examples without it")
+    copy: bool = option(
+        False,
+        "repeat-aware output: the prefix's tracks also scored by a copy path (CopyNet's "
+        "joint softmax over the catalogue and the prefix's plays; lastfm/nn.py)",
+    )
     sample_alpha: float = option(0.75, "--loss sampled draws tracks by plays ** alpha")
 
     def check(self) -> None:
@@ -72,11 +107,20 @@ class ModelConfig:
             "blocks",
             "heads",
             "negatives",
+            "count_k",
         )
+        if not 0 <= self.count_dropout < 1:
+            raise PipelineError(f"--count-dropout {self.count_dropout}: must be in [0, 1)")
+        if self.counts and self.copy:
+            raise PipelineError("--counts and --copy: one output path at a time")
+        if self.counts and self.loss != "full":
+            raise PipelineError("--counts: with --loss full only")
         if not self.sample_alpha >= 0:  # NaN fails too
             raise PipelineError(f"--sample-alpha {self.sample_alpha}: must be 0 or more")
         if not 0 <= self.dropout < 1:
             raise PipelineError(f"--dropout {self.dropout}: must be in [0, 1)")
+        if self.copy and self.loss != "full":
+            raise PipelineError("--copy: with --loss full only (its loss adds the copy mass)")
 
 
 def run_right_padded(layer, x, mask, training=False):
@@ -200,6 +244,12 @@ class NextItemModel(keras.Model):
             layers.Embedding(n_tags + 1, config.emb_dim, name="tag_emb") if n_tags else None
         )
         self.sampler = None  # set_sampler: the sampled loss's draws (training only)
+        self.copy_query = (
+            layers.Dense(config.emb_dim, use_bias=False, name="copy_query") if config.copy else None
+        )
+        self.count_gate = layers.Dense(2, name="count_gate") if config.counts else None
+        if config.counts:
+            self.count_seed = keras.random.SeedGenerator(seed + 202)
         if config.loss == "sampled":
             self.negative_seed = keras.random.SeedGenerator(seed + 101)
 
@@ -223,6 +273,31 @@ class NextItemModel(keras.Model):
         self.track_tag_w = self.add_weight(
             shape=(self.n_items + 1, k), initializer="zeros", trainable=False, name="track_tag_w"
         )
+        if self.count_gate is not None:  # constant tables (set_transitions)
+            k = self.config.count_k
+            self.succ_ids = self.add_weight(
+                shape=(self.n_items + 1, k),
+                dtype="int32",
+                initializer="zeros",
+                trainable=False,
+                name="succ_ids",
+            )
+            self.succ_counts = self.add_weight(
+                shape=(self.n_items + 1, k),
+                initializer="zeros",
+                trainable=False,
+                name="succ_counts",
+            )
+            self.track_plays = self.add_weight(
+                shape=(self.n_items + 1,), initializer="zeros", trainable=False, name="track_plays"
+            )
+        if self.copy_query is not None:  # r(d) per distance from the last play, and b
+            self.copy_recency = self.add_weight(
+                shape=(self.input_len,), initializer="zeros", name="copy_recency"
+            )
+            self.copy_bias = self.add_weight(shape=(), initializer="zeros", name="copy_bias")
+        if self.count_gate is not None:  # called only by the loss and the ranker
+            self.count_gate.build((None, self.emb_dim))
         for emb in (self.item_emb, self.tag_emb, *self.own_embeddings()):
             if emb is not None:
                 emb.build((None,))
@@ -231,6 +306,99 @@ class NextItemModel(keras.Model):
         # they are restored): one forward pass on a dummy prefix.
         length = (input_shape[1] if input_shape and len(input_shape) > 1 else None) or 1
         self.call(ops.zeros((1, length), "int32"))
+
+    def encode(self, items, training=False):
+        """The network's session vector (B, E) of prefixes ``items`` (B, L)."""
+        raise NotImplementedError
+
+    def call(self, items, training=False):
+        """The session vector (B, E), and with ``--copy`` each position's copy score:
+        [rep, c] (B, E + L), c = NEG where there is no real play."""
+        rep = self.encode(items, training=training)
+        if self.copy_query is None:
+            return rep
+        # float32 (under mixed precision too): c holds NEG, beyond float16's range
+        return ops.concatenate([ops.cast(rep, "float32"), self.copy_scores(rep, items)], axis=-1)
+
+    def rep_of(self, out):
+        """The session vector (B, E) of ``call``'s output."""
+        return out if self.copy_query is None else out[:, : self.emb_dim]
+
+    def copy_scores(self, rep, items):
+        """c (B, L) float32: <W rep, e(x_p)> / sqrt(E) + r(distance from the last real
+        play) + b at each real play p, NEG elsewhere (padding, unseen plays)."""
+        items = ops.cast(items, "int32")
+        real = ops.not_equal(items, 0)
+        q = ops.cast(self.copy_query(rep), "float32")  # (B, E)
+        k = ops.cast(self.embed(items), "float32")  # (B, L, E)
+        c = ops.sum(q[:, None, :] * k, axis=-1) / np.sqrt(self.emb_dim)
+        pos = ops.arange(ops.shape(items)[1], dtype="int32")[None, :]
+        dist = ops.clip(self.last_position(real)[:, None] - pos, 0, self.input_len - 1)
+        c = c + ops.take(self.copy_recency, dist) + self.copy_bias
+        return ops.where(real, c, NEG)
+
+    def copy_parts(self, out, items):
+        """(c (B, L), C (B, L), first (B, L)): the copy scores, each position's track's
+        copy mass log sum_{q: x_q = x_p} exp(c_q), and whether p is its track's first
+        position in the prefix (the one that carries the track's term)."""
+        items = ops.cast(items, "int32")
+        c = ops.cast(out[:, self.emb_dim :], "float32")
+        real = ops.not_equal(items, 0)
+        same = ops.logical_and(ops.equal(items[:, :, None], items[:, None, :]), real[:, None, :])
+        mass = ops.logsumexp(ops.where(same, c[:, None, :], NEG), axis=2)  # (B, L)
+        pos = ops.arange(ops.shape(items)[1], dtype="int32")
+        earlier = ops.logical_and(same, (pos[None, :] < pos[:, None])[None, :, :])
+        first = ops.logical_and(real, ops.logical_not(ops.any(earlier, axis=2)))
+        return c, mass, first
+
+    def set_transitions(self, ids: np.ndarray, counts: np.ndarray, plays: np.ndarray) -> None:
+        """``--counts``' tables: each track's successors (V+1, K) (0: none), their training
+        counts (V+1, K) and every track's training plays (V+1,) (``hybrid.Transitions``)."""
+        self.succ_ids.assign(np.asarray(ids, np.int32))
+        self.succ_counts.assign(np.asarray(counts, np.float32))
+        self.track_plays.assign(np.asarray(plays, np.float32))
+
+    def count_terms(self, rep, items, y=None, training=False):
+        """``--counts``' terms: (ids (B, K) int32, values (B, K) float32), the last real
+        play's successors and t_k (module docstring); with ``y`` (training) the target's
+        own transition is taken out of its count, and in training a share
+        ``count_dropout`` of the rows gets no term."""
+        items = ops.cast(items, "int32")
+        last = ops.take_along_axis(items, self.last_position(items > 0)[:, None], axis=1)[:, 0]
+        ids = ops.take(self.succ_ids, last, axis=0)  # (B, K)
+        counts = ops.take(self.succ_counts, last, axis=0)
+        if y is not None:
+            own = ops.equal(ids, ops.cast(y, "int32")[:, None])
+            counts = ops.maximum(counts - ops.cast(own, counts.dtype), 0.0)
+        filled = ops.cast(ids > 0, "float32")
+        plays = ops.take(self.track_plays, ids)
+        gate = ops.softplus(ops.cast(self.count_gate(self.rep_of(rep)), "float32"))  # (B, 2)
+        values = (gate[:, :1] * ops.log1p(counts) + gate[:, 1:] * ops.log1p(plays)) * filled
+        if training and self.config.count_dropout > 0:
+            u = keras.random.uniform((ops.shape(items)[0], 1), seed=self.count_seed)
+            values = values * ops.cast(u >= self.config.count_dropout, "float32")
+        return ids, values
+
+    def prefix_terms(self, out, items):
+        """With ``--copy``: (ids (B, L) int32, values (B, L) float32) to add to ``logits``
+        (at each track's first position in the prefix: softplus(C - s), making its score
+        log(exp(s) + C's mass); 0 at other positions, whose id is 0). With ``--counts``:
+        ``count_terms``. None without either."""
+        if self.count_gate is not None:
+            return self.count_terms(out, items)
+        if self.copy_query is None:
+            return None
+        items = ops.cast(items, "int32")
+        _, mass, first = self.copy_parts(out, items)
+        s = self.item_logits(self.rep_of(out), items)  # (B, L)
+        values = ops.where(first, ops.softplus(mass - s), 0.0)
+        return ops.where(first, items, 0), values
+
+    def item_logits(self, rep, ids):
+        """Logits (B, L) of each row's own tracks ``ids`` (B, L), as ``logits`` makes them."""
+        w = ops.cast(ops.take(self.item_emb.embeddings, ids, axis=0), rep.dtype)  # (B, L, E)
+        s = ops.cast(ops.sum(rep[:, None, :] * w, axis=-1), "float32")
+        return s + ops.cast(ops.take(self.out_bias, ids), "float32")
 
     def set_tags(self, tags: np.ndarray, tag_weights: np.ndarray) -> None:
         """Fill the constant tag tables: (V+1, K) tag ids and weights."""
@@ -281,6 +449,7 @@ class NextItemModel(keras.Model):
     def logit_parts(self, rep, start: int = 0, stop: int | None = None):
         """``logits`` = products (B, C) + offset (C,)[None, :]: the products of ``rep``
         with the track embeddings, and each track's bias (NEG for padding), float32."""
+        rep = self.rep_of(rep)
         w, bias, pad = self.item_emb.embeddings, self.out_bias, self._pad
         if start or stop is not None:
             stop = self.n_items + 1 if stop is None else stop
@@ -306,7 +475,7 @@ class NextItemModel(keras.Model):
             in_batch = self.sampler.batch_log_q(y) if self.sampler.in_batch else None
             nll = self.sampled_nll(y_pred, y, negatives, log_q, in_batch)
         else:
-            nll = self.full_softmax_nll(y_pred, y)
+            nll = self.full_softmax_nll(y_pred, y, x, training=training)
         if sample_weight is not None:
             nll = nll * ops.cast(ops.reshape(sample_weight, (-1,)), nll.dtype)
         return ops.mean(nll) / replicas_in_sync()
@@ -317,6 +486,7 @@ class NextItemModel(keras.Model):
 
     def candidate_logits(self, rep, ids):
         """Logits (B, N) of the tracks ``ids`` (N,), from their rows (as ``logits``)."""
+        rep = self.rep_of(rep)
         w = ops.cast(ops.take(self.item_emb.embeddings, ids, axis=0), rep.dtype)  # (N, E)
         s = ops.cast(ops.matmul(rep, ops.transpose(w)), "float32")
         return s + ops.cast(ops.take(self.out_bias, ids), "float32")[None, :]
@@ -346,22 +516,44 @@ class NextItemModel(keras.Model):
 
     def target_logits(self, rep, y):
         """The targets' own logits (B,), as ``logits`` computes them, from their rows."""
+        rep = self.rep_of(rep)
         w = ops.cast(ops.take(self.item_emb.embeddings, y, axis=0), rep.dtype)  # (B, E)
         s = ops.sum(rep * w, axis=-1)
         return ops.cast(s, "float32") + ops.cast(ops.take(self.out_bias, y), "float32")
 
-    def full_softmax_nll(self, rep, y):
+    def full_softmax_nll(self, rep, y, items=None, training=False):
         """Full-softmax cross-entropy (B,) = logsumexp(logits) - target logit.
 
         The same value as sparse categorical cross-entropy on ``logits(rep)``,
         computed more cheaply: the target's logit comes from its own rows (a
         (B, E) product), so the backward pass builds no (B, V+1) one-hot
-        (bench/bench_step_parts.py compares the two).
+        (bench/bench_step_parts.py compares the two). With ``--copy`` (``items``: the
+        prefixes), CopyNet's: the normaliser gains every real play's exp(c_p) and the
+        target's score its own plays' (see the module docstring). With ``--counts`` the
+        successors' terms are added to the logits (``count_terms``).
         """
         logits = self.logits(rep)  # (B, V+1)
+        target = self.target_logits(rep, y)
+        if (self.copy_query is not None or self.count_gate is not None) and items is None:
+            raise ValueError("--copy / --counts: the loss needs the prefixes")
+        if self.count_gate is not None:
+            # leave-one-out in training: the counts were made from these very examples
+            ids, values = self.count_terms(rep, items, y if training else None, training)
+            b, k = ops.shape(ids)
+            rows = ops.broadcast_to(ops.arange(b, dtype="int32")[:, None], (b, k))
+            index = ops.reshape(ops.stack([rows, ids], axis=-1), (-1, 2))
+            logits = logits + ops.scatter(index, ops.reshape(values, (-1,)), ops.shape(logits))
+            target = target + ops.sum(ops.where(ops.equal(ids, y[:, None]), values, 0.0), axis=1)
         m = ops.stop_gradient(ops.max(logits, axis=-1))  # (B,)
         lse = ops.log(ops.sum(ops.exp(logits - m[:, None]), axis=-1)) + m
-        return lse - self.target_logits(rep, y)
+        if self.copy_query is None:
+            return lse - target
+        items = ops.cast(items, "int32")
+        c, _, _ = self.copy_parts(rep, items)
+        lse = ops.logaddexp(lse, ops.logsumexp(c, axis=1))
+        hit = ops.logical_and(ops.equal(items, y[:, None]), ops.not_equal(items, 0))
+        own = ops.logsumexp(ops.where(hit, c, NEG), axis=1)  # NEG-ish: no play of the target
+        return lse - ops.logaddexp(target, own)
 
     def get_config(self):
         return {

@@ -49,7 +49,7 @@ class SASRec(NextItemModel):
     def own_embeddings(self) -> list:
         return [self.pos_emb]
 
-    def call(self, items, training=False):
+    def encode(self, items, training=False):
         items = ops.cast(items, "int32")
         mask = ops.not_equal(items, 0)  # (B, L) True = real play
         length = ops.shape(items)[1]

@@ -28,7 +28,7 @@ class STAMP(NextItemModel):
         self.mlp_s = layers.Dense(e, activation="tanh", name="mlp_s")
         self.mlp_t = layers.Dense(e, activation="tanh", name="mlp_t")
 
-    def call(self, items, training=False):
+    def encode(self, items, training=False):
         items = ops.cast(items, "int32")
         mask = ops.cast(ops.not_equal(items, 0), "float32")  # (B, L) 1 = real play
         x = self.emb_drop(self.embed(items), training=training)  # (B, L, E)

@@ -447,3 +447,107 @@ def test_negatives_are_drawn_by_plays_to_the_alpha_with_their_expected_counts():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(sampler.batch_log_q(y)), np.log(2 * p[[3, 30]]), rtol=1e-5
     )
+
+
+def copy_model(arch: str):
+    cfg = ModelConfig(arch=arch, input_len=6, emb_dim=8, hidden=6, fc_dim=8, copy=True)
+    m = build_model(V, cfg, seed=1)
+    rng = np.random.default_rng(5)
+    for w in m.trainable_weights:  # nothing left at its zero start (the copy weights too)
+        w.assign(rng.normal(scale=0.5, size=tuple(w.shape)).astype(np.float32))
+    return m
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_the_copy_path_is_copynets_joint_softmax_on_every_network(arch, tmp_path):
+    """``--copy``: a track of the prefix scores log(exp(s) + sum of exp(c) over its
+    plays), the others s; padding and unseen plays (id 0) copy nothing; the loss is the
+    joint softmax's; the scores survive save/load and ranking in chunks."""
+    from lastfm.metrics import device_logits
+
+    m = copy_model(arch)
+    x = np.array([[3, 5, 3, 0, 0, 0], [2, 0, 0, 0, 0, 0], [9, 0, 1, 4, 0, 0]], np.int32)
+    out = keras.ops.convert_to_numpy(m(x))
+    assert out.shape == (3, 8 + 6)
+    c = out[:, 8:]
+    assert (c[x == 0] <= -1e8).all() and (c[x > 0] > -1e8).all()
+    s = keras.ops.convert_to_numpy(m.logits(m(x)))
+    want = s.copy()
+    for b in range(len(x)):
+        for i in set(x[b].tolist()) - {0}:
+            want[b, i] = np.logaddexp(s[b, i], np.logaddexp.reduce(c[b][x[b] == i]))
+    got = keras.ops.convert_to_numpy(device_logits(m, x))
+    np.testing.assert_allclose(got[:, 1:], want[:, 1:], rtol=1e-5, atol=1e-5)
+    y = np.array([3, 7, 4], np.int32)
+    nll = m.full_softmax_nll(m(x), keras.ops.convert_to_tensor(y), x)
+    z = np.logaddexp.reduce(np.concatenate([s[:, 1:], np.where(x > 0, c, -np.inf)], 1), axis=1)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(nll), z - want[np.arange(3), y], rtol=1e-5, atol=1e-5
+    )
+    whole = device_ranker(m)(x, np.array([3, 1, 4]), y)
+    chunked = device_ranker(m, chunk=7)(x, np.array([3, 1, 4]), y)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
+    assert whole[0].tolist() == (want[:, 1:] > want[np.arange(3), y][:, None]).sum(1).tolist()
+    m.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(device_logits(again, x)), got, rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_the_count_path_adds_gated_successor_terms_on_every_network(arch, tmp_path):
+    """``--counts``: the last real play's successors get a log(1 + count) + b log(1 +
+    plays), a and b >= 0 from the network; in training the target's own transition leaves
+    its count and a share of the rows loses the term; the tables are saved with the model
+    and ranking in chunks gives the same ranks."""
+    from lastfm.metrics import device_logits
+
+    cfg = ModelConfig(arch=arch, input_len=6, emb_dim=8, hidden=6, fc_dim=8, counts=True)
+    cfg.count_k, cfg.count_dropout = 3, 0.5
+    m = build_model(V, cfg, seed=1)
+    rng = np.random.default_rng(3)
+    for w in m.trainable_weights:
+        w.assign(rng.normal(scale=0.5, size=tuple(w.shape)).astype(np.float32))
+    ids = np.zeros((V + 1, 3), np.int32)
+    ids[1:, :2] = np.stack([np.arange(2, V + 2) % V + 1, np.arange(5, V + 5) % V + 1], 1)
+    counts = np.where(ids > 0, rng.integers(1, 9, (V + 1, 3)), 0).astype(np.float32)
+    plays = rng.integers(1, 50, V + 1).astype(np.float32)
+    m.set_transitions(ids, counts, plays)
+    x = np.array([[3, 5, 3, 0, 0, 0], [2, 0, 0, 0, 0, 0], [9, 0, 1, 4, 0, 0]], np.int32)
+    last = np.array([3, 2, 4])
+    s = keras.ops.convert_to_numpy(m.logits(m(x)))
+    gate = keras.ops.convert_to_numpy(keras.ops.softplus(m.count_gate(m(x))))
+    assert (gate >= 0).all()
+    want = s.copy()
+    for b, i in enumerate(last):
+        for k in range(3):
+            if ids[i, k]:
+                t = gate[b, 0] * np.log1p(counts[i, k]) + gate[b, 1] * np.log1p(plays[ids[i, k]])
+                want[b, ids[i, k]] += t
+    got = keras.ops.convert_to_numpy(device_logits(m, x))
+    np.testing.assert_allclose(got[:, 1:], want[:, 1:], rtol=1e-5, atol=1e-5)
+    y = ids[last, 0]
+    _, plain = m.count_terms(m(x), x)
+    _, loo = m.count_terms(m(x), x, y=keras.ops.convert_to_tensor(y))
+    plain, loo = keras.ops.convert_to_numpy(plain), keras.ops.convert_to_numpy(loo)
+    np.testing.assert_allclose(
+        loo[:, 0],
+        gate[:, 0] * np.log1p(counts[last, 0] - 1) + gate[:, 1] * np.log1p(plays[y]),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(loo[:, 1:], plain[:, 1:], rtol=1e-6)
+    big = np.repeat(x, 200, axis=0)
+    _, dropped = m.count_terms(m(big), big, training=True)
+    kept = (keras.ops.convert_to_numpy(dropped)[:, 0] != 0).mean()
+    assert 0.35 < kept < 0.65
+    whole = device_ranker(m)(x, np.array([3, 1, 4]), y)
+    chunked = device_ranker(m, chunk=7)(x, np.array([3, 1, 4]), y)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
+    m.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(device_logits(again, x)), got, rtol=1e-5, atol=1e-5
+    )
