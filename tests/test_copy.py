@@ -17,6 +17,17 @@ from train import FusedAdam  # noqa: E402
 V, L = 300, 6
 
 
+def trained_mrr(cfg: ModelConfig, x, y, events, epochs: int, batch: int, tables=None) -> float:
+    """MRR@20 on ``events`` of the network ``cfg`` trained on (x, y) (seeded)."""
+    keras.utils.set_random_seed(0)
+    m = build_model(V, cfg, seed=0)
+    if tables is not None:
+        m.set_transitions(*tables)
+    m.compile(optimizer=FusedAdam(0.01))
+    m.fit(x, y, batch_size=batch, epochs=epochs, verbose=0)
+    return evaluate(device_ranker(m), events, V).summary["MRR@20"]
+
+
 def repeats(n: int, seed: int):
     """Prefixes of 5 distinct random tracks; the next play repeats the second one: no
     track predicts another, only the position does."""
@@ -31,14 +42,17 @@ def test_the_copy_path_learns_a_repeat_that_the_plain_network_cannot(arch):
     x, y = repeats(4000, seed=0)
     tx, ty = repeats(500, seed=1)
     events = Events(tx, np.full(len(tx), 5, np.int32), ty, np.arange(len(tx)), np.ones(len(tx)))
-    mrr = {}
-    for copy in (False, True):
-        keras.utils.set_random_seed(0)
-        cfg = ModelConfig(arch=arch, input_len=L, emb_dim=16, hidden=16, fc_dim=16, copy=copy)
-        m = build_model(V, cfg, seed=0)
-        m.compile(optimizer=FusedAdam(0.01))
-        m.fit(x, y, batch_size=128, epochs=3, verbose=0)
-        mrr[copy] = evaluate(device_ranker(m), events, V).summary["MRR@20"]
+    mrr = {
+        copy: trained_mrr(
+            ModelConfig(arch=arch, input_len=L, emb_dim=16, hidden=16, fc_dim=16, copy=copy),
+            x,
+            y,
+            events,
+            epochs=3,
+            batch=128,
+        )
+        for copy in (False, True)
+    }
     assert mrr[True] > 0.9 and mrr[False] < 0.2, mrr
 
 
@@ -66,18 +80,19 @@ def test_the_count_path_learns_transitions_that_the_plain_network_has_seen_twice
     ids = np.zeros((V + 1, 4), np.int32)
     ids[1:, 0] = succ
     counts = np.where(ids > 0, 2.0, 0.0).astype(np.float32)
-    mrr = {}
-    for counts_on in (False, True):
-        keras.utils.set_random_seed(0)
-        cfg = ModelConfig(
-            arch="gru4rec", input_len=L, emb_dim=16, hidden=16, counts=counts_on, count_k=4
+    tables = (ids, counts, np.full(V + 1, 2.0, np.float32))
+    mrr = {
+        on: trained_mrr(
+            ModelConfig(arch="gru4rec", input_len=L, emb_dim=16, hidden=16, counts=on, count_k=4),
+            x,
+            y,
+            events,
+            epochs=4,
+            batch=64,
+            tables=tables if on else None,
         )
-        m = build_model(V, cfg, seed=0)
-        if counts_on:
-            m.set_transitions(ids, counts, np.full(V + 1, 2.0, np.float32))
-        m.compile(optimizer=FusedAdam(0.01))
-        m.fit(x, y, batch_size=64, epochs=4, verbose=0)
-        mrr[counts_on] = evaluate(device_ranker(m), events, V).summary["MRR@20"]
+        for on in (False, True)
+    }
     assert mrr[True] > 0.9 and mrr[False] < 0.3, mrr
 
 
