@@ -28,6 +28,7 @@ class Behaviour:
     meaning: str
     band: float  # allowed |generated median - real| (absolute, in the figure's unit)
     relative: bool = False  # band is relative to the real value instead
+    fitted: bool = True  # False: reported beside the real value, the generator not yet fitted
 
 
 BEHAVIOUR = [
@@ -40,6 +41,21 @@ BEHAVIOUR = [
     Behaviour("play_gap_s", "seconds between plays within a session, median", 0.15, True),
     Behaviour("session_gap_h", "hours between sessions, median", 0.5, True),
     Behaviour("top4_hours", "share of plays in the user's 4 busiest hours of the day", 0.10),
+    # What drives repeat behaviour, reported (not fitted yet: issue 25)
+    Behaviour(
+        "top10_tracks", "share of plays of the user's 10 most played tracks", 0.05, False, False
+    ),
+    Behaviour(
+        "session_repeat",
+        "a track already in its session, not back to back (share of plays after the first)",
+        0.05,
+        False,
+        False,
+    ),
+    Behaviour(
+        "single_sessions", "sessions of one play (20-minute gaps), share", 0.05, False, False
+    ),
+    Behaviour("weekend", "share of plays on Saturday or Sunday (UTC)", 0.05, False, False),
 ]
 
 
@@ -79,6 +95,17 @@ def behaviour(
     new_user = np.r_[True, user[1:] != user[:-1]] if len(user) else np.zeros(0, bool)
     between = new & ~new_user  # session starts after the user's first
     gaps = np.diff(ts, prepend=ts[:1] if len(ts) else ts)
+    # each user's plays per track, most played first: the share of the top 10
+    counts = pd.DataFrame({"u": user, "t": track}).value_counts()
+    top10 = counts.groupby(level="u").head(10).groupby(level="u").sum()
+    top10_plays = np.zeros(n_users)
+    top10_plays[top10.index.to_numpy()] = top10.to_numpy()
+    # a play whose track is already in its session, the previous play excepted
+    in_session = pd.DataFrame({"s": sess, "t": track}).duplicated().to_numpy()
+    back_to_back = np.r_[False, (track[1:] == track[:-1]) & inner]
+    later = ~new  # plays after their session's first
+    session_repeat = in_session & ~back_to_back
+    weekday = (ts // 86_400 + 3) % 7  # 0 = Monday (1970-01-01 was a Thursday)
     with np.errstate(invalid="ignore", divide="ignore"):
         return pd.DataFrame(
             {
@@ -94,6 +121,14 @@ def behaviour(
                 "play_gap_s": _per_user_median(user[1:][inner], gaps[1:][inner], n_users),
                 "session_gap_h": _per_user_median(user[between], gaps[between] / 3600, n_users),
                 "top4_hours": top4 / plays,
+                "top10_tracks": top10_plays / plays,
+                "session_repeat": np.bincount(
+                    user[later], weights=session_repeat[later], minlength=n_users
+                )
+                / np.bincount(user[later], minlength=n_users),
+                "single_sessions": np.bincount(sess_user, weights=lens == 1, minlength=n_users)
+                / n_sess,
+                "weekend": np.bincount(user, weights=weekday >= 5, minlength=n_users) / plays,
             }
         )
 

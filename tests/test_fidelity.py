@@ -52,3 +52,26 @@ def test_spread_compares_users_of_a_similar_size_and_bands():
     assert s["users"] == 2 and s["relisten"]["median"] == 2.0
     assert fid.within_band(0.80, 0.84, 0.05, relative=False)
     assert not fid.within_band(10.0, 11.6, 0.15, relative=True)
+
+
+def test_the_repeat_figures_on_a_hand_computed_history():
+    """The figures that drive repeat behaviour: the top tracks' share, repeats inside a
+    session that are not back to back, single-play sessions, the weekend's share."""
+    # Session 1: tracks 5, 6, 5, 5, 7 (the first 5 -> 5 is back to back, 6 -> 5 is not);
+    # session 2: 8 alone (an hour later); session 3: 5, 9 (the next day, a Saturday).
+    day = 86_400
+    sat = 2 * day  # 1970-01-03 was a Saturday
+    ts = np.array([0, 100, 200, 300, 400, 4000, sat, sat + 100])
+    track = np.array([5, 6, 5, 5, 7, 8, 5, 9])
+    row = fid.behaviour(np.zeros(8, np.int64), ts, np.zeros(8, np.int64), track).iloc[0]
+    assert row["sessions"] == 3
+    # plays after their session's first: 6, 5, 5, 7 | 9 -> only the second play of 5
+    # (position 2 of session 1) repeats a track of its session without following it
+    assert row["session_repeat"] == pytest.approx(1 / 5)
+    assert row["single_sessions"] == pytest.approx(1 / 3)
+    assert row["weekend"] == pytest.approx(2 / 8)
+    assert row["top10_tracks"] == 1.0  # fewer than 10 tracks: all of them
+    many = np.arange(12)  # 12 tracks, track 0 played 3 times: the top 10 hold 12 of 14
+    t = np.r_[many, 0, 0]
+    row = fid.behaviour(np.zeros(14, np.int64), np.arange(14) * 100, t * 0, t).iloc[0]
+    assert row["top10_tracks"] == pytest.approx(12 / 14)
