@@ -5,6 +5,7 @@
 # $DATA_DIR/reports/results.{md,json}; publish with docs/build_results.py --add.
 #
 #   USERS=200 PLAYS=2000000 bash bench/output_paths.sh     # about 15 minutes here
+#   SYNTH_ARGS="--track-zipf 2.5" DATA_DIR=data/op_more bash bench/output_paths.sh  # a variant
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -16,7 +17,9 @@ COMMON=(--window "$WINDOW" --epochs "${EPOCHS:-20}" --cosine --verbose 0 --no-te
   --patience 3 --seed "${SEED:-0}")
 D=(--data-dir "$DATA_DIR")
 if [ ! -f "$DATA_DIR/synthetic/lastfm-dataset-1K/userid-timestamp-artid-artname-traid-traname.tsv" ]; then
-  $PY synth.py --out "$DATA_DIR/synthetic" --users "${USERS:-200}" --plays "${PLAYS:-2000000}"
+  # shellcheck disable=SC2086 # SYNTH_ARGS holds several flags (a generator variant)
+  $PY synth.py --out "$DATA_DIR/synthetic" --users "${USERS:-200}" --plays "${PLAYS:-2000000}" \
+    ${SYNTH_ARGS:-}
 fi
 $PY preprocess.py "${D[@]}" --input "$DATA_DIR/synthetic/lastfm-dataset-1K" --months 1
 $PY sessionize.py "${D[@]}" --windows "$WINDOW"

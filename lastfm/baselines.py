@@ -196,6 +196,7 @@ class Baseline:
         """The fitted model from its summed count tables."""
 
     def _fit_files(self, source: SplitFiles) -> None:
+        self._like = None  # not used here, and not to be shipped to the workers with self
         tables = sum_tables(self, source)
         self.pop = tables.pop("pop")
         self.pop[0] = 0
