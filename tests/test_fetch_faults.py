@@ -99,6 +99,8 @@ def test_rate_limit_holds_at_a_server_with_jitter_across_phases(tag_env, server)
 
 
 def interrupt_main_after(seconds: float) -> threading.Timer:
+    """SIGINT to the main thread after ``seconds``, as Ctrl-C in a terminal sends it. The
+    caller restores the SIGINT handler (``python_sigint``)."""
     timer = threading.Timer(
         seconds, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)
     )
@@ -106,7 +108,18 @@ def interrupt_main_after(seconds: float) -> threading.Timer:
     return timer
 
 
-def test_ctrl_c_during_backoff_stops_within_a_second(tag_env, server):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test. A process started in
+    the background by a shell without job control (``cmd &``, as a CI runner may start
+    pytest) inherits SIGINT ignored, and Python then installs no handler: Ctrl-C cannot
+    reach such a process at all, so the test puts the terminal's situation back."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_backoff_stops_within_a_second(tag_env, server, python_sigint):
     """4: Ctrl-C while workers wait to retry: out within 1 s, nothing sent after it."""
     data, _, _, _ = tag_env
     jobs = tagged_jobs(tag_env, 6)
