@@ -86,15 +86,17 @@ class SplitFiles:
     index_dir: Path | None = None
     client: Any = field(default=None, repr=False)
 
-    def read(self, path: Path, columns: list[str]) -> pd.DataFrame:
-        import pyarrow.parquet as pq
 
-        return pq.read_table(path, columns=columns).to_pandas()
+def read_part(path: Path, columns: list[str]) -> pd.DataFrame:
+    """Some columns of one part file."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=columns).to_pandas()
 
 
 def _part_tables(path: Path, model: Baseline) -> dict:
     """One part's additive tables (training popularity and the model's counts)."""
-    part = SplitFiles([]).read(path, ["session_id", "item_idx"])
+    part = read_part(path, ["session_id", "item_idx"])
     pop = np.bincount(part["item_idx"].to_numpy(), minlength=model.n_items + 1)
     return {"pop": pop.astype(np.float64), **model._tables(part)}
 
@@ -450,7 +452,7 @@ class TrainingSessions:
             if done.exists() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
                 return cls.open(folder)
         # each part holds whole sessions: concatenated, every session stays contiguous
-        parts = [source.read(p, PART_COLUMNS) for p in source.files]
+        parts = [read_part(p, PART_COLUMNS) for p in source.files]
         index = cls(pd.concat(parts, ignore_index=True), n_items, cap)
         del parts
         if folder is None:

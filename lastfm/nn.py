@@ -338,9 +338,9 @@ class NextItemModel(keras.Model):
         return ops.where(real, c, NEG)
 
     def copy_parts(self, out, items):
-        """(c (B, L), C (B, L), first (B, L)): the copy scores, each position's track's
-        copy mass log sum_{q: x_q = x_p} exp(c_q), and whether p is its track's first
-        position in the prefix (the one that carries the track's term)."""
+        """(C (B, L), first (B, L)): each position's track's copy mass log sum_{q: x_q =
+        x_p} exp(c_q), and whether p is its track's first position in the prefix (the one
+        that carries the track's term)."""
         items = ops.cast(items, "int32")
         c = ops.cast(out[:, self.emb_dim :], "float32")
         real = ops.not_equal(items, 0)
@@ -349,7 +349,7 @@ class NextItemModel(keras.Model):
         pos = ops.arange(ops.shape(items)[1], dtype="int32")
         earlier = ops.logical_and(same, (pos[None, :] < pos[:, None])[None, :, :])
         first = ops.logical_and(real, ops.logical_not(ops.any(earlier, axis=2)))
-        return c, mass, first
+        return mass, first
 
     def set_transitions(self, ids: np.ndarray, counts: np.ndarray, plays: np.ndarray) -> None:
         """``--counts``' tables: each track's successors (V+1, K) (0: none), their training
@@ -389,7 +389,7 @@ class NextItemModel(keras.Model):
         if self.copy_query is None:
             return None
         items = ops.cast(items, "int32")
-        _, mass, first = self.copy_parts(out, items)
+        mass, first = self.copy_parts(out, items)
         s = self.item_logits(self.rep_of(out), items)  # (B, L)
         values = ops.where(first, ops.softplus(mass - s), 0.0)
         return ops.where(first, items, 0), values
@@ -549,7 +549,7 @@ class NextItemModel(keras.Model):
         if self.copy_query is None:
             return lse - target
         items = ops.cast(items, "int32")
-        c, _, _ = self.copy_parts(rep, items)
+        c = ops.cast(rep[:, self.emb_dim :], "float32")  # (no per-track masses needed here)
         lse = ops.logaddexp(lse, ops.logsumexp(c, axis=1))
         hit = ops.logical_and(ops.equal(items, y[:, None]), ops.not_equal(items, 0))
         own = ops.logsumexp(ops.where(hit, c, NEG), axis=1)  # NEG-ish: no play of the target
