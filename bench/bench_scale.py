@@ -111,13 +111,27 @@ def scale(args) -> dict:
 
 
 def compare(args) -> dict:
-    res = {}
+    """Local and Dask runs interleaved (local, dask, local, ...), so that a slow minute of
+    this shared machine falls on both engines alike."""
+    cmds = {}
     for engine in ("local", "dask"):
         data = Path(args.work) / f"compare-{engine}"
         cmd = [PY, "preprocess.py", "--input", args.compare, "--force", "--data-dir", str(data)]
         if engine == "dask":
             cmd += ["--engine", "dask", "--workers", str(args.workers)]
-        res[engine] = median_runs(cmd, args.repeats)
+        cmds[engine] = (cmd, data)
+    runs: dict[str, list] = {engine: [] for engine in cmds}
+    for _ in range(args.repeats):
+        for engine, (cmd, _data) in cmds.items():
+            runs[engine].append(measure(cmd))
+    res = {}
+    for engine, (_cmd, data) in cmds.items():
+        rs = runs[engine]
+        res[engine] = {
+            "wall_s": statistics.median(r["wall_s"] for r in rs),
+            "peak_gb": statistics.median(r["peak_gb"] for r in rs),
+            "runs": rs,
+        }
         meta = json.loads((data / "preprocessed" / "meta.json").read_text())
         res[engine]["plays_per_s"] = round(meta["rows_parsed"] / res[engine]["wall_s"])
     res["dask_over_local"] = round(res["dask"]["plays_per_s"] / res["local"]["plays_per_s"], 3)

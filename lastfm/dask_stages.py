@@ -10,14 +10,19 @@ partition:
    rows split by ``bucket = hash(user) % B`` as ``_work/ingest/<piece>/b<bucket>.parquet``
    with a manifest per piece (lines, rejects by reason, time range). This is the shuffle's
    write side: each bucket receives whole listeners; no task holds more than one piece.
-2. **buckets**, one task per bucket: read the bucket's files from every piece, sort each
-   listener's plays by time, flag missing ids and implausible times, and write
-   ``_work/plays/b<bucket>.parquet`` (every parsed row, flags kept) and its users.
-3. **windows**, one task per bucket: the month windows (cut at the global last play),
-   each user numbered by its rank among all users (the local engine's order), written as
-   Parquet datasets ``preprocessed/<window>.parquet/part-<bucket>.parquet``.
-4. **statistics**: the study's table (count, unique, top, freq per column) by Dask
-   reductions over the bucket files - exact.
+2. **users**, one task per bucket: the bucket's distinct listeners (the user column of
+   its files), so that every user is numbered by its rank among all users (the local
+   engine's order) before any play is written; the month windows are cut at the global
+   last play, known from the pieces' manifests.
+3. **buckets**, one task per bucket: read the bucket's files from every piece, sort each
+   listener's plays by time, flag missing ids and implausible times, write the bucket's
+   plays of every window as ``preprocessed/<window>.parquet/part-<bucket>.parquet``, and
+   its share of the statistics: per column each value's count in every table, split by
+   a hash of the value into ``_work/stats/<column>/b<bucket>.parquet`` (a row group per
+   reducer). One read of the bucket for everything.
+4. **statistics**, one task per slice of the values: the slice's counts summed over every
+   bucket and summarised (the study's table: count, unique, top, freq per column) - exact,
+   a two-level reduction in which only distinct values per bucket move.
 
 Sessionize, per window: sessions per bucket with ``lastfm.sessions.build_sessions`` (the local
 engine's vectorised builder, through one task per bucket, never ``groupby().apply``),
@@ -25,7 +30,8 @@ the time split at global cut points, the vocabulary from the training counts (a 
 reduction, with ``--min-track-plays`` / ``--max-tracks`` caps), then per bucket the
 vocabulary applied and the splits written as sharded Parquet, GRU4Rec TSV and RecBole
 atomic files. Every task writes its outputs atomically and a manifest last, so a killed
-run resumes: a rerun skips every piece and bucket whose manifest matches its parameters.
+run resumes: a rerun skips every piece and bucket whose manifest matches its parameters
+and whose outputs still have their recorded size and modification time.
 
 Integer codes: ``user_idx`` is exact (the rank of the user id among all users, as in the
 local engine); ``artist_idx`` and ``track_idx`` are 64-bit hashes of the ids (no global
@@ -85,6 +91,13 @@ STAT_COLUMNS = ["user_id", "timestamp", "artist_id", "artist_name", "track_id", 
 _PIECE_COLUMNS = ["user", "ts_s", "artist", "track", "artist_name", "track_name", "piece", "line"]
 # Rows per bucket the automatic bucket count aims at (one bucket is one task's memory).
 BUCKET_ROWS = 2_000_000
+# Files under _work/ are read once or twice and then only kept for a resumed run: lz4
+# (faster to write and read than zstd, about twice the bytes).
+WORK_COMPRESSION = "lz4"
+# The worker processes of a LocalCluster we start: glibc keeps up to 256 MB of freed
+# memory and serves arrays below 64 MB from its heap, instead of Dask's default (trim at
+# 64 KB), which returned every bucket's arrays to the kernel and faulted them in again.
+WORKER_MALLOC = {"MALLOC_TRIM_THRESHOLD_": 256 << 20, "MALLOC_MMAP_THRESHOLD_": 64 << 20}
 
 
 # --------------------------------------------------------------------------- cluster
@@ -103,8 +116,12 @@ def cluster(scheduler: str | None = None, workers: int = 0, memory_limit: str = 
         finally:
             client.close()
         return
+    import dask
+
     n = workers or os.cpu_count() or 1
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {})) | WORKER_MALLOC
     with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": environ}),
         LocalCluster(
             n_workers=n,
             threads_per_worker=1,
@@ -163,13 +180,38 @@ def _done(path: Path, params: dict, folder: Path | None = None) -> dict | None:
         return None
     if m.get("params") != params:
         return None
-    if not common.outputs_match(folder or path.parent, m.get("outputs")):
+    if not _intact(folder or path.parent, m.get("outputs")):
         return None
     return m
 
 
+def _record(folder: Path, names: list[str]) -> dict[str, dict]:
+    """Size and modification time of each output: every file here is written under a
+    temporary name and renamed into place, so a file at its name is whole, and one
+    rewritten or touched since its manifest shows a new time (an MD5 of every part
+    cost as much as writing it)."""
+    out = {}
+    for n in names:
+        st = (Path(folder) / n).stat()
+        out[n] = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
+
+
+def _intact(folder: Path, record: dict | None) -> bool:
+    if not record:
+        return False
+    for name, rec in record.items():
+        try:
+            st = (Path(folder) / name).stat()
+        except OSError:
+            return False
+        if st.st_size != rec.get("bytes") or st.st_mtime_ns != rec.get("mtime_ns"):
+            return False
+    return True
+
+
 def _finish(path: Path, params: dict, folder: Path, names: list[str], **extra) -> dict:
-    m = {"params": params, **extra, "outputs": common.outputs_record(folder, names)}
+    m = {"params": params, **extra, "outputs": _record(folder, names)}
     common.write_json(path, m)
     return m
 
@@ -184,10 +226,10 @@ def prune(folder: Path, pattern: str, keep: int) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def _write(path: Path, table: pa.Table | pd.DataFrame) -> None:
+def _write(path: Path, table: pa.Table | pd.DataFrame, compression: str = "zstd") -> None:
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
-    common.write_parquet(path, table, compression="zstd")
+    common.write_parquet(path, table, compression=compression)
 
 
 def _track_key(df: pd.DataFrame, keep_missing_mbid: bool) -> pd.Series:
@@ -230,7 +272,7 @@ def ingest_piece(job: dict) -> dict:
         edges = np.flatnonzero(np.r_[True, b[1:] != b[:-1], True]) if len(b) else []
         for lo, hi in zip(edges[:-1], edges[1:]):
             name = f"b{int(b[lo]):05d}-{n:05d}.parquet"
-            _write(folder / name, t.slice(lo, hi - lo))
+            _write(folder / name, t.slice(lo, hi - lo), WORK_COMPRESSION)
             names.append(name)
         where = res.where
         rejects += [
@@ -272,13 +314,33 @@ def _escape(raw: bytes) -> str:
     return escape_line(raw)
 
 
+def bucket_users(job: dict) -> pa.Array:
+    """Task: the distinct listeners of one bucket (its files' user column only)."""
+    import pyarrow.compute as pc
+
+    work = Path(job["work"])
+    cols = [pq.read_table(work / "ingest" / f, columns=["user"])["user"] for f in job["files"]]
+    if not cols:
+        return pa.array([], sources.PLAY_SCHEMA.field("user").type)
+    return pc.unique(pa.chunked_array([c for col in cols for c in col.chunks]))
+
+
 def bucket_plays(job: dict) -> dict:
-    """Task: every piece's rows of one bucket, sorted by user and time, flagged."""
-    work, b = Path(job["work"]), job["bucket"]
-    out = work / "plays"
-    params = {"bucket": b, "pieces": job["pieces_md5"], "rules": job["rules"]}
+    """Task: every piece's rows of one bucket, sorted by user and time and flagged; its
+    plays of every window written as that window's part (users numbered globally); and
+    its share of the study's statistics (``stat_partials``). A manifest last."""
+    work, b, pre = Path(job["work"]), job["bucket"], Path(job["out"])
     name = f"b{b:05d}"
-    done = _done(out / f"{name}.json", params, work)
+    params = {  # everything the bucket's outputs depend on
+        "bucket": b,
+        "pieces": job["pieces_md5"],
+        "rules": job["rules"],
+        "windows": {w: list(v) for w, v in job["windows"].items()},
+        "users": job["users_md5"],
+        "slices": job["slices"],
+    }
+    manifest = work / "buckets" / f"{name}.json"
+    done = _done(manifest, params, pre)
     if done:
         return done
     import pyarrow.compute as pc
@@ -323,53 +385,38 @@ def bucket_plays(job: dict) -> dict:
         .append_column("track_idx", pa.array(track_idx, pa.int64()))
         .append_column("artist_idx", pa.array(hash_strings(art), pa.int64()))
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (work / "users").mkdir(parents=True, exist_ok=True)
-    _write(out / f"{name}.parquet", frame)
-    users = pc.unique(frame["user"]).sort()
-    _write(work / "users" / f"{name}.parquet", pa.table({"user": users}))
-    return _finish(
-        out / f"{name}.json",
-        params,
-        work,
-        [f"plays/{name}.parquet", f"users/{name}.parquet"],
-        rows=int(len(frame)),
-    )
-
-
-def window_parts(job: dict) -> dict:
-    """Task: one bucket's plays of every window, users numbered globally."""
-    import pyarrow.compute as pc
-
-    work, b, pre = Path(job["work"]), job["bucket"], Path(job["out"])
-    name = f"b{b:05d}"
-    frame = pq.read_table(work / "plays" / f"{name}.parquet")
     # the rank of each user among all users: its position in the sorted list
     user_idx = pc.index_in(frame["user"], value_set=job["users"]).cast(pa.int32())
-    kept = frame["clean"].to_numpy() & frame["in_range"].to_numpy()
-    ts = frame["ts_s"].to_numpy()
-    columns = {
-        "user_idx": user_idx,
-        "ts_s": frame["ts_s"],
-        "artist_idx": frame["artist_idx"],
-        "track_idx": frame["track_idx"],
-        "artist_name": frame["artist_name"],
-        "track_name": frame["track_name"],
-        "track_mbid": frame["track"],
-    }
-    table = pa.table(columns)
-    result = {}
+    kept = clean & in_range
+    table = pa.table(
+        {
+            "user_idx": user_idx,
+            "ts_s": frame["ts_s"],
+            "artist_idx": frame["artist_idx"],
+            "track_idx": frame["track_idx"],
+            "artist_name": frame["artist_name"],
+            "track_name": frame["track_name"],
+            "track_mbid": frame["track"],
+        }
+    )
+    windows, names = {}, []
     for w, (start, end) in job["windows"].items():
         m = kept & (ts >= start) & (ts < end)
-        d = pre / f"{w}.parquet"
-        d.mkdir(parents=True, exist_ok=True)
+        part = pre / f"{w}.parquet" / f"part-{b:05d}.parquet"
+        part.parent.mkdir(parents=True, exist_ok=True)
         if m.any():  # a bucket without a play in the window writes no part
-            _write(d / f"part-{b:05d}.parquet", table.filter(pa.array(m)))
-        result[w] = {
+            _write(part, table.filter(pa.array(m)))
+            names.append(str(part.relative_to(pre)))
+        else:
+            part.unlink(missing_ok=True)
+        windows[w] = {
             "rows": int(m.sum()),
             "ts": [int(ts[m].min()), int(ts[m].max())] if m.any() else None,
         }
-    return result
+    stats = stat_partials(frame, job["windows"], work / "stats", b, job["slices"])
+    names += [f"_work/stats/{col}/{name}.parquet" for col in STAT_SOURCE]
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    return _finish(manifest, params, pre, names, rows=int(len(frame)), windows=windows, **stats)
 
 
 STAT_SOURCE = {  # the study's column -> the plays' column
@@ -382,91 +429,205 @@ STAT_SOURCE = {  # the study's column -> the plays' column
 }
 
 
-def _summarize(groups: pd.DataFrame) -> pd.DataFrame:
-    """One partition of a column's value counts per table (a column per table): per table
-    the plays, distinct values, the largest count and the smallest value holding it.
-    Missing values (null, "") are not values."""
-    idx = groups.index
-    keep = idx.notna()
-    if idx.dtype == object or str(idx.dtype) in ("str", "string"):
-        keep &= np.asarray(idx.astype(object) != "")
-    groups = groups[keep]
-    rows = []
-    for table in groups.columns:
-        n = groups[table].to_numpy()
-        present = n > 0
-        best = int(n.max()) if present.any() else 0
-        top = min(groups.index[n == best].tolist()) if best else None
-        rows.append((table, int(n.sum()), int(present.sum()), best, top))
-    return pd.DataFrame(rows, columns=["table", "count", "unique", "freq", "top"])
+def _masks(frame: pa.Table, windows: dict) -> dict[str, np.ndarray]:
+    """A 0/1 count column ``m_<table>`` per table (raw, clean, each window) of a bucket's
+    plays, ``m_no_artist`` (plays without an artist id) and ``m_in_range``."""
+    import pyarrow.compute as pc
 
-
-def _with_masks(df: pd.DataFrame, windows: dict) -> pd.DataFrame:
-    """A partition of the plays with a 0/1 column ``m_<table>`` for raw, clean, each
-    window, and ``m_no_artist`` (plays without an artist id)."""
-    ts, clean, in_range = df["ts_s"].to_numpy(), df["clean"].to_numpy(), df["in_range"].to_numpy()
-    art = df["artist"]
-    masks = {"m_raw": np.ones(len(df), bool), "m_clean": clean}
+    ts, clean = frame["ts_s"].to_numpy(), frame["clean"].to_numpy()
+    in_range = frame["in_range"].to_numpy()
+    art = frame["artist"]
+    masks = {"m_raw": np.ones(frame.num_rows, bool), "m_clean": clean}
     for w, (start, end) in windows.items():
         masks[f"m_{w}"] = clean & in_range & (ts >= start) & (ts < end)
-    masks["m_no_artist"] = (art.isna() | (art.astype(object) == "")).to_numpy()
+    masks["m_no_artist"] = pc.or_(pc.is_null(art), pc.equal(pc.fill_null(art, "x"), "")).to_numpy(
+        zero_copy_only=False
+    )
     masks["m_in_range"] = in_range
-    return df.assign(**{k: v.astype(np.int64) for k, v in masks.items()})
+    return {k: v.astype(np.int32) for k, v in masks.items()}
 
 
-def _read_masked(path: str, windows: dict) -> pd.DataFrame:
-    columns = [*STAT_SOURCE.values(), "clean", "in_range"]
-    return _with_masks(pq.read_table(path, columns=columns).to_pandas(), windows)
+def _stat_counts(col: str, tables: list[str]) -> list[str]:
+    """The count columns a bucket writes for ``col``. A timestamp's count in a window is
+    its clean count when the window (and the plausible range) holds that second, so
+    timestamps carry raw and clean only; the reducer derives the windows'."""
+    if col == "timestamp":
+        return ["m_raw", "m_clean"]
+    return [f"m_{t}" for t in tables] + (["m_no_artist"] if col == "artist_name" else [])
 
 
-def _clean_plays(groups: pd.DataFrame) -> pd.Series:
-    return groups["m_clean"]
+_POWERS = np.cumprod(np.full(1 << 16, 0x100000001B3, np.uint64))  # FNV prime^k mod 2**64
 
 
-def study_statistics(client, work: Path, windows: dict) -> dict:
-    """The study's describe() table for raw, clean and every window, exactly: per column
-    one Dask group-by of the value with a count column per table (one shuffle per column,
-    not per table), summarised per partition; only the summaries come back (and the
-    plays per user, for the plot). Top: the most frequent value, the smallest on ties."""
-    import dask
-    import dask.dataframe as dd
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
 
-    # each bucket file read with a count column per table by one opaque function (the
-    # query optimizer's projections broke assign + several group-bys, dask 2026.8)
-    files = sorted(str(f) for f in (work / "plays").glob("b*.parquet"))
-    meta_in = pd.DataFrame(
-        {c: pd.Series(dtype="int64" if c == "ts_s" else "str") for c in STAT_SOURCE.values()}
-        | {"clean": pd.Series(dtype=bool), "in_range": pd.Series(dtype=bool)}
-    )
-    masked = dd.from_map(_read_masked, files, windows=windows, meta=_with_masks(meta_in, windows))
-    tables = ["raw", "clean", *windows]
-    split_out = max(1, masked.npartitions // 4)  # a reducer holds ~4 buckets of values
-    meta = pd.DataFrame(
-        {
-            "table": pd.Series(dtype=object),
-            "count": pd.Series(dtype="int64"),
-            "unique": pd.Series(dtype="int64"),
-            "freq": pd.Series(dtype="int64"),
-            "top": pd.Series(dtype=object),
-        }
-    )
-    lazy = {"out_of_range": masked["m_raw"].sum() - masked["m_in_range"].sum()}
-    for col, src in STAT_SOURCE.items():
-        cols = [f"m_{t}" for t in tables] + (["m_no_artist"] if col == "artist_name" else [])
-        groups = masked[[src, *cols]].groupby(src)[cols].sum(split_out=split_out)
-        lazy[col] = groups.map_partitions(_summarize, meta=meta)
-        if col == "user_id":
-            # taken inside the partitions: a projection of ``groups`` would be pushed into
-            # the group-by it shares with the summary (dask 2026.8)
-            lazy["user_plays"] = groups.map_partitions(
-                _clean_plays, meta=pd.Series(dtype="int64", name="m_clean")
+
+def text_hash(values) -> np.ndarray:
+    """A fast 64-bit hash of each string of an Arrow column (no nulls), from its UTF-8
+    bytes with numpy alone: a polynomial over the bytes, mixed. Deterministic on every
+    machine; used only to spread values over reducers (``hash64`` names ids)."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    arr = arr.cast(pa.large_string())
+    _, offs, data = arr.buffers()
+    offsets = np.frombuffer(offs, np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    lo, hi = int(offsets[0]), int(offsets[-1])
+    raw = np.frombuffer(data, np.uint8)[lo:hi] if data is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    h = lengths.astype(np.uint64)
+    if hi > lo:
+        if int(lengths.max()) > len(_POWERS):
+            raise PipelineError(f"a value of {int(lengths.max()):,} bytes is too long to hash")
+        owner_end = np.repeat(offsets[1:] - lo, lengths)  # each byte's string's end
+        from_end = owner_end - 1 - np.arange(hi - lo)
+        terms = raw.astype(np.uint64) * _POWERS[from_end]
+        nonempty = lengths > 0
+        h[nonempty] += np.add.reduceat(terms, (offsets[:-1] - lo)[nonempty])
+    return _mix(h)
+
+
+def _slice_of(values, slices: int) -> np.ndarray:
+    """Which reducer sums a value's counts: a hash of the value, mod ``slices``."""
+    if pa.types.is_integer(values.type):
+        h = _mix(values.to_numpy().astype(np.int64).view(np.uint64))
+    else:
+        h = text_hash(values)
+    return (h % np.uint64(slices)).astype(np.int32)
+
+
+def _sum_by_value(t: pa.Table, cols: list[str], dtype=pa.int64()) -> pa.Table:
+    """``t``'s count columns summed per distinct ``v``, as ``dtype``. Integers
+    (timestamps, nearly all distinct) by one sort, several times faster there than
+    Arrow's hash group-by; strings by the group-by."""
+    if pa.types.is_integer(t["v"].type):
+        v = t["v"].to_numpy()
+        order = np.argsort(v, kind="stable")
+        v = v[order]
+        starts = np.flatnonzero(np.r_[True, v[1:] != v[:-1]]) if len(v) else np.zeros(0, int)
+        sums = {
+            c: pa.array(
+                np.add.reduceat(t[c].to_numpy().astype(np.int64)[order], starts)
+                if len(v)
+                else np.zeros(0, np.int64)
             )
-    got = dict(zip(lazy, dask.compute(*lazy.values())))
+            for c in cols
+        }
+        g = pa.table({"v": v[starts], **sums})
+    else:
+        g = t.group_by("v").aggregate([(c, "sum") for c in cols]).rename_columns(["v", *cols])
+    return pa.table({"v": g["v"], **{c: g[c].cast(dtype) for c in cols}})
+
+
+def _write_slices(path: Path, g: pa.Table, slices: int) -> None:
+    """``g`` (sorted by ``slice``) with each slice its own row group, so that a reducer's
+    filter on ``slice`` reads its row group only."""
+    sl = g["slice"].to_numpy()
+    edges = np.searchsorted(sl, np.arange(slices + 1))
+
+    def write(tmp: Path) -> None:
+        with pq.ParquetWriter(tmp, g.schema, compression=WORK_COMPRESSION) as w:
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                if hi > lo:
+                    w.write_table(g.slice(lo, hi - lo), row_group_size=hi - lo)
+
+    common.write_atomic(path, write)
+
+
+def stat_partials(frame: pa.Table, windows: dict, folder: Path, b: int, slices: int) -> dict:
+    """The first half of the statistics' reduction, for one bucket: per column, each
+    value's count in every table (missing values, null or "", are not values), written
+    to ``folder/<column>/b<bucket>.parquet`` sorted by the reducer (``slice``) that sums
+    it: one read of the plays for all six columns, and only distinct values move on."""
+    import pyarrow.compute as pc
+
+    masks = _masks(frame, windows)
+    tables = ["raw", "clean", *windows]
+    for col, src in STAT_SOURCE.items():
+        cols = _stat_counts(col, tables)
+        v = frame[src]
+        t = pa.table({"v": v, **{c: masks[c] for c in cols}})
+        if not pa.types.is_integer(v.type):
+            t = t.filter(pc.and_(pc.is_valid(v), pc.not_equal(pc.fill_null(v, ""), "")))
+        g = _sum_by_value(t, cols, pa.int32())  # a bucket holds far fewer plays than 2**31
+        g = g.append_column("slice", pa.array(_slice_of(g["v"], slices)))
+        g = g.take(pc.sort_indices(g, sort_keys=[("slice", "ascending")]))
+        (folder / col).mkdir(parents=True, exist_ok=True)
+        _write_slices(folder / col / f"b{b:05d}.parquet", g, slices)
+    return {"out_of_range": int(frame.num_rows - masks["m_in_range"].sum(dtype=np.int64))}
+
+
+def stat_slice(job: dict) -> dict:
+    """Task: the second half, for one slice of the values: their counts summed over
+    every bucket, then per column and table the plays, distinct values, the largest
+    count and the smallest value holding it; and each listener's clean plays."""
+    import pyarrow.compute as pc
+
+    folder, r, tables = Path(job["folder"]), job["slice"], job["tables"]
+    out: dict = {"summary": [], "users": [], "user_plays": []}
+    for col in STAT_SOURCE:
+        cols = _stat_counts(col, tables)
+        files = sorted((folder / col).glob("b*.parquet"))
+        parts = [pq.read_table(f, filters=[("slice", "==", r)]) for f in files]
+        parts = [p for p in parts if p.num_rows]
+        if not parts:
+            out["summary"] += [(col, f"m_{t}", 0, 0, 0, None) for t in [*tables, "no_artist"]]
+            continue
+        g = _sum_by_value(pa.concat_tables(parts), cols)
+        values = g["v"]
+        counts = {c: g[c].to_numpy() for c in cols}
+        if col == "timestamp":
+            ts = values.to_numpy()
+            lo, hi = job["valid_range"]
+            for w, (start, end) in job["windows"].items():
+                held = (ts >= max(start, lo)) & (ts < min(end, hi))
+                counts[f"m_{w}"] = np.where(held, counts["m_clean"], 0)
+        for c, n in counts.items():
+            best = int(n.max()) if len(n) else 0
+            top = None
+            if best:
+                tied = pc.filter(values, pa.array(n == best)).to_pylist()
+                top = min(tied)
+            out["summary"].append((col, c, int(n.sum()), int((n > 0).sum()), best, top))
+        if col == "user_id":
+            out["users"] = values.to_pylist()
+            out["user_plays"] = g["m_clean"].to_numpy().tolist()
+    return out
+
+
+def study_statistics(
+    client, work: Path, windows: dict, slices: int, partials: list, valid_range: tuple
+) -> dict:
+    """The study's describe() table for raw, clean and every window, exactly, from the
+    buckets' partial counts (``stat_partials``, written by the bucket tasks): one task
+    per slice of the values sums them (a hand-built tree reduction: the group-bys of
+    dask.dataframe shuffled every play once per column). Top: the most frequent value,
+    the smallest on ties."""
+    tables = ["raw", "clean", *windows]
+    jobs = [
+        {
+            "folder": str(work / "stats"),
+            "slice": r,
+            "tables": tables,
+            "windows": windows,
+            "valid_range": valid_range,
+        }
+        for r in range(slices)
+    ]
+    got = run_tasks(client, stat_slice, jobs, "statistics")
+    summary = pd.DataFrame(
+        [row for g in got for row in g["summary"]],
+        columns=["column", "table", "count", "unique", "freq", "top"],
+    )
     stats = {t: {} for t in tables}
     for col in STAT_SOURCE:
-        summary = got[col]
+        mine = summary[summary["column"] == col]
         for t in tables:
-            part = summary[summary["table"] == f"m_{t}"]
+            part = mine[mine["table"] == f"m_{t}"]
             unique = int(part["unique"].sum())
             freq = int(part["freq"].max()) if unique else 0
             top = min(part.loc[part["freq"] == freq, "top"].tolist()) if unique else None
@@ -478,15 +639,14 @@ def study_statistics(client, work: Path, windows: dict) -> dict:
                 "top": top,
                 "freq": freq,
             }
-    lacking = got["artist_name"]
-    lacking = lacking[lacking["table"] == "m_no_artist"]
-    raw_rows = int(got["user_id"].query("table == 'm_raw'")["count"].sum())
+    lacking = summary[(summary["column"] == "artist_name") & (summary["table"] == "m_no_artist")]
     extra = {
         t: {"rows": stats[t]["user_id"]["count"], "users": stats[t]["user_id"]["unique"]}
         for t in tables
     }
-    extra["raw"]["rows"] = raw_rows
-    user_plays = got["user_plays"].to_numpy()
+    users = [u for g in got for u in g["users"]]
+    plays = np.array([n for g in got for n in g["user_plays"]], dtype=np.int64)
+    user_plays = plays[np.argsort(np.array(users, dtype=object), kind="stable")]
     return {
         "tables": stats,
         "sizes": extra,
@@ -495,7 +655,7 @@ def study_statistics(client, work: Path, windows: dict) -> dict:
             "artists_without_mbid": int(lacking["unique"].sum()),
         },
         "user_plays": user_plays[user_plays > 0],
-        "out_of_range": int(got["out_of_range"]),
+        "out_of_range": int(sum(p["out_of_range"] for p in partials)),
     }
 
 
@@ -561,62 +721,64 @@ def preprocess(
         for f in m["outputs"]:
             if f.endswith(".parquet"):
                 files.setdefault(int(f[1:6]), []).append(f"p{p.index:06d}/{f}")
-    bjobs = [
-        {
-            "work": str(work),
-            "bucket": b,
-            "pieces_md5": pieces_md5,
-            "rules": rules,
-            "newest_first": sources.newest_first(dataset),
-            "files": files.get(b, []),
-        }
-        for b in range(buckets)
-    ]
-    for sub in ("plays", "users"):
-        prune(work / sub, "b*", buckets)
-    run_tasks(client, bucket_plays, bjobs, "buckets")
-    users = pa.concat_arrays(  # every user once (buckets are disjoint), in id order
-        [
-            pq.read_table(work / "users" / f"b{b:05d}.parquet")["user"].combine_chunks()
-            for b in range(buckets)
-        ]
-    ).sort()
     ranges = [m["ts_in_range"] for m in manifests if m.get("ts_in_range")]
     if not ranges:
         raise PipelineError(
             "no play falls inside the plausible time range; check --valid-from/--valid-to"
         )
-    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    windows = _windows(min(r[0] for r in ranges), max(r[1] for r in ranges), cfg)
+    ujobs = [{"work": str(work), "files": files.get(b, [])} for b in range(buckets)]
+    users = pa.concat_arrays(  # every user once (buckets are disjoint), in id order
+        run_tasks(client, bucket_users, ujobs, "users")
+    ).sort()
     # user_idx -> the source's user id (the local engine keeps this list in meta.json)
     _write(
         out / "users.parquet",
         pa.table({"user_idx": pa.array(np.arange(len(users), dtype=np.int32)), "user": users}),
     )
-    windows = _windows(lo, hi, cfg)
+    users_md5 = hashlib.md5(json.dumps(users.to_pylist()).encode()).hexdigest()
     for w in windows:
-        shutil.rmtree(out / f"{w}.parquet", ignore_errors=True)
-        (out / f"{w}.parquet").unlink(missing_ok=True) if (out / f"{w}.parquet").is_file() else None
+        if (out / f"{w}.parquet").is_file():
+            (out / f"{w}.parquet").unlink()
+        prune(out / f"{w}.parquet", "part-*", buckets)
+    prune(work / "buckets", "b*", buckets)
+    for col in STAT_SOURCE:
+        prune(work / "stats" / col, "b*", buckets)
     users_f = client.scatter(users, broadcast=True)
-    wjobs = [
-        {"work": str(work), "bucket": b, "users": users_f, "windows": windows, "out": str(out)}
+    slices = max(1, buckets // 4)  # a reducer sums about four buckets' distinct values
+    bjobs = [
+        {
+            "work": str(work),
+            "out": str(out),
+            "bucket": b,
+            "pieces_md5": pieces_md5,
+            "rules": rules,
+            "newest_first": sources.newest_first(dataset),
+            "files": files.get(b, []),
+            "windows": windows,
+            "users": users_f,
+            "users_md5": users_md5,
+            "slices": slices,
+        }
         for b in range(buckets)
     ]
-    parts = run_tasks(client, window_parts, wjobs, "windows")
+    parts = run_tasks(client, bucket_plays, bjobs, "buckets")
     written = {}
     for w, (start, end) in windows.items():
-        rows = sum(p[w]["rows"] for p in parts)
+        rows = sum(p["windows"][w]["rows"] for p in parts)
         if rows == 0:
             raise PipelineError(
                 f"window {w} holds no play (anchor {cfg.anchor}); choose other --months or --anchor"
             )
-        tss = [p[w]["ts"] for p in parts if p[w]["ts"]]
+        tss = [p["windows"][w]["ts"] for p in parts if p["windows"][w]["ts"]]
         written[w] = {
             "start_s": start,
             "end_s": end,
             "rows": rows,
             "ts": [min(t[0] for t in tss), max(t[1] for t in tss)],
         }
-    stats = study_statistics(client, work, windows)
+    valid = (rules["valid_from_s"], rules["valid_to_s"])
+    stats = study_statistics(client, work, windows, slices, parts, valid)
     for w in windows:
         written[w]["users"] = stats["sizes"][w]["users"]
         # distinct track ids of the window (with --keep-missing-mbid: (artist, title) pairs)

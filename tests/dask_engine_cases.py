@@ -303,6 +303,35 @@ def test_a_killed_dask_run_resumes_to_the_same_outputs(small_synth, tmp_path, sc
     assert a["rejects"] == b["rejects"] and a["stats"] == b["stats"] and a["meta"] == b["meta"]
 
 
+def test_a_rerun_redoes_only_the_buckets_whose_outputs_are_gone(small_synth, tmp_path, scheduler):
+    """Buckets resume like pieces: after one bucket's manifest and another's window part
+    are removed, a rerun redoes those two buckets only (the others' parts and partial
+    statistics keep their files) and ends with the same outputs and statistics."""
+    src = str(small_synth[0] / "lastfm-dataset-1K")
+    args = ["--input", src, "--months", "1,3", "--engine", "dask", "--piece-mb", "0.5"]
+    data = tmp_path / "data"
+    _run(preprocess, data, [*args, "--partitions", "6", "--scheduler", scheduler])
+    before = _outputs(data)
+    pre = data / "preprocessed"
+    work = pre / "_work"
+    files = sorted(work.glob("stats/*/b*.parquet")) + sorted(pre.glob("*.parquet/part-*"))
+    stamp = {f: f.stat().st_mtime_ns for f in files}
+    (work / "buckets" / "b00001.json").unlink()
+    gone = sorted(pre.glob("1m.parquet/part-*"))[-1]
+    gone.unlink()
+    redo = {"00001", gone.name[5:10]}
+    (pre / "meta.json").unlink()  # the stage runs again, without --force: tasks resume
+    _run(preprocess, data, [*args, "--partitions", "6", "--scheduler", scheduler])
+    for f, t in stamp.items():
+        bucket = f.name[5:10] if f.name.startswith("part") else f.name[1:6]
+        assert (f.stat().st_mtime_ns == t) == (bucket not in redo), f
+    after = _outputs(data)
+    assert before["windows"].keys() == after["windows"].keys()
+    for name in before["windows"]:
+        pd.testing.assert_frame_equal(before["windows"][name], after["windows"][name])
+    assert before["stats"] == after["stats"] and before["meta"] == after["meta"]
+
+
 def test_a_worker_killed_mid_run_ends_in_a_completed_run(small_synth, tmp_path):
     """One worker process SIGKILLed during the ingest: its nanny restarts it, the
     scheduler reruns its tasks, and the outputs are those of an undisturbed run."""
