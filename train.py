@@ -82,7 +82,13 @@ class TrainConfig:
     lr: float = option(2e-3, "Adam learning rate")
     cosine: bool = option(False, "cosine learning-rate decay to 0.1 x lr")
     clip_norm: float = option(1.0, "global-norm gradient clip (0: off)")
-    patience: int = option(2, "epochs without validation MRR@20 gain before stopping")
+    patience: int = option(2, "epochs without a gain of the --monitor metric before stopping")
+    monitor: str = option(
+        "MRR@20",
+        "the validation metric that keeps the best epoch and stops training early "
+        "(a protocol that chooses networks on HR@20 trains them on HR@20 too)",
+        choices=["MRR@20", "HR@20"],
+    )
     time_budget: float = option(
         0.0,
         "seconds for training (0: no limit): no epoch starts that the last one's "
@@ -365,6 +371,7 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
         work / "history.csv",
         n_train,
         tc.time_budget,
+        tc.monitor,
     )
     callbacks = [cb]
     if keras.backend.backend() == "tensorflow" and tc.tensorboard:
@@ -402,13 +409,14 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
         "train_examples": n_train,
         "valid_events": len(valid_ev),
         "best_epoch": cb.best_epoch,
+        "monitor": tc.monitor,
         "best_valid": cb.best,
         "stopped": cb.stopped,
         "history": cb.rows,
     }
     if not (work / "model.keras").exists():
         raise PipelineError(
-            f"{cb.diverged or 'no epoch gave a finite validation MRR@20'}; nothing saved in "
+            f"{cb.diverged or 'no epoch gave a finite validation ' + tc.monitor}; nothing saved in "
             f"{out}; try a lower --lr"
         )
     if tc.transitions:
@@ -503,7 +511,8 @@ def run_provenance(sessions_meta: dict, tags_dir: Path | None = None) -> dict:
 
 
 class ValidationCallback(keras.callbacks.Callback):
-    """Per epoch: validation HR@20/MRR@20, timing; early stopping; best model saved.
+    """Per epoch: validation HR@20/MRR@20, timing; early stopping and the best model
+    saved by ``monitor`` (MRR@20 or HR@20).
 
     ``stopped`` says why training ended: ``early stopping``, ``time budget``
     (the next epoch, timed as the last one's batches, would end past ``time_budget``
@@ -519,8 +528,10 @@ class ValidationCallback(keras.callbacks.Callback):
         csv_path: Path,
         n_train: int,
         time_budget: float = 0.0,
+        monitor: str = "MRR@20",
     ):
         super().__init__()
+        self.monitor = monitor
         self.rec_model, self.valid, self.n_items = rec_model, valid, n_items
         self.patience, self.path, self.csv_path, self.n_train = patience, path, csv_path, n_train
         self.best, self.best_epoch, self.wait, self.rows = -1.0, 0, 0, []
@@ -571,13 +582,13 @@ class ValidationCallback(keras.callbacks.Callback):
             w = csv.DictWriter(fh, fieldnames=list(row))
             w.writeheader()
             w.writerows(self.rows)
-        if res.summary["MRR@20"] > self.best:
-            self.best, self.best_epoch, self.wait = res.summary["MRR@20"], epoch + 1, 0
+        if res.summary[self.monitor] > self.best:
+            self.best, self.best_epoch, self.wait = res.summary[self.monitor], epoch + 1, 0
             self.rec_model.save(self.path)
         else:
             self.wait += 1
             if self.wait >= self.patience:
-                log(f"early stop: no validation MRR@20 gain for {self.patience} epoch(s)")
+                log(f"early stop: no validation {self.monitor} gain for {self.patience} epoch(s)")
                 self.rec_model.stop_training, self.stopped = True, "early stopping"
                 return
         if not self.time_budget or not self.batch_s or epoch + 1 >= self.params.get("epochs", 0):
@@ -636,7 +647,8 @@ def main(argv=None) -> None:
         return
     record = train(layout, mc, tc)
     log(
-        f"best epoch {record['best_epoch']}: validation MRR@20 {record['best_valid']:.4f}; "
+        f"best epoch {record['best_epoch']}: validation {record['monitor']} "
+        f"{record['best_valid']:.4f}; "
         f"saved {out / 'model.keras'}"
     )
 

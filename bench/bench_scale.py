@@ -138,6 +138,30 @@ def compare(args) -> dict:
     return res
 
 
+def plot_scale(scale: dict, path: Path) -> None:
+    """Wall time against plays (log-log) per stage, with the line of linear growth
+    through the smallest size: the curve beside the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [scale[k] for k in sorted(scale, key=int)]
+    plays = [r["plays"] for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for key, label in (("preprocess", "preprocess"), ("sessionize", "sessionize"), ("", "both")):
+        wall = [r[key]["wall_s"] if key else r["wall_s"] for r in rows]
+        ax.plot(plays, wall, marker="o", label=label)
+    first = rows[0]["wall_s"]
+    ax.plot(plays, [first * p / plays[0] for p in plays], "k:", label="linear from the first")
+    ax.set(xscale="log", yscale="log", xlabel="plays", ylabel="wall s (median)")
+    ax.set_title("Data stages on Dask, 2 workers", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="", help="millions of plays, e.g. 25,50,100,200")
@@ -147,7 +171,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="")
     ap.add_argument("--clean", action="store_true", help="remove each size's outputs after it")
+    ap.add_argument("--plot", default="", help="write the curve of --sizes (or --plot-from) here")
+    ap.add_argument("--plot-from", default="", help="an earlier --out JSON to plot")
     args = ap.parse_args()
+    if args.plot_from:
+        plot_scale(json.loads(Path(args.plot_from).read_text())["scale"], Path(args.plot))
+        return
     result = {"workers": args.workers, "repeats": args.repeats}
     if args.sizes:
         result["scale"] = scale(args)
@@ -158,6 +187,8 @@ def main() -> None:
                 f"| {r['plays']:,} | {r['preprocess']['wall_s']} | {r['sessionize']['wall_s']} "
                 f"| {r['wall_s']} | {r['peak_gb']} | {r.get('ratio_to_half', '')} |"
             )
+        if args.plot:
+            plot_scale(result["scale"], Path(args.plot))
     if args.compare:
         result["compare"] = compare(args)
         print(json.dumps(result["compare"], indent=1))

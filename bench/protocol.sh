@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The evaluation protocol end to end on generated data: every baseline tuned on validation,
 # every network (the study's and its peers) tuned on validation with the same budget (the
-# GRID below, seed 0), its best configuration trained with more seeds, the hybrid against
+# GRID below and its reference implementation's stock settings, seed 0), chosen on
+# validation MRR@20 and, trained again, on HR@20 (SELECT), each choice trained with more
+# seeds, the hybrid against
 # the baseline ensemble, segments, and time slices for the baselines and the study's
 # network. Results: $DATA_DIR/reports/results.{md,json} and results_slices.{md,json};
 # publish them with docs/build_results.py --add.
 #
-#   USERS=200 PLAYS=2000000 bash bench/protocol.sh             # about an hour here
+#   USERS=200 PLAYS=2000000 bash bench/protocol.sh             # hours here (10 runs a network)
 #   USERS=992 PLAYS=19150000 EPOCHS=5 bash bench/protocol.sh   # full scale: many hours
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,11 +17,25 @@ DATA_DIR=${DATA_DIR:-data/protocol_${USERS:-200}u}
 WINDOW=${WINDOW:-1m}
 EPOCHS=${EPOCHS:-10}
 SEEDS=${SEEDS:-1 2}          # seeds added to the tuned configuration's seed 0
-SLICES=${SLICES:-5}
+SLICES=${SLICES:-5}          # 0: no time slices
 ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}
-# The validation budget of every network: these configurations (seed 0), best by MRR@20.
+# The validation budget of every network: these configurations (seed 0) and the stock
+# settings of its reference implementation (stock below), trained and chosen on each
+# metric of SELECT (each network chosen on MRR@20 and, trained again, on HR@20).
 GRID=${GRID:-"--lr 0.002 --dropout 0.1;--lr 0.002 --dropout 0.25;--lr 0.006 --dropout 0.1;--lr 0.006 --dropout 0.25"}
+SELECT=${SELECT:-MRR@20 HR@20}
 COMMON=(--epochs "$EPOCHS" --cosine --verbose 0 --no-tensorboard --patience 3)
+stock() {  # a network's reference settings (RecBole's model and overall defaults: constant
+  # lr 0.001, CE loss; its batch 2048, 300 epochs and stopping after 10 are not taken:
+  # every network here has the same batch, epochs and patience)
+  case "$1" in
+    sasrec) echo "--blocks 2 --heads 2 --emb-dim 64 --dropout 0.5 --lr 0.001 --no-cosine" ;;
+    gru4rec) echo "--emb-dim 64 --hidden 128 --dropout 0.3 --lr 0.001 --no-cosine" ;;
+    narm) echo "--emb-dim 64 --hidden 128 --dropout 0.25 --lr 0.001 --no-cosine" ;;  # RecBole: 0.25 embeddings, 0.5 before the output; one rate here
+    stamp) echo "--emb-dim 64 --lr 0.001 --no-cosine" ;;
+    *) echo "--no-cosine" ;;  # the study's network: train.py's defaults, a constant lr
+  esac
+}
 D=(--data-dir "$DATA_DIR")
 if [ ! -f "$DATA_DIR/synthetic/lastfm-dataset-1K/userid-timestamp-artid-artname-traid-traname.tsv" ]; then
   $PY synth.py --out "$DATA_DIR/synthetic" --users "${USERS:-200}" --plays "${PLAYS:-2000000}"
@@ -27,39 +43,45 @@ fi
 $PY preprocess.py "${D[@]}" --input "$DATA_DIR/synthetic/lastfm-dataset-1K" --months 1
 TAGS=(--tags-file "$DATA_DIR/synthetic/ground_truth/track_tags.tsv")
 $PY sessionize.py "${D[@]}" --windows "$WINDOW"
-$PY sessionize.py "${D[@]}" --windows "$WINDOW" --slices "$SLICES"
+[ "$SLICES" -gt 0 ] && $PY sessionize.py "${D[@]}" --windows "$WINDOW" --slices "$SLICES"
 $PY fetch_tags.py "${D[@]}" --windows "$WINDOW" "${TAGS[@]}"
-best_of() {  # the folder whose config.json has the best validation MRR@20
+best_of() {  # the folder whose config.json has the best validation score (its --monitor)
   $PY -c 'import json, sys; print(max(sys.argv[1:], key=lambda d: json.load(open(d + "/config.json"))["best_valid"]))' "$@"
 }
 MODELS=()
-for arch in $ARCHS; do
-  IFS=';' read -ra configs <<< "$GRID"
-  tried=()
-  for i in "${!configs[@]}"; do
-    out="$DATA_DIR/models/$WINDOW/${arch}_cfg$i"
-    [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
-      ${configs[$i]} "${COMMON[@]}" --seed 0 --out "$out"
-    tried+=("$out")
-  done
-  best=$(best_of "${tried[@]}")
-  i=${best##*_cfg}
-  MODELS+=("$best")
-  for seed in $SEEDS; do
-    out="$DATA_DIR/models/$WINDOW/${arch}_cfg${i}_seed$seed"
-    [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
-      ${configs[$i]} "${COMMON[@]}" --seed "$seed" --out "$out"
-    MODELS+=("$out")
+for sel in $SELECT; do
+  tag=$([ "$sel" = "MRR@20" ] && echo "" || echo "_${sel%%@*}")  # HR@20 -> _HR
+  for arch in $ARCHS; do
+    IFS=';' read -ra configs <<< "$GRID"
+    configs+=("$(stock "$arch")")
+    tried=()
+    for i in "${!configs[@]}"; do
+      out="$DATA_DIR/models/$WINDOW/${arch}${tag}_cfg$i"
+      [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
+        "${COMMON[@]}" ${configs[$i]} --monitor "$sel" --seed 0 --out "$out"
+      tried+=("$out")
+    done
+    best=$(best_of "${tried[@]}")
+    i=${best##*_cfg}
+    MODELS+=("$best")
+    for seed in $SEEDS; do
+      out="$DATA_DIR/models/$WINDOW/${arch}${tag}_cfg${i}_seed$seed"
+      [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
+        "${COMMON[@]}" ${configs[$i]} --monitor "$sel" --seed "$seed" --out "$out"
+      MODELS+=("$out")
+    done
   done
 done
 $PY test_model.py "${D[@]}" --window "$WINDOW" --models "$(IFS=,; echo "${MODELS[*]}")"
+if [ "$SLICES" -eq 0 ]; then echo "results: $DATA_DIR/reports/results.md"; exit 0; fi
 IFS=';' read -ra configs <<< "$GRID"
+configs+=("$(stock bigru_att)")
 best=${MODELS[0]}; i=${best##*_cfg}
 for k in $(seq 1 "$SLICES"); do
   w="$WINDOW.slice$k"
   $PY fetch_tags.py "${D[@]}" --windows "$w" "${TAGS[@]}"
   [ -f "$DATA_DIR/models/$w/config.json" ] || $PY train.py "${D[@]}" --window "$w" \
-    --arch bigru_att ${configs[$i]} "${COMMON[@]}" --seed 0
+    --arch bigru_att "${COMMON[@]}" ${configs[$i]} --seed 0
 done
 $PY test_model.py "${D[@]}" --window "$WINDOW" --slices "$SLICES"
 echo "results: $DATA_DIR/reports/results.md and results_slices.md"

@@ -145,28 +145,62 @@ def run_tasks(client, fn: Callable, items: list, desc: str) -> list:
 
 
 # --------------------------------------------------------------------------- helpers
-def hash64(values) -> np.ndarray:
-    """A stable 64-bit hash of each value as text (int64; pandas' SipHash with its fixed
-    key, so equal on every machine and every run)."""
-    arr = np.asarray(values, dtype=object)
-    return pd.util.hash_array(arr, categorize=True).view(np.int64)
+_POWERS = np.cumprod(np.full(1 << 16, 0x100000001B3, np.uint64))  # FNV prime^k mod 2**64
+_HASH_BATCH = 1 << 16  # strings hashed together (bounds the temporaries)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves every output bit."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def text_hash(values) -> np.ndarray:
+    """A stable 64-bit hash (uint64) of each string of an Arrow column without nulls:
+    a polynomial over its UTF-8 bytes (weights FNV's prime to the power of the distance
+    from the end, modulo 2**64, repeating every 65,536 bytes) plus its length, then
+    mixed; numpy alone, so equal on every machine and every run, and without a Python
+    object per value."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    arr = arr.cast(pa.large_string())
+    out = np.empty(len(arr), np.uint64)
+    for start in range(0, len(arr), _HASH_BATCH):
+        part = arr.slice(start, _HASH_BATCH)
+        _, offs, data = part.buffers()
+        offsets = np.frombuffer(offs, np.int64)[part.offset : part.offset + len(part) + 1]
+        lo, hi = int(offsets[0]), int(offsets[-1])
+        lengths = np.diff(offsets)
+        h = lengths.astype(np.uint64)
+        if hi > lo:
+            raw = np.frombuffer(data, np.uint8)[lo:hi]
+            owner_end = np.repeat(offsets[1:] - lo, lengths)  # each byte's string's end
+            from_end = (owner_end - 1 - np.arange(hi - lo)) % len(_POWERS)
+            terms = raw.astype(np.uint64) * _POWERS[from_end]
+            nonempty = lengths > 0
+            h[nonempty] += np.add.reduceat(terms, (offsets[:-1] - lo)[nonempty])
+        out[start : start + len(part)] = _mix(h)
+    return out
 
 
 def hash_strings(col) -> np.ndarray:
-    """``hash64`` of an Arrow string column (nulls as ""), hashing each distinct value
-    once (its dictionary) rather than every row."""
+    """``text_hash`` of an Arrow string column (nulls as "") as int64, hashing each
+    distinct value once (its dictionary) rather than every row."""
     import pyarrow.compute as pc
 
-    enc = pc.dictionary_encode(pc.fill_null(col, "")).combine_chunks()
-    return hash64(enc.dictionary.to_numpy(zero_copy_only=False))[
-        enc.indices.to_numpy(zero_copy_only=False)
-    ]
+    enc = pc.dictionary_encode(pc.fill_null(col, ""))
+    enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+    return text_hash(enc.dictionary).view(np.int64)[enc.indices.to_numpy(zero_copy_only=False)]
 
 
 def bucket_of(users, buckets: int) -> np.ndarray:
-    """Each user's bucket (``hash64(user) % buckets``) of an Arrow or numpy column."""
-    h = hash_strings(users) if isinstance(users, pa.ChunkedArray | pa.Array) else hash64(users)
-    return (h.view(np.uint64) % np.uint64(buckets)).astype(np.int32)
+    """Each user's bucket (``text_hash(user) % buckets``) of an Arrow or numpy column."""
+    if not isinstance(users, pa.ChunkedArray | pa.Array):
+        users = pa.array(np.asarray(users, dtype=object), pa.string())
+    h = hash_strings(users).view(np.uint64)
+    return (h % np.uint64(buckets)).astype(np.int32)
 
 
 def _done(path: Path, params: dict, folder: Path | None = None) -> dict | None:
@@ -348,7 +382,9 @@ def bucket_plays(job: dict) -> dict:
     files = [work / "ingest" / f for f in job["files"]]
     schema = sources.PLAY_SCHEMA.append(pa.field("piece", pa.int32()))
     frame = (
-        pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+        pa.concat_tables(
+            [pq.read_table(f) for f in files], promote_options="permissive"
+        ).combine_chunks()  # one chunk: take and hashing on many chunks are slow
         if files
         else schema.empty_table()
     )
@@ -456,41 +492,6 @@ def _stat_counts(col: str, tables: list[str]) -> list[str]:
     return [f"m_{t}" for t in tables] + (["m_no_artist"] if col == "artist_name" else [])
 
 
-_POWERS = np.cumprod(np.full(1 << 16, 0x100000001B3, np.uint64))  # FNV prime^k mod 2**64
-
-
-def _mix(h: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit moves every output bit."""
-    h = h ^ (h >> np.uint64(30))
-    h = h * np.uint64(0xBF58476D1CE4E5B9)
-    h = h ^ (h >> np.uint64(27))
-    h = h * np.uint64(0x94D049BB133111EB)
-    return h ^ (h >> np.uint64(31))
-
-
-def text_hash(values) -> np.ndarray:
-    """A fast 64-bit hash of each string of an Arrow column (no nulls), from its UTF-8
-    bytes with numpy alone: a polynomial over the bytes, mixed. Deterministic on every
-    machine; used only to spread values over reducers (``hash64`` names ids)."""
-    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    arr = arr.cast(pa.large_string())
-    _, offs, data = arr.buffers()
-    offsets = np.frombuffer(offs, np.int64)[arr.offset : arr.offset + len(arr) + 1]
-    lo, hi = int(offsets[0]), int(offsets[-1])
-    raw = np.frombuffer(data, np.uint8)[lo:hi] if data is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    h = lengths.astype(np.uint64)
-    if hi > lo:
-        if int(lengths.max()) > len(_POWERS):
-            raise PipelineError(f"a value of {int(lengths.max()):,} bytes is too long to hash")
-        owner_end = np.repeat(offsets[1:] - lo, lengths)  # each byte's string's end
-        from_end = owner_end - 1 - np.arange(hi - lo)
-        terms = raw.astype(np.uint64) * _POWERS[from_end]
-        nonempty = lengths > 0
-        h[nonempty] += np.add.reduceat(terms, (offsets[:-1] - lo)[nonempty])
-    return _mix(h)
-
-
 def _slice_of(values, slices: int) -> np.ndarray:
     """Which reducer sums a value's counts: a hash of the value, mod ``slices``."""
     if pa.types.is_integer(values.type):
@@ -561,6 +562,20 @@ def stat_partials(frame: pa.Table, windows: dict, folder: Path, b: int, slices: 
     return {"out_of_range": int(frame.num_rows - masks["m_in_range"].sum(dtype=np.int64))}
 
 
+def _read_slice(path: Path, r: int) -> pa.Table | None:
+    """The row group of slice ``r`` in a partial-counts file (``_write_slices``), found
+    by its statistics: several times faster than a filtered read of the file."""
+    pf = pq.ParquetFile(path)
+    col = pf.schema_arrow.get_field_index("slice")
+    for i in range(pf.metadata.num_row_groups):
+        st = pf.metadata.row_group(i).column(col).statistics
+        if st is None or not st.has_min_max:
+            raise PipelineError(f"{path}: row group {i} has no statistics of its slice")
+        if st.min == r:
+            return pf.read_row_group(i)
+    return None
+
+
 def stat_slice(job: dict) -> dict:
     """Task: the second half, for one slice of the values: their counts summed over
     every bucket, then per column and table the plays, distinct values, the largest
@@ -572,8 +587,7 @@ def stat_slice(job: dict) -> dict:
     for col in STAT_SOURCE:
         cols = _stat_counts(col, tables)
         files = sorted((folder / col).glob("b*.parquet"))
-        parts = [pq.read_table(f, filters=[("slice", "==", r)]) for f in files]
-        parts = [p for p in parts if p.num_rows]
+        parts = [t for t in (_read_slice(f, r) for f in files) if t is not None]
         if not parts:
             out["summary"] += [(col, f"m_{t}", 0, 0, 0, None) for t in [*tables, "no_artist"]]
             continue
