@@ -7,9 +7,10 @@ partition:
 
 1. **ingest**, one task per input piece (a byte range of a text file, a TAR member, a
    Parquet file; ``lastfm.sources``): parse exactly, drop nothing, and write the piece's
-   rows split by ``bucket = hash(user) % B`` as ``_work/ingest/<piece>/b<bucket>.parquet``
-   with a manifest per piece (lines, rejects by reason, time range). This is the shuffle's
-   write side: each bucket receives whole listeners; no task holds more than one piece.
+   rows sorted by ``bucket = hash(user) % B`` as ``_work/ingest/<piece>/plays.parquet``, a
+   row group per bucket (and batch), with a manifest per piece (lines, rejects by reason,
+   time range, the buckets it holds). This is the shuffle's write side: each bucket
+   receives whole listeners; no task holds more than one piece (one batch of it).
 2. **users**, one task per bucket: the bucket's distinct listeners (the user column of
    its files), so that every user is numbered by its rank among all users (the local
    engine's order) before any play is written; the month windows are cut at the global
@@ -274,7 +275,8 @@ def _track_key(df: pd.DataFrame, keep_missing_mbid: bool) -> pd.Series:
 
 # --------------------------------------------------------------------------- preprocess
 def ingest_piece(job: dict) -> dict:
-    """Task: parse one piece, write its rows split by user bucket, then its manifest."""
+    """Task: parse one piece, write its rows by user bucket (a row group each) in one
+    file, then its manifest."""
     piece, work = job["piece"], Path(job["work"])
     folder = work / "ingest" / f"p{piece.index:06d}"
     params = {  # everything the piece's files depend on
@@ -291,38 +293,57 @@ def ingest_piece(job: dict) -> dict:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    names, rejects, lines, rows = [], [], 0, 0
+    names, rejects, lines, rows, present = [], [], 0, 0, set()
     where = piece.path + (f":{piece.member}" if piece.member else "")
     counts: dict[str, int] = {}
     lo_ok, hi_ok = job["valid_range"]
     ts_range = None
-    batches = sources.iter_piece(piece, job["dataset"], job["options"])
-    for n, res in enumerate(batches):  # one batch in memory at a time
-        t = res.table
-        t = t.append_column("piece", pa.array(np.full(t.num_rows, piece.index, np.int32)))
-        b = bucket_of(t["user"], job["buckets"])
-        order = np.argsort(b, kind="stable")  # rows of a bucket together, in line order
-        t, b = t.take(pa.array(order)), b[order]
-        edges = np.flatnonzero(np.r_[True, b[1:] != b[:-1], True]) if len(b) else []
-        for lo, hi in zip(edges[:-1], edges[1:]):
-            name = f"b{int(b[lo]):05d}-{n:05d}.parquet"
-            _write(folder / name, t.slice(lo, hi - lo), WORK_COMPRESSION)
-            names.append(name)
-        where = res.where
-        rejects += [
-            f"{where}\t{line}\t{reason}\t{_escape(raw)}\n" for line, reason, raw in res.rejects
-        ]
-        lines += res.lines
-        rows += t.num_rows
-        for key, v in res.counts.items():
-            counts[key] = counts.get(key, 0) + int(v)
-        ts = t["ts_s"].to_numpy()
-        ok = ts[(ts >= lo_ok) & (ts < hi_ok)]
-        if len(ok):
-            lo, hi = int(ok.min()), int(ok.max())
-            ts_range = (
-                [lo, hi] if ts_range is None else [min(ts_range[0], lo), max(ts_range[1], hi)]
-            )
+
+    def write(tmp: Path) -> None:
+        """Every batch's rows sorted by bucket, a row group per (batch, bucket): one file
+        per piece (not one per piece and bucket: at 200M plays, 110 x 62 files)."""
+        nonlocal where, lines, rows, ts_range
+        writer = None
+        try:
+            for res in sources.iter_piece(piece, job["dataset"], job["options"]):
+                t = res.table  # one batch in memory at a time
+                t = t.append_column("piece", pa.array(np.full(t.num_rows, piece.index, np.int32)))
+                b = bucket_of(t["user"], job["buckets"])
+                order = np.argsort(b, kind="stable")  # a bucket's rows together, in line order
+                t, b = t.take(pa.array(order)), b[order]
+                t = t.append_column("bucket", pa.array(b, pa.int32()))
+                edges = np.flatnonzero(np.r_[True, b[1:] != b[:-1], True]) if len(b) else []
+                for lo, hi in zip(edges[:-1], edges[1:]):
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp, t.schema, compression=WORK_COMPRESSION)
+                    writer.write_table(t.slice(lo, hi - lo), row_group_size=hi - lo)
+                    present.add(int(b[lo]))
+                where = res.where
+                rejects.extend(
+                    f"{where}\t{line}\t{reason}\t{_escape(raw)}\n"
+                    for line, reason, raw in res.rejects
+                )
+                lines += res.lines
+                rows += t.num_rows
+                for key, v in res.counts.items():
+                    counts[key] = counts.get(key, 0) + int(v)
+                ts = t["ts_s"].to_numpy()
+                ok = ts[(ts >= lo_ok) & (ts < hi_ok)]
+                if len(ok):
+                    lo, hi = int(ok.min()), int(ok.max())
+                    ts_range = (
+                        [lo, hi]
+                        if ts_range is None
+                        else [min(ts_range[0], lo), max(ts_range[1], hi)]
+                    )
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:  # no row: an empty file keeps the piece's record simple
+            pq.write_table(sources.PLAY_SCHEMA.empty_table(), tmp)
+
+    common.write_atomic(folder / "plays.parquet", write)
+    names.append("plays.parquet")
     if rejects:
         common.write_atomic(
             folder / "rejects.tsv", lambda tmp: tmp.write_text("".join(rejects), encoding="utf-8")
@@ -339,6 +360,7 @@ def ingest_piece(job: dict) -> dict:
         counts=counts,
         rejects=len(rejects),
         ts_in_range=ts_range,
+        buckets=sorted(present),
     )
 
 
@@ -348,12 +370,26 @@ def _escape(raw: bytes) -> str:
     return escape_line(raw)
 
 
+def _read_bucket(path: Path, b: int, columns: list[str] | None = None) -> pa.Table:
+    """A piece's rows of bucket ``b``: its row groups, found by their statistics."""
+    pf = pq.ParquetFile(path)
+    col = pf.schema_arrow.get_field_index("bucket")
+    groups = []
+    for i in range(pf.metadata.num_row_groups):
+        st = pf.metadata.row_group(i).column(col).statistics
+        if st is None or not st.has_min_max:
+            raise PipelineError(f"{path}: row group {i} has no statistics of its bucket")
+        if st.min == b:
+            groups.append(i)
+    return pf.read_row_groups(groups, columns=columns)
+
+
 def bucket_users(job: dict) -> pa.Array:
     """Task: the distinct listeners of one bucket (its files' user column only)."""
     import pyarrow.compute as pc
 
-    work = Path(job["work"])
-    cols = [pq.read_table(work / "ingest" / f, columns=["user"])["user"] for f in job["files"]]
+    work, b = Path(job["work"]), job["bucket"]
+    cols = [_read_bucket(work / "ingest" / f, b, ["user"])["user"] for f in job["files"]]
     if not cols:
         return pa.array([], sources.PLAY_SCHEMA.field("user").type)
     return pc.unique(pa.chunked_array([c for col in cols for c in col.chunks]))
@@ -383,7 +419,8 @@ def bucket_plays(job: dict) -> dict:
     schema = sources.PLAY_SCHEMA.append(pa.field("piece", pa.int32()))
     frame = (
         pa.concat_tables(
-            [pq.read_table(f) for f in files], promote_options="permissive"
+            [_read_bucket(f, b).drop_columns(["bucket"]) for f in files],
+            promote_options="permissive",
         ).combine_chunks()  # one chunk: take and hashing on many chunks are slow
         if files
         else schema.empty_table()
@@ -732,16 +769,15 @@ def preprocess(
     ).hexdigest()
     files: dict[int, list[str]] = {}  # each bucket's files, from the pieces' manifests
     for p, m in zip(pieces, manifests):
-        for f in m["outputs"]:
-            if f.endswith(".parquet"):
-                files.setdefault(int(f[1:6]), []).append(f"p{p.index:06d}/{f}")
+        for b in m["buckets"]:
+            files.setdefault(b, []).append(f"p{p.index:06d}/plays.parquet")
     ranges = [m["ts_in_range"] for m in manifests if m.get("ts_in_range")]
     if not ranges:
         raise PipelineError(
             "no play falls inside the plausible time range; check --valid-from/--valid-to"
         )
     windows = _windows(min(r[0] for r in ranges), max(r[1] for r in ranges), cfg)
-    ujobs = [{"work": str(work), "files": files.get(b, [])} for b in range(buckets)]
+    ujobs = [{"work": str(work), "bucket": b, "files": files.get(b, [])} for b in range(buckets)]
     users = pa.concat_arrays(  # every user once (buckets are disjoint), in id order
         run_tasks(client, bucket_users, ujobs, "users")
     ).sort()
