@@ -460,7 +460,7 @@ def bucket_plays(job: dict) -> dict:
     )
     # the rank of each user among all users: its position in the sorted list
     user_idx = pc.index_in(frame["user"], value_set=job["users"]).cast(pa.int32())
-    kept = clean & in_range
+    masks = _masks(frame, job["windows"])  # the tables' 0/1 columns, windows' parts too
     table = pa.table(
         {
             "user_idx": user_idx,
@@ -473,8 +473,8 @@ def bucket_plays(job: dict) -> dict:
         }
     )
     windows, names = {}, []
-    for w, (start, end) in job["windows"].items():
-        m = kept & (ts >= start) & (ts < end)
+    for w in job["windows"]:
+        m = masks[f"m_{w}"].astype(bool)
         part = pre / f"{w}.parquet" / f"part-{b:05d}.parquet"
         part.parent.mkdir(parents=True, exist_ok=True)
         if m.any():  # a bucket without a play in the window writes no part
@@ -486,7 +486,7 @@ def bucket_plays(job: dict) -> dict:
             "rows": int(m.sum()),
             "ts": [int(ts[m].min()), int(ts[m].max())] if m.any() else None,
         }
-    stats = stat_partials(frame, job["windows"], work / "stats", b, job["slices"])
+    stats = stat_partials(frame, masks, job["windows"], work / "stats", b, job["slices"])
     names += [f"_work/stats/{col}/{name}.parquet" for col in STAT_SOURCE]
     manifest.parent.mkdir(parents=True, exist_ok=True)
     return _finish(manifest, params, pre, names, rows=int(len(frame)), windows=windows, **stats)
@@ -576,14 +576,15 @@ def _write_slices(path: Path, g: pa.Table, slices: int) -> None:
     common.write_atomic(path, write)
 
 
-def stat_partials(frame: pa.Table, windows: dict, folder: Path, b: int, slices: int) -> dict:
+def stat_partials(
+    frame: pa.Table, masks: dict, windows: dict, folder: Path, b: int, slices: int
+) -> dict:
     """The first half of the statistics' reduction, for one bucket: per column, each
     value's count in every table (missing values, null or "", are not values), written
     to ``folder/<column>/b<bucket>.parquet`` sorted by the reducer (``slice``) that sums
     it: one read of the plays for all six columns, and only distinct values move on."""
     import pyarrow.compute as pc
 
-    masks = _masks(frame, windows)
     tables = ["raw", "clean", *windows]
     for col, src in STAT_SOURCE.items():
         cols = _stat_counts(col, tables)
