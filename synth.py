@@ -579,11 +579,13 @@ def user_chunks(cfg: SynthConfig) -> Iterator[UserPlays]:
         )
 
 
-def stream_chunks(cfg: SynthConfig, max_user_plays: int = 1_000_000) -> Iterator[UserPlays]:
+def stream_chunks(
+    cfg: SynthConfig, max_user_plays: int = 1_000_000, tracks: int = 0
+) -> Iterator[UserPlays]:
     """A simple generated log for benchmarks, one user at a time in bounded memory
     (``plays // 100_000`` users at least, none above ``max_user_plays``): Zipf-popular
-    tracks (exponent 1.1) of a ``plays // 100`` catalogue (1K to 2M tracks, ten per
-    artist); sessions of about ``cfg.session_plays`` plays 150-360 s apart, a day or
+    tracks (exponent 1.1) of a catalogue of ``tracks`` tracks (0: ``plays // 100``, 1K to
+    2M; ten per artist); sessions of about ``cfg.session_plays`` plays 150-360 s apart, a day or
     so between sessions. Not calibrated; no MBIDs or names (the writers make
     pseudo-MBIDs from the ids)."""
     rng = np.random.default_rng([cfg.seed, 7])
@@ -606,7 +608,9 @@ def stream_chunks(cfg: SynthConfig, max_user_plays: int = 1_000_000) -> Iterator
             deficit -= take
             if deficit == 0:
                 break
-    n_tracks = int(min(2_000_000, max(1_000, cfg.plays // 100)))
+    n_tracks = tracks or int(min(2_000_000, max(1_000, cfg.plays // 100)))
+    if n_tracks < 10:
+        raise PipelineError(f"--stream-tracks {n_tracks}: at least 10 tracks (one artist)")
     cdf = np.cumsum(1.0 / np.arange(1, n_tracks + 1) ** 1.1)
     cdf /= cdf[-1]
     by_rank = rng.permutation(n_tracks)
@@ -625,16 +629,25 @@ def stream_chunks(cfg: SynthConfig, max_user_plays: int = 1_000_000) -> Iterator
 
 
 def generate_layout(
-    out: Path, cfg: SynthConfig, layout: str, malformed: bool = False, stream: bool = False
+    out: Path,
+    cfg: SynthConfig,
+    layout: str,
+    malformed: bool = False,
+    stream: bool = False,
+    stream_tracks: int = 0,
 ) -> dict:
-    """Write the generator's plays (``stream``: ``stream_chunks``') in ``layout`` under
-    ``out``; ``synth_meta.json`` (written last) holds the layout's summary."""
+    """Write the generator's plays (``stream``: ``stream_chunks``', over ``stream_tracks``
+    tracks) in ``layout`` under ``out``; ``synth_meta.json`` (written last) holds the
+    layout's summary."""
     Path(out, "synth_meta.json").unlink(missing_ok=True)
-    chunks = stream_chunks(cfg) if stream else user_chunks(cfg)
+    chunks = stream_chunks(cfg, tracks=stream_tracks) if stream else user_chunks(cfg)
     summary = write_layout(
         layout, chunks, Path(out), np.random.default_rng([cfg.seed, 2]), malformed
     )
-    write_json(Path(out) / "synth_meta.json", {"config": asdict(cfg), "stream": stream, **summary})
+    meta = {"config": asdict(cfg), "stream": stream, **summary}
+    if stream:
+        meta["stream_tracks"] = stream_tracks
+    write_json(Path(out) / "synth_meta.json", meta)
     return summary
 
 
@@ -710,6 +723,12 @@ def parse_cli(argv=None):
         help="a simple uncalibrated log written user by user in bounded memory (benchmarks)",
     )
     ap.add_argument(
+        "--stream-tracks",
+        type=int,
+        default=0,
+        help="--stream's catalogue size (default 0: plays // 100, 1K to 2M tracks)",
+    )
+    ap.add_argument(
         "--malformed",
         action="store_true",
         help="seed lines every reader must reject and one broken archive member",
@@ -718,6 +737,10 @@ def parse_cli(argv=None):
     args = ap.parse_args(argv)
     if args.archive and (args.layout != "lfm1k" or args.stream):
         ap.error("--archive packs the lfm1k layout only")
+    if args.stream_tracks and not args.stream:
+        ap.error("--stream-tracks sizes the --stream log's catalogue only")
+    if args.stream_tracks < 0:
+        ap.error("--stream-tracks must be at least 0")
     return args.out or Layout.at().synthetic(), cfgs.from_args(SynthConfig, args), args
 
 
@@ -731,7 +754,9 @@ def main(argv=None) -> None:
     if args.layout != "lfm1k" or args.stream or args.malformed:
         mode = "a streamed simple log" if args.stream else "the generator's plays"
         log(f"writing {mode} ({cfg.users} users, ~{cfg.plays:,} plays) as {args.layout} into {out}")
-        summary = generate_layout(out, cfg, args.layout, args.malformed, args.stream)
+        summary = generate_layout(
+            out, cfg, args.layout, args.malformed, args.stream, args.stream_tracks
+        )
         log(f"wrote {summary['plays']:,} plays of {summary['users']:,} users: {summary['files']}")
         return
     log(f"generating {cfg.users} users, ~{cfg.plays:,} plays into {out}")

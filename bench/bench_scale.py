@@ -13,6 +13,7 @@ Dask scheduler, nannies and workers) sampled together every 0.2 s:
    engine and on Dask; plays per second of each.
 
     python bench/bench_scale.py --sizes 25,50,100,200 --repeats 1 --work /tmp/scale
+    python bench/bench_scale.py --sizes 25,50,100,200 --tracks 1000000 --work /tmp/scale
     python bench/bench_scale.py --compare data/synthetic/lastfm-dataset-1K --repeats 3
 
 Results go to ``--out`` (JSON) and are printed as Markdown; figures: bench/README.md.
@@ -80,12 +81,14 @@ def median_runs(cmd: list[str], repeats: int) -> dict:
 def scale(args) -> dict:
     out = {}
     for size in [int(s) for s in args.sizes.split(",")]:
-        folder = Path(args.work) / f"lfm1b-{size}m"
+        held = f"-t{args.tracks}" if args.tracks else ""
+        folder = Path(args.work) / f"lfm1b-{size}m{held}"
         generated = None
         if not (folder / "synth_meta.json").exists():  # the generator's memory is bounded too
             generated = measure(
                 [PY, "synth.py", "--out", str(folder), "--layout", "lfm1b", "--stream"]
                 + ["--plays", str(size * 1_000_000), "--users", str(max(100, size * 60))]
+                + (["--stream-tracks", str(args.tracks)] if args.tracks else [])
             )
             print(f"generated {size}M plays: {generated}", flush=True)
         data = folder / "data"
@@ -168,6 +171,13 @@ def main() -> None:
     ap.add_argument("--compare", default="", help="a Last.fm-1K TSV (or folder): local vs Dask")
     ap.add_argument("--work", default="/tmp/bench_scale")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--tracks",
+        type=int,
+        default=0,
+        help="hold the generated catalogue at this many tracks at every size "
+        "(default 0: the generator's plays // 100, capped at 2M)",
+    )
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="")
     ap.add_argument("--clean", action="store_true", help="remove each size's outputs after it")

@@ -507,6 +507,20 @@ def test_the_streamed_generator_writes_a_readable_log(tmp_path):
     assert df["track"].value_counts().iloc[0] > 30  # Zipf: a few tracks are played a lot
 
 
+def test_the_streamed_generator_holds_the_catalogue_it_is_given(tmp_path):
+    """--stream-tracks fixes the catalogue (benchmarks that double the plays, not the
+    tracks); without --stream it is an error."""
+    out = tmp_path / "s"
+    args = ["--layout", "lfm1b", "--stream", "--plays", "20000", "--users", "2"]
+    synth.main([*args, "--stream-tracks", "50", "--out", str(out)])
+    _, results = read_all("lfm1b", out / "LFM-1b", target=100_000)
+    df = pa.concat_tables([r.table for r in results]).to_pandas()
+    assert df["track"].nunique() == 50  # 20,000 Zipf draws over 50 tracks reach every one
+    assert df["artist"].nunique() == 5
+    with pytest.raises(SystemExit):
+        synth.main(["--layout", "lfm1b", "--stream-tracks", "50", "--out", str(out)])
+
+
 def test_crlf_lines_read_alike_whole_and_in_pieces(tmp_path):
     path = tmp_path / "p.tsv"
     rows = [f"u{i % 3}\t{1_000 + i}\tt{i}\r\n" for i in range(400)]
