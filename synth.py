@@ -14,12 +14,14 @@ typical user. Its parts:
   of the data (most users) or an earlier date, more in recent months;
 - artists in taste clusters with Zipf popularity; popular artists have more
   tracks; each user has one to three clusters and a Zipf-weighted set of
-  favourite artists, and within an artist either the artist's hits or tracks
-  of their own (so ~80% of plays are re-listens);
+  favourite artists, and of each artist a library of tracks that grows with
+  the user's plays of it, drawn by the tracks' popularity (so most plays are
+  re-listens, spread over many tracks rather than piled onto a few hits);
 - sessions of a geometric number of plays a track-length apart, starting
-  around the user's own hour of the day; inside a session, runs of one artist
-  (next play by the same artist ~78% of the time), often in album order, and
-  rarely the same track twice in a row;
+  around the user's own hour of the day; inside a session, runs of one artist,
+  often in album order, rarely the same track twice in a row, and some
+  sessions on repeat (their opening plays replayed in order, as an album or
+  playlist left looping);
 - MBIDs missing for the least played artists (~39% of artists, ~3% of plays)
   and for tracks (~11% of plays, every play without an artist MBID among
   them), Unicode names, names that contain or start with ``"``, rare lines
@@ -131,14 +133,20 @@ class SynthConfig:
     tracks_per_artist: float = 14.0  # catalogue tracks per artist, mean -> distinct tracks
     track_zipf: float = 1.5  # popularity of an artist's tracks (> 1) -> distinct tracks
     own_taste: float = 0.05  # (user, artist) pairs that favour other tracks than the hits
-    favourites: float = 2.0  # favourite artists per cluster: this * sqrt(user plays)
-    favourite_zipf: float = 1.3  # how a user's plays spread over its favourites -> 1m artists
-    explore: float = 0.03  # artist runs outside the favourites -> re-listens, artists
+    favourites: float = 1.8  # favourite artists per cluster: this * sqrt(user plays)
+    favourite_zipf: float = 0.85  # how a user's plays spread over its favourites -> 1m artists
+    taste_months: float = 6.0  # sd of a favourite's time in a history (months; 0: none)
+    explore: float = 0.03  # artist runs outside the favourites -> distinct artists
     play_seconds: float = 255.0  # mean time from a play to the next in a session
     session_plays: float = 13.4  # mean plays per session (20-minute gaps)
-    same_artist: float = 0.765  # P(next play by the same artist), within a session
+    same_artist: float = 0.79  # P(next play by the same artist), within a session
+    library_scale: float = 0.35  # a user's library of an artist: scale * plays ** exp tracks
+    library_exp: float = 0.67  # -> re-listens, the share of the user's most played tracks
+    library_zipf: float = 0.5  # how plays spread over a library's ranks (0: evenly)
     album_order: float = 0.6  # P(a same-artist next track is the following one)
-    repeat_track: float = 0.013  # P(the same track again, back to back)
+    repeat_track: float = 0.008  # P(the same track again, back to back)
+    session_loop: float = 0.3  # sessions on repeat (their opening plays replayed in order)
+    loop_plays: float = 11.0  # median plays replayed by such a session -> in-session repeats
     missing_artist_mbid: float = 0.39  # share of played artists without MBID (least played)
     no_track_mbid_artists: float = 0.22  # share of those with MBID whose tracks have none
     mbid_noise: float = 2.0  # sd of the noise on log(plays) that picks them -> their plays
@@ -170,6 +178,7 @@ class SynthConfig:
             "same_artist",
             "album_order",
             "repeat_track",
+            "session_loop",
             "missing_artist_mbid",
             "no_track_mbid_artists",
             "missing_track_mbid",
@@ -394,6 +403,45 @@ def _session_starts(
     return start
 
 
+def _library_picks(
+    cfg: SynthConfig, cat: Catalogue, art: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each play's track offset within its artist (0: the artist's biggest hit), and
+    per play where its artist's ranking starts in ``ranked``, its library's size, and
+    ``ranked`` (each played artist's offsets in the user's order).
+
+    A user who plays an artist ``n`` times keeps a library of
+    ``library_scale * n ** library_exp`` of its tracks (at least one, at most all): the
+    first of the user's own ranking of the artist's tracks, a Plackett-Luce draw by
+    their popularity (Zipf ``track_zipf``, rotated for users with their own taste in
+    that artist). Plays pick a rank in that library by a power law of exponent
+    ``library_zipf`` (0: uniform), so a large history spreads over many tracks played
+    a few times each, as real listeners' do, instead of piling onto the hits.
+    """
+    u_art, inv, n_ua = np.unique(art, return_inverse=True, return_counts=True)
+    nt = cat.ntracks[u_art]
+    lib = np.clip(np.rint(cfg.library_scale * n_ua**cfg.library_exp), 1, nt).astype(np.int64)
+    own = rng.random(len(u_art)) < cfg.own_taste
+    shift = np.where(own, rng.integers(0, 1 << 30, size=len(u_art)), 0)
+    start = np.concatenate([[0], np.cumsum(nt)[:-1]])
+    ranked = np.empty(int(nt.sum()), dtype=np.int64)  # each artist's tracks, the user's order
+    for n in np.unique(nt).tolist():
+        sel = np.flatnonzero(nt == n)
+        log_w = -cfg.track_zipf * np.log(np.arange(1, n + 1))
+        rotated = (np.arange(n)[None, :] - shift[sel, None]) % n
+        keys = log_w[rotated] + rng.gumbel(size=(len(sel), n))
+        ranked[start[sel, None] + np.arange(n)] = np.argsort(-keys, axis=1)
+    size = lib[inv].astype(np.float64)
+    u = rng.random(len(art))
+    a = 1.0 - cfg.library_zipf  # inverse CDF of density ~ x^-library_zipf on [1, size + 1)
+    if abs(a) < 1e-9:
+        x = np.exp(u * np.log(size + 1))
+    else:
+        x = (1 + u * ((size + 1) ** a - 1)) ** (1 / a)
+    rank = np.minimum(np.floor(x).astype(np.int64) - 1, lib[inv] - 1)
+    return ranked[start[inv] + rank], start[inv], lib[inv], ranked
+
+
 def _user_history(cfg: SynthConfig, cat: Catalogue, n_plays: int, rng: np.random.Generator):
     """Return (ts_s ascending, track ids) of one user's history."""
     k = int(rng.integers(1, 4))
@@ -424,45 +472,7 @@ def _user_history(cfg: SynthConfig, cat: Catalogue, n_plays: int, rng: np.random
     starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
     first = np.zeros(n_plays, dtype=bool)
     first[starts] = True
-    # Artist runs: each play continues the artist with p=same_artist.
-    new_run = (rng.random(n_plays) >= same_artist) | first
-    run_id = np.cumsum(new_run) - 1
-    n_runs = int(run_id[-1]) + 1
     sess_of_play = np.repeat(np.arange(n_sess), lens)
-    sess_cluster = rng.choice(k, size=n_sess, p=cl_w)
-    run_cl = sess_cluster[sess_of_play[np.flatnonzero(new_run)]]
-    run_artist = np.empty(n_runs, dtype=np.int64)
-    explore = rng.random(n_runs) < cfg.explore
-    for ci in range(k):
-        sel = np.flatnonzero(run_cl == ci)
-        pick = rng.choice(len(favs[ci]), size=len(sel), p=fav_w[ci])
-        run_artist[sel] = favs[ci][pick]
-        ex = sel[explore[sel]]
-        pool = cat.by_cluster[clusters[ci]]
-        if len(ex) and len(pool):
-            p = cat.pop[pool] / cat.pop[pool].sum()
-            run_artist[ex] = rng.choice(pool, size=len(ex), p=p)
-    art = run_artist[run_id]
-    nt = cat.ntracks[art]
-    # Track inside the artist: a Zipf pick among the artist's hits, rotated for
-    # users with their own taste in that artist; or the next one (album order).
-    u_art, inv = np.unique(art, return_inverse=True)
-    own = rng.random(len(u_art)) < cfg.own_taste
-    shift = np.where(own, rng.integers(0, 1 << 30, size=len(u_art)), 0)[inv]
-    offset = (rng.zipf(cfg.track_zipf, size=n_plays) - 1 + shift) % nt
-    idx = np.arange(n_plays)
-    seq = (rng.random(n_plays) < cfg.album_order) & ~new_run
-    anchor = np.maximum.accumulate(np.where(seq, 0, idx))
-    offset = (offset[anchor] + (idx - anchor)) % nt
-    # No accidental back-to-back repeat; deliberate ones with p=repeat_track.
-    again = np.r_[False, (art[1:] == art[:-1]) & (offset[1:] == offset[:-1])] & ~first
-    again &= nt > 1
-    offset[again] = (
-        offset[again] + 1 + rng.integers(0, 1 << 30, size=int(again.sum())) % (nt[again] - 1)
-    ) % nt[again]
-    tracks = cat.first[art] + offset
-    repeat = (rng.random(n_plays) < cfg.repeat_track) & ~first
-    tracks = tracks[np.maximum.accumulate(np.where(repeat, 0, idx))]
     # Timestamps: plays a track length apart; sessions at the user's hours.
     m = play_seconds
     dur = rng.integers(int(0.55 * m), int(1.45 * m) + 1, size=n_plays)
@@ -473,6 +483,63 @@ def _user_history(cfg: SynthConfig, cat: Catalogue, n_plays: int, rng: np.random
     busy = within[np.r_[starts[1:] - 1, n_plays - 1]]
     sess_start = _session_starts(cfg, n_sess, busy, hour_sd, rng)
     ts = np.round(sess_start[sess_of_play] + within).astype(np.int64)
+    # Artist runs: each play continues the artist with p=same_artist.
+    new_run = (rng.random(n_plays) >= same_artist) | first
+    run_id = np.cumsum(new_run) - 1
+    n_runs = int(run_id[-1]) + 1
+    sess_cluster = rng.choice(k, size=n_sess, p=cl_w)
+    run_cl = sess_cluster[sess_of_play[np.flatnonzero(new_run)]]
+    run_artist = np.empty(n_runs, dtype=np.int64)
+    explore = rng.random(n_runs) < cfg.explore
+    # Taste drifts: each favourite is played around its own month of the user's history
+    # (a Gaussian bump of sd taste_months), the runs of each month drawn with its weights.
+    month = (sess_start - sess_start[0]) // (30.4 * DAY)
+    run_month = month[sess_of_play[np.flatnonzero(new_run)]]
+    for ci in range(k):
+        sel = np.flatnonzero(run_cl == ci)
+        m = len(favs[ci])
+        centre = rng.uniform(0.0, month[-1] + 1.0, m)
+        for e in np.unique(run_month[sel]).tolist():
+            here = sel[run_month[sel] == e]
+            w = fav_w[ci]
+            if cfg.taste_months > 0:
+                w = w * np.exp(-0.5 * ((e + 0.5 - centre) / cfg.taste_months) ** 2) + 1e-12
+                w = w / w.sum()
+            run_artist[here] = favs[ci][rng.choice(m, size=len(here), p=w)]
+        ex = sel[explore[sel]]
+        pool = cat.by_cluster[clusters[ci]]
+        if len(ex) and len(pool):
+            p = cat.pop[pool] / cat.pop[pool].sum()
+            run_artist[ex] = rng.choice(pool, size=len(ex), p=p)
+    art = run_artist[run_id]
+    nt = cat.ntracks[art]
+    # Track inside the artist: a pick from the user's own library of that artist;
+    # or the next one (album order).
+    offset, lib_start, lib_size, ranked = _library_picks(cfg, cat, art, rng)
+    idx = np.arange(n_plays)
+    seq = (rng.random(n_plays) < cfg.album_order) & ~new_run
+    anchor = np.maximum.accumulate(np.where(seq, 0, idx))
+    offset = (offset[anchor] + (idx - anchor)) % nt
+    # No accidental back-to-back repeat; deliberate ones with p=repeat_track.
+    again = np.r_[False, (art[1:] == art[:-1]) & (offset[1:] == offset[:-1])] & ~first
+    again &= nt > 1
+    # instead, another track of the library (of the user's two first, if it holds one)
+    j = np.flatnonzero(again)
+    span = np.maximum(lib_size[j], 2)
+    r = rng.integers(0, 1 << 30, size=len(j))
+    other = ranked[lib_start[j] + r % span]
+    clash = other == offset[j]
+    other[clash] = ranked[lib_start[j][clash] + (r[clash] + 1) % span[clash]]
+    offset[j] = other
+    tracks = cat.first[art] + offset
+    repeat = (rng.random(n_plays) < cfg.repeat_track) & ~first
+    tracks = tracks[np.maximum.accumulate(np.where(repeat, 0, idx))]
+    # Sessions on repeat: the plays after a session's first ``period`` replay them in order.
+    loops = rng.random(n_sess) < cfg.session_loop
+    period = np.maximum(2, np.rint(rng.lognormal(np.log(cfg.loop_plays), 0.5, n_sess)))
+    pos = idx - starts[sess_of_play]
+    cycle = starts[sess_of_play] + pos % period[sess_of_play].astype(np.int64)
+    tracks = tracks[np.where(loops[sess_of_play], cycle, idx)]
     return ts, tracks
 
 

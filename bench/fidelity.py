@@ -165,7 +165,7 @@ def report_markdown(res: dict) -> str:
             r["band"],
             ("yes" if r["within"] else "**no**")
             if r.get("fitted", True)
-            else ("yes" if r["within"] else "no") + " (not fitted yet)",
+            else ("yes" if r["within"] else "no") + " (not fitted)",
         ]
         for r in res["behaviour"]
     ]
@@ -243,10 +243,7 @@ def report_markdown(res: dict) -> str:
             "",
             ("- " + "\n- ".join(missed)) if missed else "- every fitted figure is within its band",
             *(
-                [
-                    "- reported, not fitted yet (what drives repeat behaviour): "
-                    + "; ".join(unfitted)
-                ]
+                ["- reported beside the real value, not fitted: " + "; ".join(unfitted)]
                 if unfitted
                 else []
             ),

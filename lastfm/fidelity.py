@@ -41,13 +41,17 @@ BEHAVIOUR = [
     Behaviour("play_gap_s", "seconds between plays within a session, median", 0.15, True),
     Behaviour("session_gap_h", "hours between sessions, median", 0.5, True),
     Behaviour("top4_hours", "share of plays in the user's 4 busiest hours of the day", 0.10),
-    # What drives repeat behaviour, reported (not fitted yet: issue 25)
-    Behaviour(
-        "top10_tracks", "share of plays of the user's 10 most played tracks", 0.05, False, False
-    ),
+    # What drives repeat behaviour
+    Behaviour("top10_tracks", "share of plays of the user's 10 most played tracks", 0.02),
     Behaviour(
         "session_repeat",
         "a track already in its session, not back to back (share of plays after the first)",
+        0.05,
+    ),
+    # Reported beside the real value, not fitted
+    Behaviour(
+        "month_artists",
+        "share of the user's artists played in a month (median over months of 100+ plays)",
         0.05,
         False,
         False,
@@ -106,6 +110,13 @@ def behaviour(
     later = ~new  # plays after their session's first
     session_repeat = in_session & ~back_to_back
     weekday = (ts // 86_400 + 3) % 7  # 0 = Monday (1970-01-01 was a Thursday)
+    # taste drift: the share of a user's artists heard in one 30-day month
+    by_month = pd.DataFrame({"u": user, "m": ts // (30 * 86_400), "a": artist})
+    per_month = by_month.groupby(["u", "m"])["a"].agg(["nunique", "size"]).reset_index()
+    per_month = per_month[per_month["size"] >= 100]
+    artists_of = by_month.groupby("u")["a"].nunique()
+    share = per_month["nunique"].to_numpy() / artists_of.reindex(per_month["u"]).to_numpy()
+    month_artists = _per_user_median(per_month["u"].to_numpy(), share, n_users)
     with np.errstate(invalid="ignore", divide="ignore"):
         return pd.DataFrame(
             {
@@ -129,6 +140,7 @@ def behaviour(
                 "single_sessions": np.bincount(sess_user, weights=lens == 1, minlength=n_users)
                 / n_sess,
                 "weekend": np.bincount(user, weights=weekday >= 5, minlength=n_users) / plays,
+                "month_artists": month_artists,
             }
         )
 

@@ -44,8 +44,11 @@ KNOBS = [
     ("same_artist", 0.5, 0.9, "same_artist", +1),
     ("repeat_track", 0.0, 0.08, "repeat", +1),
     ("session_plays", 6.0, 20.0, "session_mean", +1),
-    ("explore", 0.0, 0.3, "relisten", -1),
     ("own_taste", 0.0, 0.8, "tracks", +1),
+    ("library_scale", 0.2, 2.0, "relisten", -1),
+    ("favourite_zipf", 0.5, 1.3, "top10_tracks", +1),
+    ("session_loop", 0.0, 0.8, "session_repeat", +1),
+    ("loop_plays", 4.0, 30.0, "session_repeat", -1),
     ("tracks_per_artist", 4.0, 30.0, "tracks", +1),
     ("artists", 800, 4000, "artists", +1),
     ("play_seconds", 200.0, 400.0, "play_gap_s", +1),
@@ -62,6 +65,13 @@ KNOBS = [
 def test_knob_moves_its_statistic(knob, low, high, stat, sign):
     a, b = stats(**{knob: low})[stat], stats(**{knob: high})[stat]
     assert sign * (b - a) > 0, f"{knob} {low} -> {high}: {stat} {a:.4g} -> {b:.4g}"
+
+
+def test_explore_reaches_artists_outside_the_favourites():
+    """Exploring runs add artists where the favourites leave some out (a catalogue
+    larger than the tiny base one, whose favourites cover nearly every artist)."""
+    few, more = (stats(explore=e, artists=20_000) for e in (0.0, 0.3))
+    assert more["artists"] > few["artists"] and more["relisten"] < few["relisten"]
 
 
 def test_total_plays_exact_and_names_collide_with_common_titles(tmp_path):
@@ -84,3 +94,45 @@ def test_bad_knob_is_a_clear_error():
         dataclasses.replace(BASE, track_zipf=1.0).check()
     with pytest.raises(PipelineError, match="--same-artist"):
         dataclasses.replace(BASE, same_artist=1.5).check()
+
+
+def _periodic_share(cfg) -> float:
+    """Share of gap sessions (12+ plays) whose tracks repeat with some period k >= 2."""
+    from lastfm.data import session_starts
+
+    _, hist = synth.simulate(cfg)
+    hits = total = 0
+    for ts, tracks in hist:
+        new = session_starts(np.zeros(len(ts), np.int64), ts, "gap", 1200)
+        for s in np.split(tracks, np.flatnonzero(new)[1:]):
+            if len(s) < 12:
+                continue
+            total += 1
+            hits += any((s[k:] == s[:-k]).all() for k in range(2, len(s) // 2 + 1))
+    return hits / total
+
+
+def test_sessions_on_repeat_replay_their_opening_plays_in_order():
+    """session_loop 1: (nearly) every long session is its opening plays over and over
+    (gap sessions that merge two of the generator's are the exception); 0: none is."""
+    looping = dataclasses.replace(BASE, session_loop=1.0, loop_plays=4.0)
+    assert _periodic_share(looping) > 0.8
+    assert _periodic_share(dataclasses.replace(BASE, session_loop=0.0)) < 0.05
+
+
+def test_a_listener_plays_an_artist_within_a_library_that_grows_with_its_plays():
+    """Without album order, repeats and loops, a listener's distinct tracks of an artist
+    stay within its library (scale * plays ** exp; a back-to-back clash may add one)."""
+    cfg = dataclasses.replace(BASE, album_order=0.0, repeat_track=0.0, session_loop=0.0)
+    cat, hist = synth.simulate(cfg)
+    over = pairs = 0
+    for _, tracks in hist:
+        art = cat.track_artist[tracks]
+        u_art, n = np.unique(art, return_counts=True)
+        distinct = np.array([len(np.unique(tracks[art == a])) for a in u_art])
+        lib = np.clip(np.rint(cfg.library_scale * n**cfg.library_exp), 1, cat.ntracks[u_art])
+        over += int((distinct > lib + 1).sum())
+        pairs += len(u_art)
+    assert over / pairs < 0.02
+    big = dataclasses.replace(cfg, library_scale=5.0)
+    assert stats(**dataclasses.asdict(big))["tracks"] > stats(**dataclasses.asdict(cfg))["tracks"]
