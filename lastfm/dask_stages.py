@@ -1044,7 +1044,14 @@ def build_vocab(
             f"track key {key[dup].iloc[0]!r} has two hashes: "
             "the input's track ids are not one text per track"
         )
-    order = np.lexsort((key.to_numpy(object), -vocab["train_count"].to_numpy()))
+    # ties: by (artist, title) as the local engine's codes order them (not their joined
+    # text, which orders differently when a name holds a tab), else by the track key
+    ties = (
+        [vocab[c].astype(str).to_numpy(object) for c in ("track_name", "artist_name")]
+        if by_names
+        else [key.to_numpy(object)]
+    )
+    order = np.lexsort((*ties, -vocab["train_count"].to_numpy()))
     vocab = vocab.iloc[order].reset_index(drop=True)
     if max_tracks > 0:
         vocab = vocab.iloc[:max_tracks]

@@ -79,7 +79,8 @@ def test_train_py_on_two_devices(pipeline_data, tmp_path):
     flags += " --batch-size 127 --verbose 0 --transitions 4 --no-tensorboard --devices 2"
     record = trainer.train(*trainer.parse_args(flags.split()))
     assert record["devices"] == 2 and record["train"]["devices"] == 2
-    assert max(r["valid_HR@20"] for r in record["history"]) > 0.05
+    chance = 20 / record["n_items"]  # HR@20 of a random ranking of the vocabulary
+    assert max(r["valid_HR@20"] for r in record["history"]) > 2 * chance
     assert "transitions" in record
     with pytest.raises(PipelineError, match="--devices 3"):
         with data_parallel(3):

@@ -124,7 +124,8 @@ def test_ranks_saved_in_one_run_join_another(pipeline_data, monkeypatch, tmp_pat
 
 
 def test_time_slices_are_disjoint_time_ordered_and_evaluated(pipeline_data, tmp_path):
-    """Sliding-window protocol: N consecutive slices, each with its own time split."""
+    """Sliding-window protocol: N consecutive slices, each with its own time split
+    (unseen tracks kept, so that every session keeps the last play that placed it)."""
     import shutil
 
     import sessionize
@@ -132,7 +133,8 @@ def test_time_slices_are_disjoint_time_ordered_and_evaluated(pipeline_data, tmp_
     data = tmp_path / "data"
     shutil.copytree(pipeline_data / "preprocessed", data / "preprocessed")
     d = ["--data-dir", str(data)]
-    sessionize.main(d + ["--windows", "3m", "--slices", "3", "--min-user-sessions", "1"])
+    flags = ["--windows", "3m", "--slices", "3", "--min-user-sessions", "1", "--unseen", "keep"]
+    sessionize.main(d + flags)
     spans = []
     for k in (1, 2, 3):
         folder = data / "sessions" / f"3m.slice{k}"

@@ -111,7 +111,8 @@ def test_train_py_stream_trains_on_every_example_of_the_parts(pipeline_data, tmp
     record = trainer.train(*trainer.parse_args([*flags.split(), "--shuffle-buffer", "1000"]))
     assert record["train_examples"] == len(make_events(whole, 20).targets)
     assert record["train"]["stream"] and "transitions" in record
-    assert max(r["valid_HR@20"] for r in record["history"]) > 0.05
+    chance = 20 / record["n_items"]  # HR@20 of a random ranking of the vocabulary
+    assert max(r["valid_HR@20"] for r in record["history"]) > 2 * chance
     with pytest.raises(PipelineError, match="not with --stream"):
         trainer.parse_args([*flags.split(), "--max-train-examples", "10"])
 
