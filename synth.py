@@ -144,8 +144,8 @@ class SynthConfig:
     library_exp: float = 0.67  # -> re-listens, the share of the user's most played tracks
     library_zipf: float = 0.5  # how plays spread over a library's ranks (0: evenly)
     album_order: float = 0.6  # P(a same-artist next track is the following one)
-    repeat_track: float = 0.008  # P(the same track again, back to back)
-    session_loop: float = 0.3  # sessions on repeat (their opening plays replayed in order)
+    repeat_track: float = 0.015  # P(the same track again, back to back)
+    session_loop: float = 0.3  # sessions chosen to loop (their opening plays replayed in order)
     loop_plays: float = 11.0  # median plays replayed by such a session -> in-session repeats
     missing_artist_mbid: float = 0.39  # share of played artists without MBID (least played)
     no_track_mbid_artists: float = 0.22  # share of those with MBID whose tracks have none
@@ -157,7 +157,7 @@ class SynthConfig:
     recency: float = 0.3  # activity grows toward a user's last play: density ~ x^recency
     final_growth: float = 0.18  # monthly growth of listening in the last 6 months -> 1m plays
     burstiness: float = 1.2  # sd of the log of a user's monthly activity -> users per window
-    short_breaks: float = 0.45  # P(a session follows the previous after a break) -> gaps
+    short_breaks: float = 0.465  # P(a session follows the previous after a break) -> gaps
     break_hours: float = 0.5  # median length of such a break
     peak_hour_sd: float = 0.8  # hours: spread of session starts around a user's hour
     second_peak: float = 0.1  # share of listening days opened at a second hour -> gaps
@@ -172,6 +172,9 @@ class SynthConfig:
         from lastfm.common import PipelineError
 
         cfgs.require_above(self, 1, "track_zipf")
+        cfgs.require_above(self, 0, "library_scale")
+        cfgs.require_above(self, -1e-300, "library_exp", "library_zipf", "taste_months")
+        cfgs.require_above(self, 1.999, "loop_plays")  # a loop replays two plays at least
         for name in (
             "own_taste",
             "explore",
@@ -502,8 +505,9 @@ def _user_history(cfg: SynthConfig, cat: Catalogue, n_plays: int, rng: np.random
         for e in np.unique(run_month[sel]).tolist():
             here = sel[run_month[sel] == e]
             w = fav_w[ci]
-            if cfg.taste_months > 0:
-                w = w * np.exp(-0.5 * ((e + 0.5 - centre) / cfg.taste_months) ** 2) + 1e-12
+            if cfg.taste_months > 0:  # in logs: far from every centre, the nearest leads
+                lw = np.log(w) - 0.5 * ((e + 0.5 - centre) / cfg.taste_months) ** 2
+                w = np.exp(lw - lw.max())
                 w = w / w.sum()
             run_artist[here] = favs[ci][rng.choice(m, size=len(here), p=w)]
         ex = sel[explore[sel]]
@@ -520,25 +524,33 @@ def _user_history(cfg: SynthConfig, cat: Catalogue, n_plays: int, rng: np.random
     seq = (rng.random(n_plays) < cfg.album_order) & ~new_run
     anchor = np.maximum.accumulate(np.where(seq, 0, idx))
     offset = (offset[anchor] + (idx - anchor)) % nt
-    # No accidental back-to-back repeat; deliberate ones with p=repeat_track.
-    again = np.r_[False, (art[1:] == art[:-1]) & (offset[1:] == offset[:-1])] & ~first
-    again &= nt > 1
-    # instead, another track of the library (of the user's two first, if it holds one)
-    j = np.flatnonzero(again)
-    span = np.maximum(lib_size[j], 2)
-    r = rng.integers(0, 1 << 30, size=len(j))
-    other = ranked[lib_start[j] + r % span]
-    clash = other == offset[j]
-    other[clash] = ranked[lib_start[j][clash] + (r[clash] + 1) % span[clash]]
-    offset[j] = other
+    # No accidental back-to-back repeat (deliberate ones with p=repeat_track below): such a
+    # play takes another track of the library (of the user's two first, if it holds one),
+    # again until no play repeats the one before (a replacement can meet the next play).
+    for _ in range(64):
+        again = np.r_[False, (art[1:] == art[:-1]) & (offset[1:] == offset[:-1])] & ~first
+        j = np.flatnonzero(again & (nt > 1))
+        if not len(j):
+            break
+        span = np.maximum(lib_size[j], 2)
+        r = rng.integers(0, 1 << 30, size=len(j))
+        other = ranked[lib_start[j] + r % span]
+        clash = other == offset[j]
+        other[clash] = ranked[lib_start[j][clash] + (r[clash] + 1) % span[clash]]
+        offset[j] = other
     tracks = cat.first[art] + offset
     repeat = (rng.random(n_plays) < cfg.repeat_track) & ~first
     tracks = tracks[np.maximum.accumulate(np.where(repeat, 0, idx))]
-    # Sessions on repeat: the plays after a session's first ``period`` replay them in order.
+    # Sessions on repeat: the plays after a session's first ``period`` replay them in order
+    # (a session no longer than its period plays through; none whose replay would put its
+    # first track right after its last one, a back-to-back repeat).
     loops = rng.random(n_sess) < cfg.session_loop
     period = np.maximum(2, np.rint(rng.lognormal(np.log(cfg.loop_plays), 0.5, n_sess)))
+    period = period.astype(np.int64)
+    wrap = np.minimum(starts + period - 1, n_plays - 1)
+    loops &= (period < lens) & (tracks[wrap] != tracks[starts])
     pos = idx - starts[sess_of_play]
-    cycle = starts[sess_of_play] + pos % period[sess_of_play].astype(np.int64)
+    cycle = starts[sess_of_play] + pos % period[sess_of_play]
     tracks = tracks[np.where(loops[sess_of_play], cycle, idx)]
     return ts, tracks
 

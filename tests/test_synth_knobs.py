@@ -57,7 +57,7 @@ KNOBS = [
     ("short_breaks", 0.1, 0.8, "session_gap_h", -1),
     ("missing_artist_mbid", 0.1, 0.6, "no_artist_mbid", +1),
     ("missing_track_mbid", 0.0, 0.3, "no_track_mbid", +1),
-    ("final_growth", 0.0, 0.4, "last_month", +1),
+    ("final_growth", 0.0, 1.0, "last_month", +1),
 ]
 
 
@@ -94,6 +94,28 @@ def test_bad_knob_is_a_clear_error():
         dataclasses.replace(BASE, track_zipf=1.0).check()
     with pytest.raises(PipelineError, match="--same-artist"):
         dataclasses.replace(BASE, same_artist=1.5).check()
+    for knob, bad in (
+        ("library_scale", 0.0),
+        ("library_scale", float("nan")),
+        ("library_zipf", -0.5),
+        ("taste_months", -1.0),
+        ("loop_plays", 1.0),
+        ("loop_plays", float("inf")),
+    ):
+        with pytest.raises(PipelineError, match="--" + knob.replace("_", "-")):
+            dataclasses.replace(BASE, **{knob: bad}).check()
+
+
+def test_no_accidental_back_to_back_repeat():
+    """Without deliberate repeats no play repeats the one before in its session, loops
+    included (a replacement is checked against the next play too)."""
+    from lastfm.data import session_starts
+
+    cfg = dataclasses.replace(BASE, repeat_track=0.0, session_loop=1.0, loop_plays=3.0)
+    _, hist = synth.simulate(cfg)
+    for ts, tracks in hist:
+        new = session_starts(np.zeros(len(ts), np.int64), ts, "gap", 1200)
+        assert not ((tracks[1:] == tracks[:-1]) & ~new[1:]).any()
 
 
 def _periodic_share(cfg) -> float:
