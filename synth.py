@@ -173,8 +173,8 @@ class SynthConfig:
 
         cfgs.require_above(self, 1, "track_zipf")
         cfgs.require_above(self, 0, "library_scale")
-        cfgs.require_above(self, -1e-300, "library_exp", "library_zipf", "taste_months")
-        cfgs.require_above(self, 1.999, "loop_plays")  # a loop replays two plays at least
+        cfgs.require_at_least(self, 0, "library_exp", "library_zipf", "taste_months")
+        cfgs.require_at_least(self, 2, "loop_plays")  # a loop replays two plays at least
         for name in (
             "own_taste",
             "explore",
@@ -477,8 +477,7 @@ def _user_history(cfg: SynthConfig, cat: Catalogue, n_plays: int, rng: np.random
     first[starts] = True
     sess_of_play = np.repeat(np.arange(n_sess), lens)
     # Timestamps: plays a track length apart; sessions at the user's hours.
-    m = play_seconds
-    dur = rng.integers(int(0.55 * m), int(1.45 * m) + 1, size=n_plays)
+    dur = rng.integers(int(0.55 * play_seconds), int(1.45 * play_seconds) + 1, size=n_plays)
     step = np.concatenate([[0], dur[:-1]]).astype(np.float64)
     step[first] = 0.0
     within = np.cumsum(step)
