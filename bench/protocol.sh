@@ -24,6 +24,7 @@ ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}
 # metric of SELECT (each network chosen on MRR@20 and, trained again, on HR@20).
 GRID=${GRID:-"--lr 0.002 --dropout 0.1;--lr 0.002 --dropout 0.25;--lr 0.006 --dropout 0.1;--lr 0.006 --dropout 0.25"}
 SELECT=${SELECT:-MRR@20 HR@20}
+EVAL=${EVAL:---session-aware}  # test_model.py's extra options: the session-aware baselines' own table
 COMMON=(--epochs "$EPOCHS" --cosine --verbose 0 --no-tensorboard --patience 3)
 stock() {  # a network's reference settings (RecBole's model and overall defaults: constant
   # lr 0.001, CE loss; its batch 2048, 300 epochs and stopping after 10 are not taken:
@@ -72,7 +73,7 @@ for sel in $SELECT; do
     done
   done
 done
-$PY test_model.py "${D[@]}" --window "$WINDOW" --models "$(IFS=,; echo "${MODELS[*]}")"
+$PY test_model.py "${D[@]}" --window "$WINDOW" $EVAL --models "$(IFS=,; echo "${MODELS[*]}")"
 if [ "$SLICES" -eq 0 ]; then echo "results: $DATA_DIR/reports/results.md"; exit 0; fi
 IFS=';' read -ra configs <<< "$GRID"
 configs+=("$(stock bigru_att)")
@@ -83,5 +84,5 @@ for k in $(seq 1 "$SLICES"); do
   [ -f "$DATA_DIR/models/$w/config.json" ] || $PY train.py "${D[@]}" --window "$w" \
     --arch bigru_att "${COMMON[@]}" ${configs[$i]} --seed 0
 done
-$PY test_model.py "${D[@]}" --window "$WINDOW" --slices "$SLICES"
+$PY test_model.py "${D[@]}" --window "$WINDOW" $EVAL --slices "$SLICES"
 echo "results: $DATA_DIR/reports/results.md and results_slices.md"

@@ -396,6 +396,10 @@ class TrainingSessions:
         self.keys = np.sort(key[last])  # (session, item) pairs, for membership tests
         self.sizes = np.diff(self.binary.indptr).astype(np.float64)  # distinct items
         self.list_ptr = np.r_[0, np.cumsum(np.bincount(self.list_s, minlength=n))]
+        self.owner = None  # each session's listener (the session-aware boost), when known
+        if "user_idx" in train:
+            self.owner = np.zeros(n, np.int64)
+            self.owner[s] = train["user_idx"].to_numpy()
         plays = np.bincount(items, minlength=n_items + 1).astype(np.float64)
         with np.errstate(divide="ignore"):
             self.idf = np.where(plays > 0, np.log(max(n, 1) / np.maximum(plays, 1)), 0.0)
@@ -425,6 +429,7 @@ class TrainingSessions:
         meta = json.loads((folder / "index.json").read_text())
         self = cls.__new__(cls)
         self.n, self.n_items, self.cap = meta["n"], meta["n_items"], meta["cap"]
+        self.owner = None  # the index on disk holds no listeners
         for name in self.ARRAYS:
             setattr(self, name, np.load(folder / f"{name}.npy", mmap_mode="r"))
         for name in self.MATRICES:
@@ -529,6 +534,18 @@ class SessionKNN(Baseline):
             dots = sp.csr_matrix((dots.data[keep], (rows, dots.indices[keep])), shape=dots.shape)
         return dots
 
+    def _boost_own(self, sims: sp.csr_matrix, users, boost: float) -> sp.csr_matrix:
+        """``sims`` (B, S) with each neighbour session of the prefix's own listener
+        (``users`` (B,)) x (1 + ``boost``): the session-aware boost (lastfm.session_aware)."""
+        if not boost:
+            return sims
+        if users is None or self.sessions.owner is None:
+            raise PipelineError(f"{self.name}: the boost needs the listeners of the sessions")
+        c = sims.tocoo()
+        own = self.sessions.owner[c.col] == np.asarray(users)[c.row]
+        w = c.data * np.where(own, 1.0 + boost, 1.0)
+        return sp.csr_matrix((w, (c.row, c.col)), shape=c.shape)
+
     def _shared_position(self, prefixes, lengths, rows, sess):
         """For neighbour pairs (row, session): the 1-based prefix position of the most
         recent prefix item the session holds (0 if none). Walks back from each prefix's
@@ -564,11 +581,12 @@ class VSKNN(SessionKNN):
         self.k, self.sample = k, sample
         self.weighting, self.score_weighting = weighting, score_weighting
 
-    def sparse_scores(self, prefixes, lengths, times=None):
+    def sparse_scores(self, prefixes, lengths, times=None, users=None, boost=0.0):
         q = self._query(prefixes, lengths, POSITION_WEIGHTS[self.weighting])
         distinct = np.maximum(np.diff(q.indptr), 1).astype(np.float64)
         sims = self._candidates(q, self.sample)
         sims = sp.diags(1.0 / distinct) @ sims  # session-rec's normalisation (no effect on order)
+        sims = self._boost_own(sims.tocsr(), users, boost)
         nb = _keep_top_k(sims.tocsr(), self.k, ties_high=True).tocoo()  # ties: more recent
         p = self._shared_position(prefixes, lengths, nb.row, nb.col)
         step = lengths[nb.row] - p + 1
@@ -604,7 +622,7 @@ class VSTAN(SessionKNN):
         self.spw, self.snh = lambda_spw, lambda_snh * 86_400.0
         self.inh, self.ipw, self.lidf = lambda_inh, lambda_ipw, lambda_idf
 
-    def sparse_scores(self, prefixes, lengths, times=None):
+    def sparse_scores(self, prefixes, lengths, times=None, users=None, boost=0.0):
         s = self.sessions
         q = self._query(prefixes, lengths, lambda p, n: np.exp((p - n) / self.spw))
         norm = np.sqrt(np.asarray(q.multiply(q).sum(axis=1)).ravel())
@@ -614,9 +632,10 @@ class VSTAN(SessionKNN):
             sim = sim * np.exp(
                 -(np.asarray(times, np.float64)[cand.row] - s.last_t[cand.col]) / self.snh
             )
-        nb = _keep_top_k(
-            sp.csr_matrix((sim, (cand.row, cand.col)), shape=cand.shape), self.k, ties_high=True
-        ).tocoo()
+        sims = self._boost_own(
+            sp.csr_matrix((sim, (cand.row, cand.col)), shape=cand.shape), users, boost
+        )
+        nb = _keep_top_k(sims, self.k, ties_high=True).tocoo()
         rows, sess, sim = nb.row, nb.col, nb.data
         p_star = self._shared_position(prefixes, lengths, rows, sess)
         ipw = np.exp((p_star - lengths[rows]) / self.ipw)

@@ -53,6 +53,7 @@ from lastfm.metrics import (
 from lastfm.paths import Layout, make, slice_name
 from lastfm.ranks import events_md5, load_ranks, save_ranks
 from lastfm.report import REPORT_METRICS, log_test_evaluation, prefix_bins, slices_markdown
+from lastfm.session_aware import SESSION_AWARE_GRIDS, ListenerHistory, session_aware_forms
 from lastfm.stream import EventStream, split_files
 
 # model.load_trained(model_dir, expected_vocab_md5=...) -> (Keras model, its record)
@@ -81,6 +82,12 @@ class EvalConfig:
         "comma-separated --save-ranks files of the same test events: their methods join the table",
     )
     exclude_seen: bool = option(False, "never recommend a track already in the session")
+    session_aware: bool = option(
+        False,
+        "also evaluate the session-aware baselines (SR_BR, V-SKNN_EBR, VSTAN_EBR: each "
+        "listener's earlier sessions extend, boost and remind; lastfm/session_aware.py), "
+        "tuned on validation, reported in their own table",
+    )
     stream: bool = option(
         False,
         "read the training and test splits file by file (splits larger than memory): "
@@ -131,6 +138,8 @@ class EvalConfig:
         given = [f"--{f}" for f in ("tracks", "session") if getattr(self, f) is not None]
         if given and not self.recommend:
             raise PipelineError(f"{' and '.join(given)} only apply with --recommend")
+        if self.session_aware and self.stream:
+            raise PipelineError("--session-aware reads the splits in memory: not with --stream")
 
     def method_list(self) -> list[str]:
         return [m.strip() for m in self.methods.split(",") if m.strip()]
@@ -142,6 +151,21 @@ class EvalConfig:
         return [Path(p) for p in self.ranks_from.split(",")] if self.ranks_from else []
 
 
+def best_on_validation(models, valid_events: Events, n_items: int, log_fn=log):
+    """Of ``models`` (pairs (params, a function fitting that grid point)), the best by
+    validation MRR@20 (then HR@20) on ``valid_events``, with what was tried."""
+    best, best_key, tried = None, None, []
+    for params, build in models:
+        model = build()
+        res = evaluate(ranker_from_scorer(model.scorer, with_topk=False), valid_events, n_items)
+        key = (res.summary["MRR@20"], res.summary["HR@20"])
+        tried.append({"params": params, "MRR@20": key[0], "HR@20": key[1]})
+        if best_key is None or key > best_key:
+            best, best_key = model, key
+    log_fn(f"{best!r}: valid MRR@20 {best_key[0]:.4f} HR@20 {best_key[1]:.4f}")
+    return best, {"tried": tried, "valid": {"HR@20": best_key[1], "MRR@20": best_key[0]}}
+
+
 def tune_baselines(
     train: pd.DataFrame, valid_events: Events, n_items: int, names: list[str], log_fn=log
 ) -> list[tuple[bl.Baseline, dict]]:
@@ -150,19 +174,34 @@ def tune_baselines(
     for grid in bl.GRIDS:
         if grid.cls.name not in names:
             continue
-        best, best_key, tried, prev = None, None, [], None
-        for params in grid.values:
-            model = prev = grid.cls(**params).fit(train, n_items, like=prev)
-            res = evaluate(ranker_from_scorer(model.scorer, with_topk=False), valid_events, n_items)
-            key = (res.summary["MRR@20"], res.summary["HR@20"])
-            tried.append({"params": params, "MRR@20": key[0], "HR@20": key[1]})
-            if best_key is None or key > best_key:
-                best, best_key = model, key
-        log_fn(f"{best!r}: valid MRR@20 {best_key[0]:.4f} HR@20 {best_key[1]:.4f}")
-        chosen.append(
-            (best, {"tried": tried, "valid": {"HR@20": best_key[1], "MRR@20": best_key[0]}})
-        )
+        prev = [None]  # a grid's earlier point, whose parameter-free structures are reused
+
+        def fit(params, grid=grid, prev=prev):
+            prev[0] = grid.cls(**params).fit(train, n_items, like=prev[0])
+            return prev[0]
+
+        points = [(p, lambda p=p, fit=fit: fit(p)) for p in grid.values]
+        chosen.append(best_on_validation(points, valid_events, n_items, log_fn))
     return chosen
+
+
+def tune_session_aware(
+    chosen, splits: dict[str, pd.DataFrame], valid_events: Events, n_items: int, log_fn=log
+) -> list[tuple[bl.Baseline, dict]]:
+    """The session-aware form of each tuned base with one (``lastfm.session_aware``): its
+    grid tried on ``valid_events`` with the base at its own choice, the best kept by
+    validation MRR@20 (then HR@20), as ``tune_baselines`` does."""
+    history = ListenerHistory([splits[s] for s in ("train", "valid", "test") if s in splits])
+    forms = session_aware_forms(chosen, splits["train"], history)
+    return [
+        best_on_validation(
+            [(p, lambda p=p, f=form: f(p)) for p in SESSION_AWARE_GRIDS[name]],
+            valid_events,
+            n_items,
+            log_fn,
+        )
+        for name, form in forms.items()
+    ]
 
 
 def validation_scores(
@@ -294,6 +333,12 @@ def _run_evaluation(layout: Layout, ec: EvalConfig, load_trained, client) -> dic
             results[name], raw[name] = entry, res
 
     add(evaluate_baselines(chosen, test_events, n_items, pop, ec.exclude_seen))
+    if ec.session_aware:  # each listener's earlier sessions: their own table
+        aware = tune_session_aware(chosen, splits, valid_events, n_items)
+        rows = evaluate_baselines(aware, test_events, n_items, pop, ec.exclude_seen)
+        for model, _ in aware:
+            rows[model.name][0]["session_aware"] = {"base": model.base.name}
+        add(rows)
     comparator_seconds: dict = {}
     if ec.ensemble or ec.blend:
         rows, comparator_seconds = evaluate_ensemble(
@@ -318,6 +363,10 @@ def _run_evaluation(layout: Layout, ec: EvalConfig, load_trained, client) -> dic
             entry["valid"] = validation_scores(name, entry["params"], train, valid_events, n_items)
     references = add_intervals_and_differences(results, raw, ec, test_events.users)
     gains = add_comparator_gains(results, raw, references, ec, test_events.users)
+    for name, entry in results.items():  # each session-aware form against its base
+        base = (entry.get("session_aware") or {}).get("base")
+        if base in raw:
+            entry["diff_vs_base"] = paired_diff(results, raw, name, base, ec, test_events.users)
     seed_groups = group_seeds(model_records, results)
     add_segments(results, raw, test_events, pop, meta, ec.seed)
     outputs = meta.get("outputs") or {}

@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from lastfm.common import PipelineError
 from lastfm.data import Events, recent
 
 CUTOFFS = (1, 5, 10, 20)
@@ -449,17 +450,25 @@ def ranker_from_scorer(
     (``SharedPlusSparse``) are ranked without densifying them, with or without
     ``exclude_seen``: the same ranks (``score_rows``). ``with_topk=False``: ranks only
     (the top-k lists come back empty)."""
-    needs_times = getattr(scorer, "needs_times", False) or getattr(
-        getattr(scorer, "__self__", None), "needs_times", False
-    )
 
-    def rank(prefixes, lengths, targets, times=None):
-        s = scorer(prefixes, lengths, times) if needs_times else scorer(prefixes, lengths)
+    def flag(name: str) -> bool:
+        return getattr(scorer, name, False) or getattr(
+            getattr(scorer, "__self__", None), name, False
+        )
+
+    needs_times, needs_context = flag("needs_times"), flag("needs_context")
+
+    def rank(prefixes, lengths, targets, times=None, users=None, sessions=None):
+        if needs_context:
+            s = scorer(prefixes, lengths, times, users, sessions)
+        else:
+            s = scorer(prefixes, lengths, times) if needs_times else scorer(prefixes, lengths)
         rows = score_rows(s, seen_indices(prefixes) if exclude_seen else None)
         higher, ties = rows.counts(targets)
         top = rows.top(TOPK)[0] if with_topk else no_topk(len(targets))
         return higher, ties, top
 
+    rank.needs_context = needs_context
     return rank
 
 
@@ -713,7 +722,13 @@ def evaluate(
         for i in range(0, len(ev), batch_size):
             sl = slice(i, i + batch_size)
             times = ev.times[sl] if ev.times is not None else None
-            h, t, k = ranker(ev.prefixes[sl], ev.lengths[sl], ev.targets[sl], times)
+            if getattr(ranker, "needs_context", False):  # session-aware: listener, session
+                if ev.users is None:
+                    raise PipelineError("a session-aware method needs each event's listener")
+                context = (ev.users[sl], ev.sessions[sl])
+                h, t, k = ranker(ev.prefixes[sl], ev.lengths[sl], ev.targets[sl], times, *context)
+            else:
+                h, t, k = ranker(ev.prefixes[sl], ev.lengths[sl], ev.targets[sl], times)
             higher.append(np.asarray(h, dtype=np.int64))
             ties.append(np.asarray(t, dtype=np.int64))
             topk.append(np.asarray(k, dtype=np.int64))

@@ -27,6 +27,8 @@ def results_markdown(res: dict) -> str:
     parameters, then ``extra_markdown``."""
     rows = []
     for name, r in res["methods"].items():
+        if r.get("session_aware"):  # their own table (session_aware_markdown)
+            continue
         row = [name]
         for m in ("HR@1", "HR@5", "HR@10", "HR@20", "MRR@20", "NDCG@20"):
             lo, hi = r["ci"][m]
@@ -103,7 +105,7 @@ def differences_markdown(res: dict) -> str:
     rows = [
         [n, vs, fmt_diff(r[key].get("HR@20")), fmt_diff(r[key].get("MRR@20"))]
         for n, r in methods.items()
-        if key in r
+        if key in r and not r.get("session_aware")
     ]
     ens = [
         [n, r[key]["baseline"], fmt_diff(r[key]["HR@20"]), fmt_diff(r[key]["MRR@20"])]
@@ -123,6 +125,7 @@ def differences_markdown(res: dict) -> str:
 def extra_markdown(res: dict) -> str:
     """Other tie policies, the accounting of unscored events, segments, tuning budgets."""
     parts = [
+        session_aware_markdown(res),
         tie_policies_markdown(res["methods"]),
         unscored_markdown(res),
         segments_markdown(res["methods"], intervals_text(res, resamples=False)),
@@ -131,6 +134,49 @@ def extra_markdown(res: dict) -> str:
         budgets_markdown(res["methods"]),
     ]
     return "".join("\n\n" + p for p in parts if p)
+
+
+def session_aware_markdown(res: dict) -> str | None:
+    """The session-aware baselines' own table (``test_model.py --session-aware``): each
+    form with its chosen parameters, against its session-based base and the references."""
+    methods = res["methods"]
+    aware = {n: r for n, r in methods.items() if r.get("session_aware")}
+    if not aware:
+        return None
+    rows = []
+    for n, r in aware.items():
+        base = r["session_aware"]["base"]
+        ref = r.get("diff_vs_reference") or {}
+        row = [n, json.dumps({k: v for k, v in r["params"].items() if k != "base"})]
+        for m in ("HR@20", "MRR@20"):
+            lo, hi = r["ci"][m]
+            row.append(f"{r[m]:.4f} [{lo:.4f}, {hi:.4f}]")
+        row += [
+            fmt_diff((r.get("diff_vs_base") or {}).get(m)) + f" vs {base}"
+            for m in ("HR@20", "MRR@20")
+        ]
+        row += [
+            fmt_diff(ref.get(m)) + f" vs {ref['baseline'][m]}" if m in ref else "-"
+            for m in ("HR@20", "MRR@20")
+        ]
+        rows.append(row)
+    head = [
+        "method",
+        "extensions chosen",
+        "HR@20",
+        "MRR@20",
+        "HR@20 vs its base",
+        "MRR@20 vs its base",
+        "HR@20 vs the reference",
+        "MRR@20 vs the reference",
+    ]
+    return (
+        "Session-aware baselines (each listener's earlier sessions, never the current or a "
+        "later one: extend, boost, remind as session-rec defines them; "
+        "lastfm/session_aware.py), each tuned on validation with its base at the base's "
+        f"choice; paired differences, {intervals_text(res, resamples=False)}. The networks "
+        "above see the current session only:\n\n" + markdown_table(head, rows)
+    )
 
 
 def tie_policies_markdown(methods: dict) -> str | None:
@@ -418,6 +464,7 @@ FAMILIES = {
     "networks": ("networks", "#E69F00"),
     "hybrids": ("hybrids (network +transitions)", "#CC79A7"),
     "ensembles": ("ensembles / blends of baselines", "#009E73"),
+    "session-aware": ("session-aware baselines", "#56B4E9"),
 }
 BASELINE_NAMES = frozenset(g.cls.name for g in GRIDS)
 
@@ -435,12 +482,15 @@ PREFIX_BINS = (
 
 def method_family(name: str) -> str:
     """The family of a results row, one of ``FAMILIES``: "ensembles" (a row named with
-    "ensemble" or "blend": the baseline comparators), "baselines" (POP, S-POP, SR, AR,
+    "ensemble" or "blend": the baseline comparators), "session-aware" (SR_BR, V-SKNN_EBR,
+    VSTAN_EBR), "baselines" (POP, S-POP, SR, AR,
     Item-kNN, V-SKNN, VSTAN), "hybrids" (a trained network +transitions) or "networks"
     (every other row: a trained network alone)."""
     low = name.lower()
     if "ensemble" in low or "blend" in low:
         return "ensembles"
+    if name.split(" (")[0].endswith(("_BR", "_EBR")):
+        return "session-aware"
     if name.split(" (")[0] in BASELINE_NAMES:
         return "baselines"
     return "hybrids" if HYBRID_MARK in name else "networks"

@@ -1,0 +1,168 @@
+"""Session-aware baselines (lastfm/session_aware.py): each listener's earlier sessions only,
+extend / boost / remind as session-rec defines them, and their own table in the stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import test_model as evaluation
+from lastfm.baselines import VSKNN, VSTAN, SequentialRules
+from lastfm.common import PipelineError
+from lastfm.metrics import evaluate, ranker_from_scorer
+from lastfm.session_aware import ListenerHistory, SessionAware, rule_owners
+
+V = 9
+
+
+def plays(rows) -> pd.DataFrame:
+    """(user, session, [items], start time): one play a minute."""
+    out = []
+    for user, sid, items, t0 in rows:
+        for p, it in enumerate(items):
+            out.append((sid, user, p, it, t0 + 60 * p))
+    return pd.DataFrame(out, columns=["session_id", "user_idx", "position", "item_idx", "ts_s"])
+
+
+TRAIN = plays(
+    [
+        (0, 1, [1, 2, 3], 0),
+        (1, 2, [1, 4, 5], 1000),
+        (0, 3, [6, 7], 5000),
+        (1, 4, [8, 1, 4], 9000),
+    ]
+)
+LATER = plays([(0, 5, [1, 9], 20000), (0, 6, [2, 3], 30000), (1, 7, [4, 4], 40000)])
+
+
+def test_history_is_every_earlier_session_and_never_the_current_or_a_later_one():
+    h = ListenerHistory([TRAIN, LATER])
+    # listener 0 in session 6: sessions 1, 3 and 5 (not 6, not listener 1's)
+    assert h.tails([0], [6], np.array([99]))[0].tolist() == [1, 2, 3, 6, 7, 1, 9]
+    assert h.tails([0], [6], np.array([3]))[0].tolist() == [7, 1, 9]
+    assert h.tails([0], [1], np.array([5]))[0].tolist() == []  # the first session: nothing
+    rem = h.recency([0], [5], [20060], V).toarray()[0]
+    # IRec = t / (t - t_i), divided by its largest: (t - T) / (t - t_i), T = 5060 (track 7)
+    t = 20060.0
+    last = {1: 0, 2: 60, 3: 120, 6: 5000, 7: 5060}
+    want = np.zeros(V + 1)
+    for i, ti in last.items():
+        want[i] = (t - 5060) / (t - ti)
+    np.testing.assert_allclose(rem, want)
+    # a later session's plays change nothing before it
+    other = LATER.copy()
+    other.loc[other["session_id"] == 6, "item_idx"] = 8
+    h2 = ListenerHistory([TRAIN, other])
+    np.testing.assert_array_equal(h2.recency([0], [5], [t], V).toarray(), rem[None])
+
+
+def test_sr_boost_multiplies_the_listeners_own_rules():
+    train = plays([(0, 1, [1, 2], 0), (1, 2, [1, 3], 100)])
+    sr = SequentialRules(steps=1).fit(train, V)
+    h = ListenerHistory([train])
+    owners = rule_owners(train, 1, V)
+    aware = SessionAware(sr, h, boost=1.0, owners=owners)
+    pre, n = np.array([[1, 0]]), np.array([1])
+    for user, own, other in ((0, 2, 3), (1, 3, 2)):
+        s = aware.sparse_scores(pre, n, np.array([500]), np.array([user]), np.array([9])).toarray()
+        assert s[0, own] == pytest.approx(1.0) and s[0, other] == pytest.approx(0.5)
+    with pytest.raises(PipelineError, match="owners"):
+        SessionAware(sr, h, boost=1.0)
+    with pytest.raises(PipelineError, match="extend applies"):
+        SessionAware(sr, h, extend=3, owners=owners)
+
+
+@pytest.mark.parametrize("cls", [VSKNN, VSTAN])
+def test_knn_boost_keeps_the_listeners_own_neighbour(cls):
+    # two neighbours equally similar to the prefix [1]; with k = 1 the more recent (the
+    # other listener's, holding 3) is kept, unless the own one (holding 2) is boosted
+    train = plays([(0, 1, [1, 2], 0), (1, 2, [1, 3], 0)])
+    base = cls(k=1).fit(train, V)
+    h = ListenerHistory([train])
+    pre, n, t, u, s = np.array([[1]]), np.array([1]), np.array([100]), np.array([0]), np.array([9])
+    plain = SessionAware(base, h).sparse_scores(pre, n, t, u, s).toarray()[0]
+    boosted = SessionAware(base, h, boost=1.0).sparse_scores(pre, n, t, u, s).toarray()[0]
+    assert plain[3] > 0 and plain[2] == 0
+    assert boosted[2] > 0 and boosted[3] == 0
+
+
+def test_extend_puts_the_listeners_last_plays_in_front_of_a_short_prefix():
+    base = VSKNN(k=10, sample=0).fit(TRAIN, V)
+    h = ListenerHistory([TRAIN, LATER])
+    aware = SessionAware(base, h, extend=4)
+    # listener 0, session 6, prefix [2]: extended to [1, 9] + ... the last 3 earlier plays
+    got = aware.sparse_scores(
+        np.array([[2, 0, 0]]), np.array([1]), np.array([30000]), np.array([0]), np.array([6])
+    )
+    want = base.sparse_scores(np.array([[7, 1, 9, 2]]), np.array([4]))
+    want = want.toarray() / want.toarray().max()
+    np.testing.assert_allclose(got.toarray(), want, rtol=1e-6)
+    # a prefix as long as ``extend`` is left alone
+    long = np.array([[2, 3, 1, 4]])
+    got = aware.sparse_scores(long, np.array([4]), np.array([9]), np.array([0]), np.array([6]))
+    plain = base.sparse_scores(long, np.array([4])).toarray()
+    np.testing.assert_allclose(got.toarray(), plain / plain.max(), rtol=1e-6)
+
+
+def test_reminders_find_a_track_only_the_listeners_history_holds():
+    # the target (5) never follows 1 in training: SR cannot rank it; the listener played
+    # it in an earlier session, so reminding puts it high
+    train = plays([(0, 1, [6, 5], 0), (1, 2, [1, 2], 100), (1, 3, [1, 2], 200)])
+    test = plays([(0, 4, [1, 5], 10_000)])
+    sr = SequentialRules(steps=1).fit(train, V)
+    h = ListenerHistory([train, test])
+
+    class Ev:  # one event: prefix [1] of listener 0's session 4, target 5
+        prefixes, lengths, targets = np.array([[1]]), np.array([1]), np.array([5])
+        sessions, positions, times, users = np.array([4]), np.array([1]), np.array([10_000]), None
+
+    from lastfm.data import Events
+
+    ev = Events(
+        Ev.prefixes, Ev.lengths, Ev.targets, Ev.sessions, Ev.positions, Ev.times, np.array([0])
+    )
+    ranks = {}
+    for w in (0.0, 2.0):
+        model = SessionAware(sr, h, remind=w, owners=rule_owners(train, 1, V))
+        ranks[w] = evaluate(ranker_from_scorer(model.scorer), ev, V).ranks[0]
+    assert ranks[2.0] == 1.0 < ranks[0.0]
+
+
+def test_the_stage_reports_them_in_their_own_table(pipeline_data, monkeypatch):
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
+    rep = pipeline_data / "reports"
+    evaluation.main(
+        [
+            "--window",
+            "1m",
+            "--no-model",
+            "--n-boot",
+            "50",
+            "--methods",
+            "SR,V-SKNN,VSTAN",
+            "--session-aware",
+            "--no-ensemble",
+            "--no-blend",
+        ]
+    )
+    res = json.loads((rep / "results.json").read_text())
+    aware = {n: r for n, r in res["methods"].items() if r.get("session_aware")}
+    assert set(aware) == {"SR_BR", "V-SKNN_EBR", "VSTAN_EBR"}
+    for name, r in aware.items():
+        base = r["session_aware"]["base"]
+        assert name.startswith(base) and r["diff_vs_base"]["baseline"] == base
+        assert len(r["tuning"]) == 12 and r["events"] == res["test_events"]
+        # the grid holds the session-based method itself: validation never below the base
+        assert r["valid"]["MRR@20"] >= res["methods"][base]["valid"]["MRR@20"] - 1e-12
+    assert set(res["reference_baselines"].values()) - {"validation"} <= {"SR", "V-SKNN", "VSTAN"}
+    md = (rep / "results.md").read_text()
+    main_table = md.split("Paired differences")[0]
+    assert "SR_BR" not in main_table and "Session-aware baselines" in md
+
+
+def test_session_aware_needs_the_splits_in_memory(tmp_path):
+    with pytest.raises(PipelineError, match="--session-aware reads the splits in memory"):
+        evaluation.main(["--data-dir", str(tmp_path), "--session-aware", "--stream"])
