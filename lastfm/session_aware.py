@@ -219,11 +219,13 @@ class SessionAware(Baseline):
 
 
 # Validation budgets of the session-aware forms (every point with its base at the base's
-# own choice; 0 everywhere is the session-based method): SR_BR 12, V-SKNN_EBR 12, VSTAN_EBR 12.
+# own choice; 0 everywhere is the session-based method): SR_BR 18, V-SKNN_EBR 20,
+# VSTAN_EBR 20. Reminder weights are dense below 1: a listener's earlier tracks are many,
+# and a weight near 1 lets them outscore the base's best tracks.
 SESSION_AWARE_GRIDS = {
-    "SR": _grid(boost=[0.0, 0.5, 2.0], remind=[0.0, 0.25, 1.0, 4.0]),
-    "V-SKNN": _grid(extend=[0, 5], boost=[0.0, 1.0], remind=[0.0, 0.5, 2.0]),
-    "VSTAN": _grid(extend=[0, 5], boost=[0.0, 1.0], remind=[0.0, 0.5, 2.0]),
+    "SR": _grid(boost=[0.0, 0.5, 2.0], remind=[0.0, 0.05, 0.1, 0.25, 0.5, 1.0]),
+    "V-SKNN": _grid(extend=[0, 5], boost=[0.0, 1.0], remind=[0.0, 0.05, 0.1, 0.25, 0.5]),
+    "VSTAN": _grid(extend=[0, 5], boost=[0.0, 1.0], remind=[0.0, 0.05, 0.1, 0.25, 0.5]),
 }
 
 
