@@ -30,7 +30,7 @@ from lastfm import common
 from lastfm import config as cfgs
 from lastfm.common import PipelineError, log, write_json, write_text
 from lastfm.config import option
-from lastfm.data import Events, load_splits, make_events, popularity, sample_events
+from lastfm.data import Events, load_splits, make_events, popularity, recent, sample_events
 from lastfm.ensemble import (
     BLEND,
     ENSEMBLE,
@@ -53,7 +53,13 @@ from lastfm.metrics import (
 from lastfm.paths import Layout, make, slice_name
 from lastfm.ranks import events_md5, load_ranks, save_ranks
 from lastfm.report import REPORT_METRICS, log_test_evaluation, prefix_bins, slices_markdown
-from lastfm.session_aware import SESSION_AWARE_GRIDS, ListenerHistory, session_aware_forms
+from lastfm.session_aware import (
+    NETWORK_REMINDS,
+    SESSION_AWARE_GRIDS,
+    ListenerHistory,
+    NetworkReminders,
+    session_aware_forms,
+)
 from lastfm.stream import EventStream, split_files
 
 # model.load_trained(model_dir, expected_vocab_md5=...) -> (Keras model, its record)
@@ -191,7 +197,7 @@ def tune_session_aware(
     """The session-aware form of each tuned base with one (``lastfm.session_aware``): its
     grid tried on ``valid_events`` with the base at its own choice, the best kept by
     validation MRR@20 (then HR@20), as ``tune_baselines`` does."""
-    history = ListenerHistory([splits[s] for s in ("train", "valid", "test") if s in splits])
+    history = listener_history(splits)
     forms = session_aware_forms(chosen, splits["train"], history)
     return [
         best_on_validation(
@@ -202,6 +208,60 @@ def tune_session_aware(
         )
         for name, form in forms.items()
     ]
+
+
+def listener_history(splits: dict[str, pd.DataFrame]) -> ListenerHistory:
+    """Every split's plays by listener: the session-aware methods' history."""
+    return ListenerHistory([splits[s] for s in ("train", "valid", "test") if s in splits])
+
+
+def evaluate_network_reminders(
+    dirs: list[Path],
+    splits: dict[str, pd.DataFrame],
+    vocab_md5: str,
+    valid_events: Events,
+    events: Events,
+    n_items: int,
+    pop: np.ndarray,
+    ec: EvalConfig,
+    load_trained: LoadTrained,
+) -> Rows:
+    """Each trained network alone with the session-aware reminders
+    (``session_aware.NetworkReminders``), the weight chosen on validation MRR@20 over
+    ``NETWORK_REMINDS`` (0 included: the network alone), on the test events."""
+    from keras import ops
+
+    from lastfm.metrics import device_logits
+
+    history = listener_history(splits)
+    rows: Rows = {}
+    for model_dir in dirs:
+        model, record = load_trained(model_dir, expected_vocab_md5=vocab_md5)
+
+        def logits(prefixes, lengths, model=model):
+            x = recent(prefixes, lengths, model.input_len)
+            return ops.convert_to_numpy(device_logits(model, x))
+
+        best, info = best_on_validation(
+            [
+                (
+                    {"remind": w},
+                    lambda w=w, f=logits: NetworkReminders(f, history, n_items, w),
+                )
+                for w in NETWORK_REMINDS
+            ],
+            valid_events,
+            n_items,
+        )
+        base = network_name(record) + (f" ({model_dir.name})" if ec.models else "")
+        label = network_name(record) + "+reminders" + (f" ({model_dir.name})" if ec.models else "")
+        ranker = ranker_from_scorer(best.scorer, ec.exclude_seen)
+        res = evaluate(ranker, events, n_items, pop, batch_size=256)
+        entry = {"params": best.params, **res.summary, "tuning": info["tried"]}
+        entry.update(valid=info["valid"], session_aware={"base": base})
+        rows[label] = (entry, res)
+        log(f"{label}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}")
+    return rows
 
 
 def validation_scores(
@@ -350,6 +410,20 @@ def _run_evaluation(layout: Layout, ec: EvalConfig, load_trained, client) -> dic
         dirs, meta["vocab_md5"], test_events, n_items, pop, ec, load_trained
     )
     add(rows)
+    if ec.session_aware and dirs:
+        add(
+            evaluate_network_reminders(
+                dirs,
+                splits,
+                meta["vocab_md5"],
+                valid_events,
+                test_events,
+                n_items,
+                pop,
+                ec,
+                load_trained,
+            )
+        )
     fingerprint = events_md5(test_events, meta["vocab_md5"], ec.exclude_seen, ec.prefix_len)
     if ec.save_ranks:
         save_ranks(Path(ec.save_ranks), raw, results, fingerprint, model_records)

@@ -175,7 +175,9 @@ def session_aware_markdown(res: dict) -> str | None:
         "later one: extend, boost, remind as session-rec defines them; "
         "lastfm/session_aware.py), each tuned on validation with its base at the base's "
         f"choice; paired differences, {intervals_text(res, resamples=False)}. The networks "
-        "above see the current session only:\n\n" + markdown_table(head, rows)
+        "of the main table see the current session only; a network +reminders is that "
+        "network's scores with the same reminders, their weight chosen on validation (not a "
+        "network trained with the listener's history):\n\n" + markdown_table(head, rows)
     )
 
 
@@ -483,13 +485,13 @@ PREFIX_BINS = (
 def method_family(name: str) -> str:
     """The family of a results row, one of ``FAMILIES``: "ensembles" (a row named with
     "ensemble" or "blend": the baseline comparators), "session-aware" (SR_BR, V-SKNN_EBR,
-    VSTAN_EBR), "baselines" (POP, S-POP, SR, AR,
+    VSTAN_EBR, a network +reminders), "baselines" (POP, S-POP, SR, AR,
     Item-kNN, V-SKNN, VSTAN), "hybrids" (a trained network +transitions) or "networks"
     (every other row: a trained network alone)."""
     low = name.lower()
     if "ensemble" in low or "blend" in low:
         return "ensembles"
-    if name.split(" (")[0].endswith(("_BR", "_EBR")):
+    if name.split(" (")[0].endswith(("_BR", "_EBR", "+reminders")):
         return "session-aware"
     if name.split(" (")[0] in BASELINE_NAMES:
         return "baselines"

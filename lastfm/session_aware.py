@@ -218,6 +218,40 @@ class SessionAware(Baseline):
         return sp.csr_matrix(out)
 
 
+class NetworkReminders:
+    """A trained network's scores with the same reminders (session-rec's reminders wrap any
+    base): softmax(logits) / its max + ``remind`` x IRec / max IRec. ``logits(prefixes,
+    lengths)`` gives the network's (B, V+1) scores as a numpy array. Not a network trained
+    with the listener's history: the network alone, its scores combined afterwards with a
+    weight chosen on validation, as the hybrid's are."""
+
+    needs_times = True
+    needs_context = True
+
+    def __init__(self, logits, history: ListenerHistory, n_items: int, remind: float):
+        self.logits, self.history, self.n_items = logits, history, n_items
+        self.remind = float(remind)
+        self.params = {"remind": self.remind}
+
+    def score(self, prefixes, lengths, times=None, users=None, sessions=None) -> np.ndarray:
+        z = np.asarray(self.logits(prefixes, lengths), np.float64)
+        out = np.exp(z - z[:, 1:].max(axis=1, keepdims=True))  # softmax / its max
+        if self.remind:
+            rem = self.history.recency(users, sessions, times, self.n_items).tocoo()
+            out[rem.row, rem.col] += self.remind * rem.data  # each (row, track) once
+        return out
+
+    @property
+    def scorer(self):
+        return self.score
+
+    def __repr__(self) -> str:
+        return f"reminders(remind={self.remind})"
+
+
+# The reminder weights tried for a network (``NetworkReminders``), as SR_BR's.
+NETWORK_REMINDS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0)
+
 # Validation budgets of the session-aware forms (every point with its base at the base's
 # own choice; 0 everywhere is the session-based method): SR_BR 18, V-SKNN_EBR 20,
 # VSTAN_EBR 20. Reminder weights are dense below 1: a listener's earlier tracks are many,

@@ -4,6 +4,7 @@ extend / boost / remind as session-rec defines them, and their own table in the 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,14 @@ import test_model as evaluation
 from lastfm.baselines import VSKNN, VSTAN, SequentialRules
 from lastfm.common import PipelineError
 from lastfm.metrics import evaluate, ranker_from_scorer
-from lastfm.session_aware import SESSION_AWARE_GRIDS, ListenerHistory, SessionAware, rule_owners
+from lastfm.session_aware import (
+    NETWORK_REMINDS,
+    SESSION_AWARE_GRIDS,
+    ListenerHistory,
+    NetworkReminders,
+    SessionAware,
+    rule_owners,
+)
 
 V = 9
 
@@ -167,3 +175,40 @@ def test_the_stage_reports_them_in_their_own_table(pipeline_data, monkeypatch):
 def test_session_aware_needs_the_splits_in_memory(tmp_path):
     with pytest.raises(PipelineError, match="--session-aware reads the splits in memory"):
         evaluation.main(["--data-dir", str(tmp_path), "--session-aware", "--stream"])
+
+
+def test_network_reminders_add_the_listeners_recency_to_the_softmax_over_its_max():
+    h = ListenerHistory([TRAIN, LATER])
+    z = np.log(np.array([[0.0, 1, 2, 4, 1, 1, 1, 1, 1, 8]]) + 1e-300)
+
+    def logits(prefixes, lengths):
+        return z
+
+    args = (np.array([[2]]), np.array([1]), np.array([30000]), np.array([0]), np.array([6]))
+    alone = NetworkReminders(logits, h, V, 0.0).score(*args)
+    np.testing.assert_allclose(alone[0, 1:], np.exp(z[0, 1:]) / 8)
+    both = NetworkReminders(logits, h, V, 0.5).score(*args)
+    rem = h.recency([0], [6], [30000], V).toarray()
+    np.testing.assert_allclose(both[0, 1:], alone[0, 1:] + 0.5 * rem[0, 1:])
+
+
+def test_a_network_with_reminders_in_the_table(pipeline_data, tmp_path, monkeypatch):
+    pytest.importorskip("keras")
+    import train
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "sessions", data / "sessions")
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
+    tiny = ["--emb-dim", "8", "--hidden", "8", "--fc-dim", "8", "--verbose", "0"]
+    tiny += ["--no-tensorboard", "--valid-events", "300", "--max-train-examples", "3000"]
+    train.main(["--window", "1m", "--epochs", "1", "--transitions", "0", *tiny])
+    evaluation.main(
+        ["--window", "1m", "--methods", "SR", "--session-aware", "--n-boot", "20"]
+        + ["--no-ensemble", "--no-blend"]
+    )
+    res = json.loads((data / "reports" / "results.json").read_text())
+    row = res["methods"]["BiGRU-Att+reminders"]
+    assert row["session_aware"]["base"] == "BiGRU-Att" and "BiGRU-Att" in res["methods"]
+    assert [t["params"]["remind"] for t in row["tuning"]] == list(NETWORK_REMINDS)
+    assert row["diff_vs_base"]["baseline"] == "BiGRU-Att"
+    assert row["events"] == res["test_events"]
