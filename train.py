@@ -61,6 +61,7 @@ from lastfm.data import (
 from lastfm.devices import batch_multiple, data_parallel, devices_in_use, even_batch
 from lastfm.metrics import device_ranker, evaluate
 from lastfm.paths import Layout, make
+from lastfm.session_aware import ListenerHistory, extend_events
 from lastfm.stream import ShuffleStream, split_files
 from model import ModelConfig, build_model, load_trained
 
@@ -316,6 +317,8 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
 
 def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
     """``train`` into the model folder ``out``, which the caller holds."""
+    if mc.history and tc.stream:
+        raise PipelineError("--history reads the splits in memory: not with --stream")
     if tc.mixed_precision:
         keras.mixed_precision.set_dtype_policy("mixed_float16")
     keras.utils.set_random_seed(tc.seed)
@@ -340,6 +343,10 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
     valid_ev = sample_events(make_events(splits["valid"], mc.input_len), tc.valid_events, tc.seed)
     if n_train == 0 or len(valid_ev) == 0:
         raise PipelineError(f"window {tc.window}: no training or validation event")
+    if mc.history:  # prefixes continue into the listener's earlier sessions
+        listeners = ListenerHistory([splits[s] for s in SPLITS])
+        train_ev = extend_events(train_ev, listeners, mc.history, mc.input_len)
+        valid_ev = extend_events(valid_ev, listeners, mc.history, mc.input_len)
     available = load_tag_tables(
         layout, tc.window, n_items, mc.tags_per_track, vocab_md5=meta["vocab_md5"]
     )
@@ -489,6 +496,10 @@ def transitions_only(layout: Layout, tc: TrainConfig) -> dict:
         valid_ev = sample_events(
             make_events(splits["valid"], model.input_len), saved.valid_events, saved.seed
         )
+        n_hist = record["model"].get("history", 0)
+        if n_hist:  # as in training: prefixes into the listener's earlier sessions
+            listeners = ListenerHistory([splits[s] for s in SPLITS])
+            valid_ev = extend_events(valid_ev, listeners, n_hist, model.input_len)
         record["transitions"] = fit_hybrid(model, splits["train"], valid_ev, len(vocab), tc, out)
         record["train"]["transitions"] = tc.transitions  # the table's K, for seed groups
         record["outputs"].update(outputs_record(out, [hybrid.TABLE]))

@@ -58,6 +58,7 @@ from lastfm.session_aware import (
     SESSION_AWARE_GRIDS,
     ListenerHistory,
     NetworkReminders,
+    history_ranker,
     session_aware_forms,
 )
 from lastfm.stream import EventStream, split_files
@@ -192,13 +193,17 @@ def tune_baselines(
 
 
 def tune_session_aware(
-    chosen, splits: dict[str, pd.DataFrame], valid_events: Events, n_items: int, log_fn=log
+    chosen,
+    train: pd.DataFrame,
+    history: ListenerHistory,
+    valid_events: Events,
+    n_items: int,
+    log_fn=log,
 ) -> list[tuple[bl.Baseline, dict]]:
     """The session-aware form of each tuned base with one (``lastfm.session_aware``): its
     grid tried on ``valid_events`` with the base at its own choice, the best kept by
     validation MRR@20 (then HR@20), as ``tune_baselines`` does."""
-    history = listener_history(splits)
-    forms = session_aware_forms(chosen, splits["train"], history)
+    forms = session_aware_forms(chosen, train, history)
     return [
         best_on_validation(
             [(p, lambda p=p, f=form: f(p)) for p in SESSION_AWARE_GRIDS[name]],
@@ -217,7 +222,7 @@ def listener_history(splits: dict[str, pd.DataFrame]) -> ListenerHistory:
 
 def evaluate_network_reminders(
     dirs: list[Path],
-    splits: dict[str, pd.DataFrame],
+    history: ListenerHistory,
     vocab_md5: str,
     valid_events: Events,
     events: Events,
@@ -233,10 +238,11 @@ def evaluate_network_reminders(
 
     from lastfm.metrics import device_logits
 
-    history = listener_history(splits)
     rows: Rows = {}
     for model_dir in dirs:
         model, record = load_trained(model_dir, expected_vocab_md5=vocab_md5)
+        if record["model"].get("history"):  # already session-aware: its own row
+            continue
 
         def logits(prefixes, lengths, model=model):
             x = recent(prefixes, lengths, model.input_len)
@@ -306,6 +312,7 @@ def network_name(record: dict) -> str:
         ARCH_NAMES.get(m["arch"], m["arch"])
         + ("+copy" if m.get("copy") else "")
         + ("+counts" if m.get("counts") else "")
+        + ("+history" if m.get("history") else "")
         + ("+tags" if m["tags"] and record.get("n_tags") else "")
     )
 
@@ -318,7 +325,11 @@ def hybrid_weights(record: dict) -> dict | None:
 
 
 def model_rankers(
-    model_dir: Path, vocab_md5: str, exclude_seen: bool, load_trained: LoadTrained | None
+    model_dir: Path,
+    vocab_md5: str,
+    exclude_seen: bool,
+    load_trained: LoadTrained | None,
+    listeners: Callable[[], ListenerHistory] | None = None,
 ) -> tuple[list, dict]:
     """The trained model's rankers, loaded once (by ``load_trained``, the stage's
     ``model.load_trained``): [("", the network alone)], plus ("+transitions", the hybrid)
@@ -333,6 +344,17 @@ def model_rankers(
     trans = hybrid.load(model_dir, record.get("transitions"))
     if trans is not None:
         rankers.append(("+transitions", device_ranker(model, exclude_seen, trans.boost)))
+    n_hist = record["model"].get("history", 0)
+    if n_hist:  # --history: prefixes continue into the listener's earlier sessions
+        if listeners is None:
+            raise PipelineError(
+                f"{model_dir}: a network with --history needs the listeners' earlier "
+                "sessions in memory (not with --stream or --recommend)"
+            )
+        if exclude_seen:
+            raise PipelineError(f"{model_dir}: --exclude-seen with a --history network")
+        history = listeners()
+        rankers = [(v, history_ranker(r, history, n_hist, model.input_len)) for v, r in rankers]
     return rankers, record
 
 
@@ -392,9 +414,16 @@ def _run_evaluation(layout: Layout, ec: EvalConfig, load_trained, client) -> dic
         for name, (entry, res) in rows.items():
             results[name], raw[name] = entry, res
 
+    cache: dict = {}
+
+    def listeners() -> ListenerHistory:  # built once, when a method needs it
+        if "history" not in cache:
+            cache["history"] = listener_history(splits)
+        return cache["history"]
+
     add(evaluate_baselines(chosen, test_events, n_items, pop, ec.exclude_seen))
     if ec.session_aware:  # each listener's earlier sessions: their own table
-        aware = tune_session_aware(chosen, splits, valid_events, n_items)
+        aware = tune_session_aware(chosen, train, listeners(), valid_events, n_items)
         rows = evaluate_baselines(aware, test_events, n_items, pop, ec.exclude_seen)
         for model, _ in aware:
             rows[model.name][0]["session_aware"] = {"base": model.base.name}
@@ -407,14 +436,21 @@ def _run_evaluation(layout: Layout, ec: EvalConfig, load_trained, client) -> dic
         add(rows)
     dirs = default_model_dirs(layout, ec) if ec.model else []
     rows, model_records = evaluate_models(
-        dirs, meta["vocab_md5"], test_events, n_items, pop, ec, load_trained
+        dirs,
+        meta["vocab_md5"],
+        test_events,
+        n_items,
+        pop,
+        ec,
+        load_trained,
+        None if ec.stream else listeners,
     )
     add(rows)
     if ec.session_aware and dirs:
         add(
             evaluate_network_reminders(
                 dirs,
-                splits,
+                listeners(),
                 meta["vocab_md5"],
                 valid_events,
                 test_events,
@@ -567,13 +603,16 @@ def evaluate_models(
     pop: np.ndarray,
     ec: EvalConfig,
     load_trained: LoadTrained | None,
+    listeners: Callable[[], ListenerHistory] | None = None,
 ) -> tuple[Rows, dict[str, tuple[dict, list[str]]]]:
     """Each trained network in ``dirs`` on the test events, alone and as its hybrid when
     training chose one; with ``model_records``: each folder's record and row names."""
     rows: Rows = {}
     model_records: dict[str, tuple[dict, list[str]]] = {}
     for model_dir in dirs:
-        rankers, record = model_rankers(model_dir, vocab_md5, ec.exclude_seen, load_trained)
+        rankers, record = model_rankers(
+            model_dir, vocab_md5, ec.exclude_seen, load_trained, listeners
+        )
         name = network_name(record)
         suffix = f" ({model_dir.name})" if ec.models else ""  # --models: by folder
         params = {
@@ -590,6 +629,8 @@ def evaluate_models(
             res = evaluate(ranker, events, n_items, pop, batch_size=256)
             p = {**params, "transitions": hybrid_weights(record)} if variant else params
             rows[label] = ({"params": p, **res.summary}, res)
+            if record["model"].get("history"):  # reads the listener's earlier sessions
+                rows[label][0]["session_aware"] = {"base": None}
             log(
                 f"{label}: test HR@20 {res.summary['HR@20']:.4f} MRR@20 {res.summary['MRR@20']:.4f}"
             )

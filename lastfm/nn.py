@@ -94,6 +94,13 @@ class ModelConfig:
         "joint softmax over the catalogue and the prefix's plays; lastfm/nn.py)",
     )
     sample_alpha: float = option(0.75, "--loss sampled draws tracks by plays ** alpha")
+    history: int = option(
+        0,
+        "session-aware input: each prefix continues back into the listener's earlier "
+        "sessions, up to N of their last plays before the session within --input-len "
+        "(never the current session's future or a later session; 0: the session only; "
+        "lastfm/session_aware.py)",
+    )
 
     def check(self) -> None:
         cfgs.require_at_least(
@@ -109,6 +116,7 @@ class ModelConfig:
             "negatives",
             "count_k",
         )
+        cfgs.require_at_least(self, 0, "history")
         if not 0 <= self.count_dropout < 1:
             raise PipelineError(f"--count-dropout {self.count_dropout}: must be in [0, 1)")
         if self.counts and self.copy:

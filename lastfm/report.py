@@ -147,12 +147,16 @@ def session_aware_markdown(res: dict) -> str | None:
     for n, r in aware.items():
         base = r["session_aware"]["base"]
         ref = r.get("diff_vs_reference") or {}
-        row = [n, json.dumps({k: v for k, v in r["params"].items() if k != "base"})]
+        shown = {k: v for k, v in r["params"].items() if k not in ("base", "model", "provenance")}
+        if "model" in r["params"]:  # a network +history: what it reads
+            shown["history"] = r["params"]["model"].get("history")
+        row = [n, json.dumps(shown)]
         for m in ("HR@20", "MRR@20"):
             lo, hi = r["ci"][m]
             row.append(f"{r[m]:.4f} [{lo:.4f}, {hi:.4f}]")
+        vs_base = r.get("diff_vs_base") or {}
         row += [
-            fmt_diff((r.get("diff_vs_base") or {}).get(m)) + f" vs {base}"
+            fmt_diff(vs_base[m]) + f" vs {base}" if m in vs_base else "-"
             for m in ("HR@20", "MRR@20")
         ]
         row += [
@@ -176,8 +180,9 @@ def session_aware_markdown(res: dict) -> str | None:
         "lastfm/session_aware.py), each tuned on validation with its base at the base's "
         f"choice; paired differences, {intervals_text(res, resamples=False)}. The networks "
         "of the main table see the current session only; a network +reminders is that "
-        "network's scores with the same reminders, their weight chosen on validation (not a "
-        "network trained with the listener's history):\n\n" + markdown_table(head, rows)
+        "network's scores with the same reminders, their weight chosen on validation; a "
+        "network +history (train.py --history N) was trained and is scored on prefixes that "
+        "continue into the listener's earlier sessions:\n\n" + markdown_table(head, rows)
     )
 
 
@@ -491,7 +496,7 @@ def method_family(name: str) -> str:
     low = name.lower()
     if "ensemble" in low or "blend" in low:
         return "ensembles"
-    if name.split(" (")[0].endswith(("_BR", "_EBR", "+reminders")):
+    if name.split(" (")[0].endswith(("_BR", "_EBR", "+reminders")) or "+history" in name:
         return "session-aware"
     if name.split(" (")[0] in BASELINE_NAMES:
         return "baselines"

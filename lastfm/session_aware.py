@@ -45,7 +45,7 @@ from lastfm.baselines import (
     _in_sorted,
 )
 from lastfm.common import PipelineError
-from lastfm.data import last_known_items
+from lastfm.data import Events, last_known_items, recent
 
 HISTORY_COLUMNS = ["user_idx", "session_id", "position", "item_idx", "ts_s"]
 
@@ -115,6 +115,52 @@ class ListenerHistory:
         age = np.maximum(t[rows] - last, 1.0)
         vals = np.maximum(t[rows] - newest[rows], 1.0) / age
         return sp.csr_matrix((vals, (rows, cols)), shape=(len(users), n_items + 1))
+
+
+def with_history(prefixes, lengths, users, sessions, history: ListenerHistory, n: int, width: int):
+    """Right-padded prefixes (B, ``width``) that continue back into each listener's earlier
+    sessions: up to ``n`` of the listener's last plays before the session (oldest first),
+    then the session's own most recent plays, all within ``width`` (a session prefix that
+    fills it gets none); with their lengths. A network with ``--history N`` reads these."""
+    own = recent(np.asarray(prefixes), np.asarray(lengths), width)
+    lengths = np.minimum(np.asarray(lengths, np.int64), width)
+    lo, hi = history.bounds(users, sessions)
+    k = np.minimum(np.clip(width - lengths, 0, n), hi - lo)
+    out = np.zeros((len(own), width), np.int32)
+    rows = np.arange(len(own))
+    for j in range(width):
+        ok = j < k
+        out[ok, j] = history.item[hi[ok] - k[ok] + j]
+        inside = j < lengths
+        out[rows[inside], k[inside] + j] = own[inside, j]
+    return out, (k + lengths).astype(np.int32)
+
+
+def extend_events(events: Events, history: ListenerHistory, n: int, width: int) -> Events:
+    """``events`` whose prefixes continue into the listener's earlier sessions
+    (``with_history``), cut to ``width``: what a network with ``--history N`` trains on."""
+    if events.users is None:
+        raise PipelineError("--history needs each event's listener (the splits' user_idx)")
+    p, lengths = with_history(
+        events.prefixes, events.lengths, events.users, events.sessions, history, n, width
+    )
+    return Events(
+        p, lengths, events.targets, events.sessions, events.positions, events.times, events.users
+    )
+
+
+def history_ranker(ranker, history: ListenerHistory, n: int, width: int):
+    """A network's ranker given prefixes continued into the listener's earlier sessions
+    (``with_history``), as it was trained; it needs each event's listener and session."""
+
+    def rank(prefixes, lengths, targets, times=None, users=None, sessions=None):
+        if users is None or sessions is None:
+            raise PipelineError("a network with --history needs each event's listener")
+        p, n_len = with_history(prefixes, lengths, users, sessions, history, n, width)
+        return ranker(p, n_len, targets, times)
+
+    rank.needs_context = True
+    return rank
 
 
 def _row_max_normalised(m: sp.csr_matrix) -> sp.csr_matrix:

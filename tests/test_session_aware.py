@@ -20,7 +20,9 @@ from lastfm.session_aware import (
     ListenerHistory,
     NetworkReminders,
     SessionAware,
+    history_ranker,
     rule_owners,
+    with_history,
 )
 
 V = 9
@@ -192,7 +194,9 @@ def test_network_reminders_add_the_listeners_recency_to_the_softmax_over_its_max
     np.testing.assert_allclose(both[0, 1:], alone[0, 1:] + 0.5 * rem[0, 1:])
 
 
-def test_a_network_with_reminders_in_the_table(pipeline_data, tmp_path, monkeypatch):
+def test_networks_with_reminders_and_with_history_in_the_table(
+    pipeline_data, tmp_path, monkeypatch
+):
     pytest.importorskip("keras")
     import train
 
@@ -201,14 +205,103 @@ def test_a_network_with_reminders_in_the_table(pipeline_data, tmp_path, monkeypa
     monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
     tiny = ["--emb-dim", "8", "--hidden", "8", "--fc-dim", "8", "--verbose", "0"]
     tiny += ["--no-tensorboard", "--valid-events", "300", "--max-train-examples", "3000"]
-    train.main(["--window", "1m", "--epochs", "1", "--transitions", "0", *tiny])
+    plain, hist = data / "models" / "plain", data / "models" / "hist"
+    for out, extra in ((plain, []), (hist, ["--history", "5", "--transitions", "2"])):
+        train.main(["--window", "1m", "--epochs", "1", "--out", str(out), *tiny, *extra])
+    assert json.loads((hist / "config.json").read_text())["model"]["history"] == 5
     evaluation.main(
         ["--window", "1m", "--methods", "SR", "--session-aware", "--n-boot", "20"]
-        + ["--no-ensemble", "--no-blend"]
+        + ["--no-ensemble", "--no-blend", "--models", f"{plain},{hist}"]
     )
     res = json.loads((data / "reports" / "results.json").read_text())
-    row = res["methods"]["BiGRU-Att+reminders"]
-    assert row["session_aware"]["base"] == "BiGRU-Att" and "BiGRU-Att" in res["methods"]
+    row = res["methods"]["BiGRU-Att+reminders (plain)"]
+    assert row["session_aware"]["base"] == "BiGRU-Att (plain)"
     assert [t["params"]["remind"] for t in row["tuning"]] == list(NETWORK_REMINDS)
-    assert row["diff_vs_base"]["baseline"] == "BiGRU-Att"
+    assert row["diff_vs_base"]["baseline"] == "BiGRU-Att (plain)"
     assert row["events"] == res["test_events"]
+    for name in ("BiGRU-Att+history (hist)", "BiGRU-Att+history+transitions (hist)"):
+        assert res["methods"][name]["session_aware"] == {"base": None}
+        assert res["methods"][name]["events"] == res["test_events"]
+    assert not any("+history+reminders" in n for n in res["methods"])
+    md = (data / "reports" / "results.md").read_text()
+    assert "BiGRU-Att+history (hist)" not in md.split("Paired differences")[0]
+    with pytest.raises(PipelineError, match="--history network"):
+        evaluation.main(
+            ["--window", "1m", "--methods", "SR", "--exclude-seen", "--models", str(hist)]
+        )
+
+
+def test_with_history_continues_a_prefix_into_the_listeners_earlier_sessions():
+    h = ListenerHistory([TRAIN, LATER])
+    users, sessions = np.array([0, 0, 1, 0]), np.array([6, 6, 7, 1])
+    pre = np.array([[2, 0, 0, 0], [2, 3, 1, 4], [4, 0, 0, 0], [1, 2, 0, 0]])
+    lengths = np.array([1, 4, 1, 2])
+    p, n = with_history(pre, lengths, users, sessions, h, n=3, width=5)
+    # listener 0 before session 6: 1 2 3 | 6 7 | 1 9 -> its last 3, then the session's
+    assert p[0].tolist() == [7, 1, 9, 2, 0] and n[0] == 4
+    assert p[1].tolist() == [9, 2, 3, 1, 4] and n[1] == 5  # only 1 fits in the width
+    assert p[2].tolist() == [8, 1, 4, 4, 0] and n[2] == 4  # listener 1: 1 4 5 | 8 1 4
+    assert p[3].tolist() == [1, 2, 0, 0, 0] and n[3] == 2  # the first session: nothing before
+    p, n = with_history(pre, lengths, users, sessions, h, n=0, width=5)
+    assert (n == lengths).all()
+
+
+def test_history_ranker_hands_the_network_the_continued_prefixes():
+    h = ListenerHistory([TRAIN, LATER])
+    seen = {}
+
+    def ranker(prefixes, lengths, targets, times=None):
+        seen["p"], seen["n"] = prefixes, lengths
+        return np.zeros(1), np.zeros(1), np.zeros((1, 20))
+
+    rank = history_ranker(ranker, h, 2, 4)
+    assert rank.needs_context
+    rank(np.array([[2, 0]]), np.array([1]), np.array([3]), None, np.array([0]), np.array([6]))
+    assert seen["p"].tolist() == [[1, 9, 2, 0]] and seen["n"].tolist() == [3]
+    with pytest.raises(PipelineError, match="listener"):
+        rank(np.array([[2, 0]]), np.array([1]), np.array([3]))
+
+
+def test_a_network_with_history_learns_what_only_the_listeners_past_shows():
+    """Each of 20 listeners has a track of its own that ends every session of theirs,
+    after a random shared track: from the session alone it is 1 in 20, from the
+    listener's earlier sessions it is known."""
+    keras = pytest.importorskip("keras")
+    from lastfm.data import make_events
+    from lastfm.metrics import device_ranker
+    from lastfm.session_aware import extend_events
+    from model import ModelConfig, build_model
+    from train import FusedAdam
+
+    rng = np.random.default_rng(0)
+    rows, sid = [], 0
+    for s in range(40):
+        for u in range(20):
+            sid += 1
+            rows.append((u, sid, [int(rng.integers(21, 41)), u + 1], s * 10_000 + u * 100))
+    frame = plays(rows)
+    cut = frame["session_id"] > 20 * 34  # the last 6 sessions of each listener
+    h = ListenerHistory([frame])
+    mrr = {}
+    for n in (0, 4):
+        train_ev = make_events(frame[~cut], 6)
+        test_ev = make_events(frame[cut], 6)
+        if n:
+            train_ev, test_ev = (extend_events(e, h, n, 6) for e in (train_ev, test_ev))
+        keras.utils.set_random_seed(0)
+        cfg = ModelConfig(arch="gru4rec", input_len=6, emb_dim=16, hidden=32, tags=False)
+        m = build_model(40, cfg, seed=0)
+        m.compile(optimizer=FusedAdam(0.01))
+        m.fit(train_ev.prefixes, train_ev.targets, batch_size=32, epochs=8, verbose=0)
+        mrr[n] = evaluate(device_ranker(m), test_ev, 40).summary["MRR@20"]
+    assert mrr[4] > 0.8 and mrr[0] < 0.35, mrr
+
+
+def test_history_is_refused_where_it_cannot_apply(pipeline_data, tmp_path, monkeypatch):
+    import train
+
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
+    with pytest.raises(PipelineError, match="--history reads the splits in memory"):
+        train.main(["--window", "1m", "--history", "5", "--stream", "--out", str(tmp_path / "m")])
+    with pytest.raises(PipelineError, match="--history"):
+        train.main(["--window", "1m", "--history", "-1", "--out", str(tmp_path / "m")])
