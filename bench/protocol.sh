@@ -25,6 +25,8 @@ ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}
 GRID=${GRID:-"--lr 0.002 --dropout 0.1;--lr 0.002 --dropout 0.25;--lr 0.006 --dropout 0.1;--lr 0.006 --dropout 0.25"}
 SELECT=${SELECT:-MRR@20 HR@20}
 EVAL=${EVAL:---session-aware}  # test_model.py's extra options: the session-aware baselines' own table
+HISTORY=${HISTORY:-15}     # > 0: each HISTORY_ARCHS network's choice on MRR@20 also trained
+HISTORY_ARCHS=${HISTORY_ARCHS:-bigru_att sasrec}  # with --history N (session-aware), 3 seeds
 COMMON=(--epochs "$EPOCHS" --cosine --verbose 0 --no-tensorboard --patience 3)
 stock() {  # a network's reference settings (RecBole's model and overall defaults: constant
   # lr 0.001, CE loss; its batch 2048, 300 epochs and stopping after 10 are not taken:
@@ -71,6 +73,14 @@ for sel in $SELECT; do
         "${COMMON[@]}" ${configs[$i]} --monitor "$sel" --seed "$seed" --out "$out"
       MODELS+=("$out")
     done
+    if [ "$HISTORY" -gt 0 ] && [ "$sel" = "MRR@20" ] && [[ " $HISTORY_ARCHS " == *" $arch "* ]]; then
+      for seed in 0 $SEEDS; do  # the same choice, reading the listener's earlier sessions
+        out="$DATA_DIR/models/$WINDOW/${arch}_cfg${i}_hist${HISTORY}_seed$seed"
+        [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
+          "${COMMON[@]}" ${configs[$i]} --history "$HISTORY" --seed "$seed" --out "$out"
+        MODELS+=("$out")
+      done
+    fi
   done
 done
 $PY test_model.py "${D[@]}" --window "$WINDOW" $EVAL --models "$(IFS=,; echo "${MODELS[*]}")"
