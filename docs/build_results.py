@@ -126,7 +126,8 @@ def headline(name: str, res: dict) -> str:
     """A README table from one results file: the reference baselines, every seed group
     (mean +- sd over seeds; the range of its seeds' paired differences to the reference
     and whether all their intervals exclude 0), and every other row that is not a
-    baseline (value [interval], its paired difference)."""
+    baseline or a session-aware row outside a seed group (value [interval], its paired
+    difference; the session-aware table is in RESULTS.md)."""
     methods, refs = res["methods"], references(res)
     unit = res.get("intervals", {}).get("unit", "sessions")
     out = [
@@ -155,7 +156,7 @@ def headline(name: str, res: dict) -> str:
         label = f"{_label(g['rows'][0])} ({len(rows)} seeds)"
         out.append(f"| {label} | {vals[0]} | {vals[1]} | " + " | ".join(diffs) + " |")
     for n, row in methods.items():
-        if n in grouped or n in BASELINES:
+        if n in grouped or n in BASELINES or row.get("session_aware"):  # their own table
             continue
         cells = [_diff_one(row_diff(row, m)) for m in METRICS]
         cells.append(_diff_one(row.get("diff_vs_ensemble", {}).get("MRR@20")))
