@@ -469,7 +469,11 @@ def hybrid_gains(results: dict, references: dict | None) -> list[dict]:
     if not references:
         return []
     comparators = [n for n in results if n.endswith(ENSEMBLE) or n == BLEND]
-    hybrids = [n for n in results if HYBRID_MARK in n and not n.endswith(ENSEMBLE)]
+    hybrids = [  # session-aware hybrids (their own table) are not the comparators' to face
+        n
+        for n in results
+        if HYBRID_MARK in n and not n.endswith(ENSEMBLE) and not results[n].get("session_aware")
+    ]
     out = []
     for h in hybrids:
         entry: dict = {"hybrid": h}

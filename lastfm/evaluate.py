@@ -614,6 +614,12 @@ def evaluate_models(
             model_dir, vocab_md5, ec.exclude_seen, load_trained, listeners
         )
         name = network_name(record)
+        if record["model"].get("history") and ec.prefix_len < record["model"]["input_len"]:
+            raise PipelineError(
+                f"{model_dir}: --prefix-len {ec.prefix_len} is below the --history network's "
+                f"--input-len {record['model']['input_len']}: it would see another prefix "
+                "than in training"
+            )
         suffix = f" ({model_dir.name})" if ec.models else ""  # --models: by folder
         params = {
             "model": record["model"],
@@ -645,7 +651,7 @@ def merge_ranks_file(
     an error otherwise."""
     loaded, records = load_ranks(path, fingerprint, events)
     rows: Rows = {}
-    for name, (res, params) in loaded.items():
+    for name, (res, params, aware) in loaded.items():
         if name in raw:
             if np.array_equal(raw[name].ranks, res.ranks):
                 log(f"{name} (from {path}): same ranks as evaluated here; kept once")
@@ -656,6 +662,10 @@ def merge_ranks_file(
             )
         res.summary = summarise(res, n_items, pop)
         rows[name] = ({"params": params, **res.summary, "ranks_from": str(path)}, res)
+        if aware is None and ((params or {}).get("model") or {}).get("history"):
+            aware = {"base": None}  # a --history network saved before the marker was
+        if aware is not None:
+            rows[name][0]["session_aware"] = aware
         log(
             f"{name} (from {path}): test HR@20 {res.summary['HR@20']:.4f} "
             f"MRR@20 {res.summary['MRR@20']:.4f}"
@@ -781,7 +791,8 @@ def group_seeds(model_records: dict, results: dict) -> list[dict]:
     groups: dict[str, list] = {}
     for record, labels in model_records.values():
         train = {k: v for k, v in record["train"].items() if k not in NOT_CONFIGURATION}
-        key = json.dumps({"model": record["model"], "train": train}, sort_keys=True)
+        model = {"history": 0, **record["model"]}  # folders trained before --history: 0
+        key = json.dumps({"model": model, "train": train}, sort_keys=True)
         groups.setdefault(key, []).append((record, labels))
     out = []
     for members in groups.values():

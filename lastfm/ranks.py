@@ -92,6 +92,10 @@ def save_ranks(
         "events_md5": fingerprint,
         "methods": names,
         "params": {n: results[n]["params"] for n in names},
+        # the session-aware rows (their own table) stay marked where they merge
+        "session_aware": {
+            n: results[n]["session_aware"] for n in names if "session_aware" in results[n]
+        },
         "seconds": {n: raw[n].seconds for n in names},
         "model_records": {
             d: [{k: rec.get(k) for k in RECORD_KEYS}, labels]
@@ -105,9 +109,10 @@ def save_ranks(
 
 def load_ranks(
     path: Path, fingerprint: str, events: Events
-) -> tuple[dict[str, tuple[EvalResult, dict]], dict]:
-    """Methods saved by ``--save-ranks`` and the networks' records (as ``model_records``,
-    keyed by the file and folder); refuses ranks of other events or protocol."""
+) -> tuple[dict[str, tuple[EvalResult, dict, dict | None]], dict]:
+    """Methods saved by ``--save-ranks`` (each: its result, parameters and session-aware
+    marker, or None) and the networks' records (as ``model_records``, keyed by the file and
+    folder); refuses ranks of other events or protocol."""
     meta, methods = read_ranks_file(path)
     if meta["events_md5"] != fingerprint:
         raise PipelineError(
@@ -128,6 +133,6 @@ def load_ranks(
             raise PipelineError(
                 f"--ranks-from {path}: {n} has {len(res.ranks)} events, expected {len(events)}"
             )
-        out[n] = (res, meta["params"][n])
+        out[n] = (res, meta["params"][n], (meta.get("session_aware") or {}).get(n))
     records = {f"{path}:{d}": tuple(v) for d, v in meta.get("model_records", {}).items()}
     return out, records

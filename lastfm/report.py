@@ -111,7 +111,7 @@ def differences_markdown(res: dict) -> str:
         [n, r[key]["baseline"], fmt_diff(r[key]["HR@20"]), fmt_diff(r[key]["MRR@20"])]
         for key in ("diff_vs_ensemble", "diff_vs_blend")  # the baseline comparators
         for n, r in methods.items()
-        if key in r
+        if key in r and not r.get("session_aware")
     ]
     rows += ens
     return (
@@ -471,7 +471,7 @@ FAMILIES = {
     "networks": ("networks", "#E69F00"),
     "hybrids": ("hybrids (network +transitions)", "#CC79A7"),
     "ensembles": ("ensembles / blends of baselines", "#009E73"),
-    "session-aware": ("session-aware baselines", "#56B4E9"),
+    "session-aware": ("session-aware (the listener's earlier sessions)", "#56B4E9"),
 }
 BASELINE_NAMES = frozenset(g.cls.name for g in GRIDS)
 

@@ -70,16 +70,19 @@ class ListenerHistory:
         self.item = cols["item_idx"].astype(np.int64)[order]
         self.ts = cols["ts_s"].astype(np.int64)[order]
         self._span = int(self.session.max(initial=0)) + 1
+        if int(self.user.max(initial=0)) + 1 > np.iinfo(np.int64).max // (self._span + 1):
+            raise PipelineError("session-aware history: too many listeners x sessions for int64")
+        self._key = self.user * (self._span + 1) + self.session  # sorted: (user, session)
 
     def bounds(self, users, sessions) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi) per query: the listener's plays in sessions before ``sessions`` are
         ``[lo, hi)`` of the arrays (none when ``lo == hi``)."""
         users = np.asarray(users, np.int64)
-        sessions = np.asarray(sessions, np.int64)
-        span = max(self._span, int(sessions.max(initial=0)) + 1)
-        key = self.user * span + self.session
+        # a session past every stored one: all the listener's plays (its key, span, is
+        # above theirs and below the next listener's first)
+        sessions = np.minimum(np.asarray(sessions, np.int64), self._span)
         lo = np.searchsorted(self.user, users, side="left")
-        hi = np.searchsorted(key, users * span + sessions, side="left")
+        hi = np.searchsorted(self._key, users * (self._span + 1) + sessions, side="left")
         return lo, np.maximum(hi, lo)
 
     def tails(self, users, sessions, n: np.ndarray) -> list[np.ndarray]:
@@ -178,10 +181,12 @@ def rule_owners(train: pd.DataFrame, steps: int, n_items: int) -> np.ndarray:
     items = train["item_idx"].to_numpy().astype(np.int64)
     users = train["user_idx"].to_numpy().astype(np.int64)
     n = n_items + 1
+    if int(users.max(initial=0)) + 1 > np.iinfo(np.int64).max // (n * n):
+        raise PipelineError("SR's boost: too many listeners x tracks^2 for its int64 keys")
     keys = []
-    for d in range(1, steps + 1):
+    for d in range(1, steps + 1):  # each distance's keys made unique before they are joined
         same = sid[d:] == sid[:-d]
-        keys.append((users[d:][same] * n + items[:-d][same]) * n + items[d:][same])
+        keys.append(np.unique((users[d:][same] * n + items[:-d][same]) * n + items[d:][same]))
     return np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
 
 

@@ -87,8 +87,9 @@ def test_sr_boost_multiplies_the_listeners_own_rules():
 
 @pytest.mark.parametrize("cls", [VSKNN, VSTAN])
 def test_knn_boost_keeps_the_listeners_own_neighbour(cls):
-    # two neighbours equally similar to the prefix [1]; with k = 1 the more recent (the
-    # other listener's, holding 3) is kept, unless the own one (holding 2) is boosted
+    # two neighbours equally similar to the prefix [1] and ending at the same time; with
+    # k = 1 the tie keeps the later-indexed one (the other listener's, holding 3), unless
+    # the own one (holding 2) is boosted
     train = plays([(0, 1, [1, 2], 0), (1, 2, [1, 3], 0)])
     base = cls(k=1).fit(train, V)
     h = ListenerHistory([train])
@@ -305,3 +306,54 @@ def test_history_is_refused_where_it_cannot_apply(pipeline_data, tmp_path, monke
         train.main(["--window", "1m", "--history", "5", "--stream", "--out", str(tmp_path / "m")])
     with pytest.raises(PipelineError, match="--history"):
         train.main(["--window", "1m", "--history", "-1", "--out", str(tmp_path / "m")])
+
+
+def test_bounds_at_the_edges():
+    h = ListenerHistory([TRAIN, LATER])
+    lo, hi = h.bounds([0, 1, 0, 5, 1], [1, 2, 10**9, 3, 7])
+    assert (hi - lo).tolist() == [0, 0, 9, 0, 6]  # first sessions; past every one; unknown
+    assert h.item[lo[2] : hi[2]].tolist() == [1, 2, 3, 6, 7, 1, 9, 2, 3]
+    assert h.item[lo[4] : hi[4]].tolist() == [1, 4, 5, 8, 1, 4]
+
+
+def test_with_history_matches_a_direct_reading_of_the_listeners_plays():
+    """Random listeners, sessions and unseen plays (0): each continued prefix is the last
+    known plays of the listener's earlier sessions, then the session's own most recent
+    plays (as ``recent`` cuts them), within the width; never a later session's."""
+    from lastfm.data import make_events, recent
+
+    rng = np.random.default_rng(3)
+    rows, sid = [], 0
+    for _ in range(60):
+        sid += 1
+        items = rng.integers(0, V + 1, rng.integers(2, 30)).tolist()
+        rows.append((int(rng.integers(0, 4)), sid, items, sid * 10_000))
+    frame = plays(rows)
+    h = ListenerHistory([frame])
+    ev = make_events(frame, 50)
+    width, n = 20, 7
+    got, lengths = with_history(ev.prefixes, ev.lengths, ev.users, ev.sessions, h, n, width)
+    own = recent(ev.prefixes, ev.lengths, width)
+    for e in range(len(ev)):
+        before = frame[(frame["user_idx"] == ev.users[e]) & (frame["session_id"] < ev.sessions[e])]
+        known = before.sort_values(["session_id", "position"])["item_idx"]
+        known = known[known > 0].tolist()
+        m = min(ev.lengths[e], width)
+        k = min(n, width - m, len(known))
+        want = known[len(known) - k :] + own[e, :m].tolist()
+        assert got[e, : lengths[e]].tolist() == want and lengths[e] == k + m
+        assert not got[e, lengths[e] :].any()
+
+
+def test_session_aware_rows_stay_marked_through_save_and_merge(
+    pipeline_data, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("LASTFM_DATA_DIR", str(pipeline_data))
+    rep = pipeline_data / "reports"
+    saved = tmp_path / "aware.npz"
+    only = ["--no-ensemble", "--no-blend", "--no-model", "--n-boot", "20"]
+    evaluation.main(["--methods", "SR", "--session-aware", "--save-ranks", str(saved)] + only)
+    evaluation.main(["--methods", "POP", "--ranks-from", str(saved)] + only)
+    res = json.loads((rep / "results.json").read_text())
+    assert res["methods"]["SR_BR"]["session_aware"] == {"base": "SR"}
+    assert "session_aware" not in res["methods"]["SR"]
