@@ -21,6 +21,7 @@ Backend: Keras 3 with TensorFlow by default; ``KERAS_BACKEND=jax`` or
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -90,6 +91,13 @@ class TrainConfig:
         "(a protocol that chooses networks on HR@20 trains them on HR@20 too)",
         choices=["MRR@20", "HR@20"],
     )
+    other_out: str | None = option(
+        None,
+        "also keep the best epoch by the other validation metric (HR@20 for --monitor "
+        "MRR@20, and the reverse) as a model folder of its own in DIR: the epoch that run "
+        "with that --monitor and this seed keeps, from the same training (which goes on "
+        "until neither metric gains for --patience epochs)",
+    )
     time_budget: float = option(
         0.0,
         "seconds for training (0: no limit): no epoch starts that the last one's "
@@ -139,8 +147,13 @@ class TrainConfig:
             raise PipelineError(
                 f"--shuffle-buffer {self.shuffle_buffer}: at least --batch-size {self.batch_size}"
             )
+        if self.other_out is not None and self.transitions_only:
+            raise PipelineError("--other-out: for training, not with --transitions-only")
         if self.transitions_only and not self.transitions:
             raise PipelineError("--transitions-only needs --transitions K > 0")
+
+    def other_monitor(self) -> str:
+        return "HR@20" if self.monitor == "MRR@20" else "MRR@20"
 
 
 class FusedAdam(keras.optimizers.Adam):
@@ -308,15 +321,20 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
     The model folder is held for the whole run (``folder_lock``): one writer at a time."""
     if mc.emb_dim % tc.shard_tracks:
         raise PipelineError(f"--shard-tracks {tc.shard_tracks}: must divide --emb-dim {mc.emb_dim}")
-    with (
-        folder_lock(model_folder(layout, tc)) as out,
-        data_parallel(tc.devices, tc.shard_tracks),
-    ):
-        return train_into(out, layout, mc, tc)
+    if tc.other_out and Path(tc.other_out).resolve() == model_folder(layout, tc).resolve():
+        raise PipelineError(f"--other-out {tc.other_out}: the model's own folder; give another")
+    with contextlib.ExitStack() as held:
+        out = held.enter_context(folder_lock(model_folder(layout, tc)))
+        other = held.enter_context(folder_lock(Path(tc.other_out))) if tc.other_out else None
+        held.enter_context(data_parallel(tc.devices, tc.shard_tracks))
+        return train_into(out, layout, mc, tc, other)
 
 
-def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
-    """``train`` into the model folder ``out``, which the caller holds."""
+def train_into(
+    out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig, other: Path | None = None
+) -> dict:
+    """``train`` into the model folder ``out`` (and with ``--other-out`` the folder
+    ``other``), which the caller holds."""
     if mc.history and tc.stream:
         raise PipelineError("--history reads the splits in memory: not with --stream")
     if tc.mixed_precision:
@@ -366,19 +384,24 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
     steps = int(np.ceil(n_train / tc.batch_size)) * tc.epochs
     lr = keras.optimizers.schedules.CosineDecay(tc.lr, steps, alpha=0.1) if tc.cosine else tc.lr
     model.compile(optimizer=FusedAdam(lr, global_clipnorm=tc.clip_norm or None))
-    work = out / ".partial"  # the run's files, moved into out once all are written
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    works = {out: out / ".partial"}  # each folder's files, moved in once all are written
+    if other is not None:
+        works[other] = other / ".partial"
+    for work in works.values():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir()
+    watches = [Watch(tc.monitor, works[out] / "model.keras")]
+    if other is not None:
+        watches.append(Watch(tc.other_monitor(), works[other] / "model.keras"))
     cb = ValidationCallback(
         model,
         valid_ev,
         n_items,
         tc.patience,
-        work / "model.keras",
-        work / "history.csv",
+        works[out] / "history.csv",
         n_train,
         tc.time_budget,
-        tc.monitor,
+        watches,
     )
     callbacks = [cb]
     if keras.backend.backend() == "tensorflow" and tc.tensorboard:
@@ -403,7 +426,7 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
         verbose=tc.verbose,
         shuffle=not tc.stream,
     )
-    record = {
+    common = {
         "window": tc.window,
         "vocab_md5": meta["vocab_md5"],
         "n_items": n_items,
@@ -412,24 +435,61 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
         "devices": devices_in_use(),
         "provenance": run_provenance(meta, layout.tags(tc.window) if tags else None),
         "model": cfgs.as_dict(mc),
-        "train": cfgs.as_dict(tc),
         "train_examples": n_train,
         "valid_events": len(valid_ev),
-        "best_epoch": cb.best_epoch,
-        "monitor": tc.monitor,
-        "best_valid": cb.best,
-        "stopped": cb.stopped,
-        "history": cb.rows,
     }
+    src = train_files if tc.stream else splits["train"]
+    fit = (model, src, valid_ev, n_items, available)
+    if other is not None:  # the folder a run with --monitor the other metric would write
+        otc = dataclasses.replace(tc, monitor=watches[1].metric, out=str(other), other_out=None)
+        extra = {"trained_beside": str(out)}  # the same training as out's model
+        finish_folder(other, works[other], {**common, **extra}, otc, watches[1], fit, cb, other)
+    # A run with --out (an experiment) keeps its report beside its model, so that it
+    # never overwrites the report of record in <data>/reports/.
+    reports = out if tc.out else make(layout.reports())
+    record = finish_folder(out, works[out], common, tc, watches[0], fit, cb, reports)
+    if cb.diverged:  # after the report, which shows the epochs before it
+        raise PipelineError(
+            f"{cb.diverged}: training stopped; the best model before it (epoch "
+            f"{watches[0].best_epoch}) is saved in {out}; try a lower --lr"
+        )
+    return record
+
+
+def finish_folder(
+    out: Path,
+    work: Path,
+    common: dict,
+    tc: TrainConfig,
+    watch: Watch,
+    fit: tuple,
+    cb: ValidationCallback,
+    reports: Path,
+) -> dict:
+    """Write the model folder ``out`` of one watched metric from its files in ``work``:
+    its hybrid (``--transitions``), config.json (last); its training report in
+    ``reports``."""
+    model, train_src, valid_ev, n_items, available = fit
+    rows = cb.rows[: watch.last_epoch or len(cb.rows)]  # the epochs its own run would see
+    record = {
+        **common,
+        "train": cfgs.as_dict(tc),
+        "best_epoch": watch.best_epoch,
+        "monitor": watch.metric,
+        "best_valid": watch.best,
+        "stopped": watch.stopped or cb.stopped,
+        "history": rows,
+    }
+    if rows:
+        write_csv(work / "history.csv", rows)
     if not (work / "model.keras").exists():
         raise PipelineError(
-            f"{cb.diverged or 'no epoch gave a finite validation ' + tc.monitor}; nothing saved in "
-            f"{out}; try a lower --lr"
+            f"{cb.diverged or 'no epoch gave a finite validation ' + watch.metric}; nothing "
+            f"saved in {out}; try a lower --lr"
         )
     if tc.transitions:
         model.load_weights(work / "model.keras")  # the best epoch's weights
-        train = train_files if tc.stream else splits["train"]
-        record["transitions"] = fit_hybrid(model, train, valid_ev, n_items, tc, work)
+        record["transitions"] = fit_hybrid(model, train_src, valid_ev, n_items, tc, work)
     parts = [n for n in MODEL_FILES if n != "config.json" and (work / n).exists()]
     record["outputs"] = outputs_record(work, parts)  # what load_trained checks
     write_json(work / "config.json", record)
@@ -442,26 +502,19 @@ def train_into(out: Path, layout: Layout, mc: ModelConfig, tc: TrainConfig) -> d
         elif name != "config.json":  # a part this run has not (no hybrid): not the old one
             (out / name).unlink(missing_ok=True)
     shutil.rmtree(work)
-    suffix = "" if mc.tags or available is None else "_notags"
-    # A run with --out (an experiment) keeps its report beside its model, so that it
-    # never overwrites the report of record in <data>/reports/.
-    reports = out if tc.out else make(layout.reports())
-    plot_history(cb.rows, reports / f"training_curves{suffix}.png")
+    mc_tags = record["model"]["tags"]
+    suffix = "" if mc_tags or available is None else "_notags"
+    plot_history(rows, reports / f"training_curves{suffix}.png")
     md = (
         f"## Training{' (without tags)' if suffix else ''}\n\n"
-        + f"Window {tc.window}; {n_train:,} training examples; "
-        f"backend {record['backend']}; tags {'on' if mc.tags else 'off'}; "
-        f"best epoch {cb.best_epoch} (validation MRR@20 {cb.best:.4f}).\n\n"
-        + markdown_table(list(cb.rows[0].keys()), [list(r.values()) for r in cb.rows])
+        + f"Window {tc.window}; {common['train_examples']:,} training examples; "
+        f"backend {record['backend']}; tags {'on' if mc_tags else 'off'}; "
+        f"best epoch {watch.best_epoch} (validation {watch.metric} {watch.best:.4f}).\n\n"
+        + markdown_table(list(rows[0].keys()), [list(r.values()) for r in rows])
         + "\n"
         + hybrid.markdown(record.get("transitions"))
     )
     write_text(reports / f"training{suffix}.md", md)
-    if cb.diverged:  # after the report, which shows the epochs before it
-        raise PipelineError(
-            f"{cb.diverged}: training stopped; the best model before it (epoch "
-            f"{cb.best_epoch}) is saved in {out}; try a lower --lr"
-        )
     return record
 
 
@@ -521,9 +574,37 @@ def run_provenance(sessions_meta: dict, tags_dir: Path | None = None) -> dict:
     return {**code_provenance(), "data": data}
 
 
+@dataclass
+class Watch:
+    """One validation metric that keeps its best epoch's model at ``path`` and its own
+    patience: ``last_epoch`` is the epoch after which a run monitoring only it would have
+    stopped early (0: it did not), and after it nothing more is kept for it."""
+
+    metric: str
+    path: Path
+    best: float = -1.0
+    best_epoch: int = 0
+    wait: int = 0
+    last_epoch: int = 0
+    stopped: str = ""
+
+    def see(self, value: float, epoch: int, patience: int, model) -> None:
+        if self.last_epoch:  # stopped: a run of its own would have ended here
+            return
+        if value > self.best:
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            model.save(self.path)
+            return
+        self.wait += 1
+        if self.wait >= patience:
+            self.last_epoch, self.stopped = epoch, "early stopping"
+            log(f"early stop: no validation {self.metric} gain for {patience} epoch(s)")
+
+
 class ValidationCallback(keras.callbacks.Callback):
     """Per epoch: validation HR@20/MRR@20, timing; early stopping and the best model
-    saved by ``monitor`` (MRR@20 or HR@20).
+    saved by each watched metric (``Watch``: the --monitor one, and with --other-out the
+    other); training stops once every watched metric has stopped.
 
     ``stopped`` says why training ended: ``early stopping``, ``time budget``
     (the next epoch, timed as the last one's batches, would end past ``time_budget``
@@ -535,17 +616,16 @@ class ValidationCallback(keras.callbacks.Callback):
         valid: Events,
         n_items: int,
         patience: int,
-        path: Path,
         csv_path: Path,
         n_train: int,
         time_budget: float = 0.0,
-        monitor: str = "MRR@20",
+        watches: list[Watch] | None = None,
     ):
         super().__init__()
-        self.monitor = monitor
+        self.watches = watches or []
         self.rec_model, self.valid, self.n_items = rec_model, valid, n_items
-        self.patience, self.path, self.csv_path, self.n_train = patience, path, csv_path, n_train
-        self.best, self.best_epoch, self.wait, self.rows = -1.0, 0, 0, []
+        self.patience, self.csv_path, self.n_train = patience, csv_path, n_train
+        self.rows = []
         self.time_budget, self.stopped = time_budget, "epochs"
         self.diverged = ""  # why training stopped on a loss that is not finite
 
@@ -589,25 +669,25 @@ class ValidationCallback(keras.callbacks.Callback):
         }
         self.rows.append(row)
         log(json.dumps(row))
-        with open(self.csv_path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(row))
-            w.writeheader()
-            w.writerows(self.rows)
-        if res.summary[self.monitor] > self.best:
-            self.best, self.best_epoch, self.wait = res.summary[self.monitor], epoch + 1, 0
-            self.rec_model.save(self.path)
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                log(f"early stop: no validation {self.monitor} gain for {self.patience} epoch(s)")
-                self.rec_model.stop_training, self.stopped = True, "early stopping"
-                return
+        write_csv(self.csv_path, self.rows)
+        for w in self.watches:
+            w.see(res.summary[w.metric], epoch + 1, self.patience, self.rec_model)
+        if all(w.last_epoch for w in self.watches):
+            self.rec_model.stop_training, self.stopped = True, "early stopping"
+            return
         if not self.time_budget or not self.batch_s or epoch + 1 >= self.params.get("epochs", 0):
             return
         spent = time.perf_counter() - self.start
         if spent + self.next_epoch_s(res.seconds) > self.time_budget:
             log(f"stop: another epoch would end past --time-budget {self.time_budget:g} s")
             self.rec_model.stop_training, self.stopped = True, "time budget"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def plot_history(rows: list[dict], path: Path) -> None:

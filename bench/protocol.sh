@@ -2,13 +2,12 @@
 # The evaluation protocol end to end on generated data: every baseline tuned on validation,
 # every network (the study's and its peers) tuned on validation with the same budget (the
 # GRID below and its reference implementation's stock settings, seed 0), chosen on
-# validation MRR@20 and, trained again, on HR@20 (SELECT), each choice trained with more
-# seeds, the hybrid against
+# validation MRR@20 and on HR@20, each choice trained with more seeds, the hybrid against
 # the baseline ensemble, segments, and time slices for the baselines and the study's
 # network. Results: $DATA_DIR/reports/results.{md,json} and results_slices.{md,json};
 # publish them with docs/build_results.py --add.
 #
-#   USERS=200 PLAYS=2000000 bash bench/protocol.sh             # hours here (10 runs a network)
+#   USERS=200 PLAYS=2000000 bash bench/protocol.sh             # hours here (5-9 runs a network)
 #   USERS=992 PLAYS=19150000 EPOCHS=5 bash bench/protocol.sh   # full scale: many hours
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +19,10 @@ SEEDS=${SEEDS:-1 2}          # seeds added to the tuned configuration's seed 0
 SLICES=${SLICES:-5}          # 0: no time slices
 ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}
 # The validation budget of every network: these configurations (seed 0) and the stock
-# settings of its reference implementation (stock below), trained and chosen on each
-# metric of SELECT (each network chosen on MRR@20 and, trained again, on HR@20).
+# settings of its reference implementation (stock below), each trained once and chosen on
+# validation MRR@20 and on HR@20 (train.py --other-out keeps the best epoch by each:
+# what two runs monitoring one metric each would keep).
 GRID=${GRID:-"--lr 0.002 --dropout 0.1;--lr 0.002 --dropout 0.25;--lr 0.006 --dropout 0.1;--lr 0.006 --dropout 0.25"}
-SELECT=${SELECT:-MRR@20 HR@20}
 EVAL=${EVAL:---session-aware}  # test_model.py's extra options: the session-aware baselines' own table
 HISTORY=${HISTORY:-15}     # > 0: each HISTORY_ARCHS network's choice on MRR@20 also trained
 HISTORY_ARCHS=${HISTORY_ARCHS:-bigru_att sasrec}  # with --history N (session-aware), 3 seeds
@@ -51,38 +50,43 @@ $PY fetch_tags.py "${D[@]}" --windows "$WINDOW" "${TAGS[@]}"
 best_of() {  # the folder whose config.json has the best validation score (its --monitor)
   $PY -c 'import json, sys; print(max(sys.argv[1:], key=lambda d: json.load(open(d + "/config.json"))["best_valid"]))' "$@"
 }
-MODELS=()
-for sel in $SELECT; do
-  tag=$([ "$sel" = "MRR@20" ] && echo "" || echo "_${sel%%@*}")  # HR@20 -> _HR
-  for arch in $ARCHS; do
-    IFS=';' read -ra configs <<< "$GRID"
-    configs+=("$(stock "$arch")")
-    tried=()
-    for i in "${!configs[@]}"; do
-      out="$DATA_DIR/models/$WINDOW/${arch}${tag}_cfg$i"
+MODELS=() HR_MODELS=()
+M="$DATA_DIR/models/$WINDOW"
+for arch in $ARCHS; do
+  IFS=';' read -ra configs <<< "$GRID"
+  configs+=("$(stock "$arch")")
+  tried=() tried_hr=()
+  for i in "${!configs[@]}"; do  # one training keeps the best epoch by each metric
+    out="$M/${arch}_cfg$i" hr="$M/${arch}_HR_cfg$i"
+    [ -f "$out/config.json" ] && [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" \
+      --window "$WINDOW" --arch "$arch" "${COMMON[@]}" ${configs[$i]} --seed 0 --out "$out" \
+      --monitor MRR@20 --other-out "$hr"
+    tried+=("$out") tried_hr+=("$hr")
+  done
+  best=$(best_of "${tried[@]}") best_hr=$(best_of "${tried_hr[@]}")
+  i=${best##*_cfg} j=${best_hr##*_cfg}
+  MODELS+=("$best") HR_MODELS+=("$best_hr")
+  for seed in $SEEDS; do  # the choice on MRR@20 (and its HR@20 epoch), then that on HR@20
+    out="$M/${arch}_cfg${i}_seed$seed" hr="$M/${arch}_HR_cfg${i}_seed$seed"
+    [ -f "$out/config.json" ] && [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" \
+      --window "$WINDOW" --arch "$arch" "${COMMON[@]}" ${configs[$i]} --seed "$seed" \
+      --out "$out" --monitor MRR@20 --other-out "$hr"
+    MODELS+=("$out")
+    hr="$M/${arch}_HR_cfg${j}_seed$seed"  # the same folder when both choose one configuration
+    [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
+      "${COMMON[@]}" ${configs[$j]} --seed "$seed" --out "$hr" --monitor HR@20
+    HR_MODELS+=("$hr")
+  done
+  if [ "$HISTORY" -gt 0 ] && [[ " $HISTORY_ARCHS " == *" $arch "* ]]; then
+    for seed in 0 $SEEDS; do  # the choice on MRR@20, reading the listener's earlier sessions
+      out="$M/${arch}_cfg${i}_hist${HISTORY}_seed$seed"
       [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
-        "${COMMON[@]}" ${configs[$i]} --monitor "$sel" --seed 0 --out "$out"
-      tried+=("$out")
-    done
-    best=$(best_of "${tried[@]}")
-    i=${best##*_cfg}
-    MODELS+=("$best")
-    for seed in $SEEDS; do
-      out="$DATA_DIR/models/$WINDOW/${arch}${tag}_cfg${i}_seed$seed"
-      [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
-        "${COMMON[@]}" ${configs[$i]} --monitor "$sel" --seed "$seed" --out "$out"
+        "${COMMON[@]}" ${configs[$i]} --history "$HISTORY" --seed "$seed" --out "$out"
       MODELS+=("$out")
     done
-    if [ "$HISTORY" -gt 0 ] && [ "$sel" = "MRR@20" ] && [[ " $HISTORY_ARCHS " == *" $arch "* ]]; then
-      for seed in 0 $SEEDS; do  # the same choice, reading the listener's earlier sessions
-        out="$DATA_DIR/models/$WINDOW/${arch}_cfg${i}_hist${HISTORY}_seed$seed"
-        [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
-          "${COMMON[@]}" ${configs[$i]} --history "$HISTORY" --seed "$seed" --out "$out"
-        MODELS+=("$out")
-      done
-    fi
-  done
+  fi
 done
+MODELS+=("${HR_MODELS[@]}")
 $PY test_model.py "${D[@]}" --window "$WINDOW" $EVAL --models "$(IFS=,; echo "${MODELS[*]}")"
 if [ "$SLICES" -eq 0 ]; then echo "results: $DATA_DIR/reports/results.md"; exit 0; fi
 IFS=';' read -ra configs <<< "$GRID"

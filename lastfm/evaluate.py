@@ -798,8 +798,9 @@ def paired_diff(
 
 # Training options that are not part of a configuration: runs differing only in them
 # are seeds of one configuration (a time budget only limits a run; each run's stop and
-# epochs are listed in its group).
-NOT_CONFIGURATION = ("seed", "out", "time_budget", "verbose", "tensorboard")
+# epochs are listed in its group; --other-out only names where the other metric's epoch
+# went).
+NOT_CONFIGURATION = ("seed", "out", "other_out", "time_budget", "verbose", "tensorboard")
 
 
 def group_seeds(model_records: dict, results: dict) -> list[dict]:

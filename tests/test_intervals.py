@@ -280,7 +280,8 @@ def test_seed_groups_list_the_seeds_of_their_own_rows():
     for seed, has_hybrid in ((0, True), (1, False), (2, True)):
         record = {
             "model": {"arch": "gru4rec"},
-            "train": {"lr": 0.006, "seed": seed},
+            # each seed's --other-out names its own folder: not a configuration
+            "train": {"lr": 0.006, "seed": seed, "other_out": f"d{seed}_HR"},
             "history": [{}] * (3 + seed),
             "stopped": "epochs",
         }

@@ -546,3 +546,73 @@ def test_config_float_flags_parse_finite_numbers():
     for bad in ("nan", "inf", "-inf", "five"):
         with pytest.raises(argparse.ArgumentTypeError):
             cfgs.finite_float(bad)
+
+
+def test_other_out_keeps_what_a_run_monitoring_the_other_metric_keeps(pipeline_data, tmp_path):
+    """--other-out: one training keeps the best epoch by each metric; the other folder
+    holds what a run with that --monitor and the same seed keeps (epoch, history and
+    weights), its history ends where that run would have stopped, and both folders load."""
+    pytest.importorskip("keras")
+    import keras
+
+    import train
+    from model import load_trained
+
+    data = tmp_path / "data"
+    shutil.copytree(pipeline_data / "sessions", data / "sessions")
+    d = ["--data-dir", str(data), "--window", "1m", "--epochs", "5", "--patience", "1"]
+    d += ["--transitions", "0", "--lr", "0.02", *TINY]
+    both, alone = (
+        train.train(
+            *train.parse_args(
+                [*d, "--out", str(tmp_path / "mrr"), "--other-out", str(tmp_path / "hr")]
+            )
+        ),
+        None,
+    )
+    alone = train.train(
+        *train.parse_args([*d, "--monitor", "HR@20", "--out", str(tmp_path / "hr_alone")])
+    )
+    m_hr, r_hr = load_trained(tmp_path / "hr")
+    m_alone, r_alone = load_trained(tmp_path / "hr_alone")
+    for k in ("monitor", "best_epoch", "best_valid", "stopped"):
+        assert r_hr[k] == r_alone[k] == alone[k], k
+    assert [dict(r, train_s=0, valid_s=0, examples_per_s=0) for r in r_hr["history"]] == [
+        dict(r, train_s=0, valid_s=0, examples_per_s=0) for r in r_alone["history"]
+    ]
+    assert r_hr["train"]["monitor"] == "HR@20" and r_hr["trained_beside"] == str(tmp_path / "mrr")
+    for a, b in zip(m_hr.weights, m_alone.weights, strict=True):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    _, r_mrr = load_trained(tmp_path / "mrr")
+    assert r_mrr == both and r_mrr["monitor"] == "MRR@20"
+    best = max(r["valid_MRR@20"] for r in r_mrr["history"])
+    assert r_mrr["best_valid"] == pytest.approx(best, abs=1e-4)
+    hist = (tmp_path / "hr" / "history.csv").read_text().splitlines()
+    assert len(hist) == 1 + len(r_hr["history"])
+
+
+def test_a_watched_metric_stops_as_its_own_run_would(tmp_path):
+    """Watch: the best epoch saved, then after --patience epochs without a gain it stops
+    for good (a later gain is not kept: its own run would have ended)."""
+    pytest.importorskip("keras")
+    import train
+
+    saved = []
+
+    class Model:
+        def save(self, path):
+            saved.append(path)
+
+    w = train.Watch("HR@20", tmp_path / "m.keras")
+    for epoch, value in enumerate([0.1, 0.3, 0.2, 0.25, 0.9], start=1):
+        w.see(value, epoch, 2, Model())
+    assert (w.best, w.best_epoch, w.last_epoch, w.stopped) == (0.3, 2, 4, "early stopping")
+    assert len(saved) == 2
+
+
+def test_other_out_refuses_the_models_own_folder(pipeline_data, tmp_path):
+    import train
+
+    argv = ["--data-dir", str(pipeline_data), "--out", str(tmp_path / "m")]
+    with pytest.raises(PipelineError, match="--other-out .* the model's own folder"):
+        train.train(*train.parse_args([*argv, "--other-out", str(tmp_path / "m")]))
