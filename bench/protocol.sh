@@ -17,7 +17,8 @@ WINDOW=${WINDOW:-1m}
 EPOCHS=${EPOCHS:-10}
 SEEDS=${SEEDS:-1 2}          # seeds added to the tuned configuration's seed 0
 SLICES=${SLICES:-5}          # 0: no time slices
-ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}
+ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}  # ARCH:PATH trains ARCH with --PATH
+# (copy or counts, train.py's output paths), a network of its own: e.g. "sasrec:counts"
 # The validation budget of every network: these configurations (seed 0) and the stock
 # settings of its reference implementation (stock below), each trained once and chosen on
 # validation MRR@20 and on HR@20 (train.py --other-out keeps the best epoch by each:
@@ -52,12 +53,15 @@ best_of() {  # the folder whose config.json has the best validation score (its -
 }
 MODELS=() HR_MODELS=()
 M="$DATA_DIR/models/$WINDOW"
-for arch in $ARCHS; do
+for entry in $ARCHS; do
+  arch=${entry%%:*} name=${entry/:/_} path=""
+  [ "$entry" = "$arch" ] || path="--${entry#*:}"
   IFS=';' read -ra configs <<< "$GRID"
   configs+=("$(stock "$arch")")
+  for c in "${!configs[@]}"; do configs[$c]+=" $path"; done
   tried=() tried_hr=()
   for i in "${!configs[@]}"; do  # one training keeps the best epoch by each metric
-    out="$M/${arch}_cfg$i" hr="$M/${arch}_HR_cfg$i"
+    out="$M/${name}_cfg$i" hr="$M/${name}_HR_cfg$i"
     [ -f "$out/config.json" ] && [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" \
       --window "$WINDOW" --arch "$arch" "${COMMON[@]}" ${configs[$i]} --seed 0 --out "$out" \
       --monitor MRR@20 --other-out "$hr"
@@ -67,19 +71,19 @@ for arch in $ARCHS; do
   i=${best##*_cfg} j=${best_hr##*_cfg}
   MODELS+=("$best") HR_MODELS+=("$best_hr")
   for seed in $SEEDS; do  # the choice on MRR@20 (and its HR@20 epoch), then that on HR@20
-    out="$M/${arch}_cfg${i}_seed$seed" hr="$M/${arch}_HR_cfg${i}_seed$seed"
+    out="$M/${name}_cfg${i}_seed$seed" hr="$M/${name}_HR_cfg${i}_seed$seed"
     [ -f "$out/config.json" ] && [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" \
       --window "$WINDOW" --arch "$arch" "${COMMON[@]}" ${configs[$i]} --seed "$seed" \
       --out "$out" --monitor MRR@20 --other-out "$hr"
     MODELS+=("$out")
-    hr="$M/${arch}_HR_cfg${j}_seed$seed"  # the same folder when both choose one configuration
+    hr="$M/${name}_HR_cfg${j}_seed$seed"  # the same folder when both choose one configuration
     [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
       "${COMMON[@]}" ${configs[$j]} --seed "$seed" --out "$hr" --monitor HR@20
     HR_MODELS+=("$hr")
   done
-  if [ "$HISTORY" -gt 0 ] && [[ " $HISTORY_ARCHS " == *" $arch "* ]]; then
+  if [ "$HISTORY" -gt 0 ] && [[ " $HISTORY_ARCHS " == *" $name "* ]]; then
     for seed in 0 $SEEDS; do  # the choice on MRR@20, reading the listener's earlier sessions
-      out="$M/${arch}_cfg${i}_hist${HISTORY}_seed$seed"
+      out="$M/${name}_cfg${i}_hist${HISTORY}_seed$seed"
       [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
         "${COMMON[@]}" ${configs[$i]} --history "$HISTORY" --seed "$seed" --out "$out"
       MODELS+=("$out")
