@@ -321,8 +321,13 @@ def train(layout: Layout, mc: ModelConfig, tc: TrainConfig) -> dict:
     The model folder is held for the whole run (``folder_lock``): one writer at a time."""
     if mc.emb_dim % tc.shard_tracks:
         raise PipelineError(f"--shard-tracks {tc.shard_tracks}: must divide --emb-dim {mc.emb_dim}")
-    if tc.other_out and Path(tc.other_out).resolve() == model_folder(layout, tc).resolve():
-        raise PipelineError(f"--other-out {tc.other_out}: the model's own folder; give another")
+    if tc.other_out:
+        a, b = Path(tc.other_out).resolve(), model_folder(layout, tc).resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise PipelineError(
+                f"--other-out {tc.other_out}: the model's own folder, inside it or around it; "
+                "give a folder of its own"
+            )
     with contextlib.ExitStack() as held:
         out = held.enter_context(folder_lock(model_folder(layout, tc)))
         other = held.enter_context(folder_lock(Path(tc.other_out))) if tc.other_out else None
@@ -440,18 +445,20 @@ def train_into(
     }
     src = train_files if tc.stream else splits["train"]
     fit = (model, src, valid_ev, n_items, available)
-    if other is not None:  # the folder a run with --monitor the other metric would write
-        otc = dataclasses.replace(tc, monitor=watches[1].metric, out=str(other), other_out=None)
-        extra = {"trained_beside": str(out)}  # the same training as out's model
-        finish_folder(other, works[other], {**common, **extra}, otc, watches[1], fit, cb, other)
     # A run with --out (an experiment) keeps its report beside its model, so that it
     # never overwrites the report of record in <data>/reports/.
     reports = out if tc.out else make(layout.reports())
     record = finish_folder(out, works[out], common, tc, watches[0], fit, cb, reports)
-    if cb.diverged:  # after the report, which shows the epochs before it
+    if other is not None:  # the folder a run with --monitor the other metric would write
+        otc = dataclasses.replace(tc, monitor=watches[1].metric, out=tc.other_out, other_out=None)
+        extra = {"trained_beside": str(out)}  # the same training as out's model
+        finish_folder(other, works[other], {**common, **extra}, otc, watches[1], fit, cb, other)
+    running = [(w, f) for w, f in zip(watches, works, strict=True) if not w.last_epoch]
+    if cb.diverged and running:  # after the reports, which show the epochs before it
+        kept = "; ".join(f"epoch {w.best_epoch} ({w.metric}) in {f}" for w, f in running)
         raise PipelineError(
-            f"{cb.diverged}: training stopped; the best model before it (epoch "
-            f"{watches[0].best_epoch}) is saved in {out}; try a lower --lr"
+            f"{cb.diverged}: training stopped; the best model before it is saved: {kept}; "
+            "try a lower --lr"
         )
     return record
 
@@ -545,7 +552,9 @@ def transitions_only(layout: Layout, tc: TrainConfig) -> dict:
         model, record = load_trained(
             out, expected_vocab_md5=meta["vocab_md5"], skip_check=(hybrid.TABLE,)
         )
-        saved = cfgs.load(TrainConfig, record["train"], str(out / "config.json"))
+        # folders trained before --other-out: without it
+        saved = {"other_out": None, **record["train"]}
+        saved = cfgs.load(TrainConfig, saved, str(out / "config.json"))
         valid_ev = sample_events(
             make_events(splits["valid"], model.input_len), saved.valid_events, saved.seed
         )
@@ -618,11 +627,13 @@ class ValidationCallback(keras.callbacks.Callback):
         patience: int,
         csv_path: Path,
         n_train: int,
-        time_budget: float = 0.0,
-        watches: list[Watch] | None = None,
+        time_budget: float,
+        watches: list[Watch],
     ):
         super().__init__()
-        self.watches = watches or []
+        if not watches:
+            raise ValueError("ValidationCallback: no metric to watch")
+        self.watches = watches
         self.rec_model, self.valid, self.n_items = rec_model, valid, n_items
         self.patience, self.csv_path, self.n_train = patience, csv_path, n_train
         self.rows = []

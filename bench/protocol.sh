@@ -7,7 +7,7 @@
 # network. Results: $DATA_DIR/reports/results.{md,json} and results_slices.{md,json};
 # publish them with docs/build_results.py --add.
 #
-#   USERS=200 PLAYS=2000000 bash bench/protocol.sh             # hours here (5-9 runs a network)
+#   USERS=200 PLAYS=2000000 bash bench/protocol.sh             # hours here (7-9 runs a network)
 #   USERS=992 PLAYS=19150000 EPOCHS=5 bash bench/protocol.sh   # full scale: many hours
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,16 +67,17 @@ for entry in $ARCHS; do
       --monitor MRR@20 --other-out "$hr"
     tried+=("$out") tried_hr+=("$hr")
   done
-  best=$(best_of "${tried[@]}") best_hr=$(best_of "${tried_hr[@]}")
+  best=$(best_of "${tried[@]}")
+  best_hr=$(best_of "${tried_hr[@]}")
   i=${best##*_cfg} j=${best_hr##*_cfg}
   MODELS+=("$best") HR_MODELS+=("$best_hr")
-  for seed in $SEEDS; do  # the choice on MRR@20 (and its HR@20 epoch), then that on HR@20
-    out="$M/${name}_cfg${i}_seed$seed" hr="$M/${name}_HR_cfg${i}_seed$seed"
-    [ -f "$out/config.json" ] && [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" \
-      --window "$WINDOW" --arch "$arch" "${COMMON[@]}" ${configs[$i]} --seed "$seed" \
-      --out "$out" --monitor MRR@20 --other-out "$hr"
+  for seed in $SEEDS; do  # the choice on MRR@20, then that on HR@20 (one run if the same)
+    out="$M/${name}_cfg${i}_seed$seed" hr="$M/${name}_HR_cfg${j}_seed$seed"
+    both=(); [ "$i" = "$j" ] && both=(--other-out "$hr")
+    [ -f "$out/config.json" ] && { [ "$i" != "$j" ] || [ -f "$hr/config.json" ]; } || \
+      $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" "${COMMON[@]}" ${configs[$i]} \
+      --seed "$seed" --out "$out" --monitor MRR@20 "${both[@]}"
     MODELS+=("$out")
-    hr="$M/${name}_HR_cfg${j}_seed$seed"  # the same folder when both choose one configuration
     [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
       "${COMMON[@]}" ${configs[$j]} --seed "$seed" --out "$hr" --monitor HR@20
     HR_MODELS+=("$hr")

@@ -614,5 +614,6 @@ def test_other_out_refuses_the_models_own_folder(pipeline_data, tmp_path):
     import train
 
     argv = ["--data-dir", str(pipeline_data), "--out", str(tmp_path / "m")]
-    with pytest.raises(PipelineError, match="--other-out .* the model's own folder"):
-        train.train(*train.parse_args([*argv, "--other-out", str(tmp_path / "m")]))
+    for other in (tmp_path / "m", tmp_path / "m" / ".partial", tmp_path):
+        with pytest.raises(PipelineError, match="--other-out .* the model's own folder"):
+            train.train(*train.parse_args([*argv, "--other-out", str(other)]))
