@@ -285,6 +285,14 @@ def test_results_doc_and_readme_tables_match_a_rebuild_from_the_results_files():
     # a figure typed over a generated one is caught
     tampered = readme.replace("| 0.4683 [", "| 0.4690 [", 1)
     assert tampered != readme and mod.update_readme(tampered) == readme
+    # the networks-alone view: no hybrid and no session-aware row, the comparators kept
+    res = json.loads((ROOT / "results" / "real-sample-session-aware.json").read_text())
+    full, alone = mod.headline("x", res), mod.headline("x", res, alone=True)
+    assert "+transitions (" in full
+    rows = [r.split(" | ")[0] for r in alone.splitlines() if r.startswith("| ")]
+    assert "| baseline blend (LambdaMART)" in rows and any("baseline ensemble" in r for r in rows)
+    assert not any("+transitions (" in r and "ensemble" not in r for r in rows)
+    assert not any("+history" in r or "+reminders" in r for r in rows)
 
 
 def test_every_requirement_is_pinned_in_the_lock_file():
