@@ -124,8 +124,17 @@ def _diff_seeds(ds: list) -> str:
     return f"{pts[0]:+.4f} to {pts[-1]:+.4f} ({verdict})"
 
 
+FOLDER = r" \(([^)]*)\)$"  # a row name's last part: its model folder
+
+
 def _label(name: str) -> str:
-    return re.sub(r" \([^)]*\)$", "", name)
+    return re.sub(FOLDER, "", name)
+
+
+def _folder(name: str) -> str | None:
+    """The model folder a row name ends with, ``(...)``, or None."""
+    m = re.search(FOLDER, name)
+    return m.group(1) if m else None
 
 
 def headline(name: str, res: dict, alone: bool = False) -> str:
@@ -135,12 +144,12 @@ def headline(name: str, res: dict, alone: bool = False) -> str:
     baseline or a session-aware row outside a seed group (value [interval], its paired
     difference; the session-aware table is in RESULTS.md). ``alone``: the networks alone
     (no hybrid, no session-aware row) beside the references and the comparators."""
+    methods, refs = res["methods"], references(res)
 
     def left_out(n: str) -> bool:
         hybrid = "+transitions (" in n and "(baseline ensemble)" not in n
         return alone and (hybrid or bool(methods[n].get("session_aware")))
 
-    methods, refs = res["methods"], references(res)
     unit = res.get("intervals", {}).get("unit", "sessions")
     out = [
         f"| method | HR@20 | MRR@20 | HR@20 vs {refs['HR@20'][0]} "
@@ -167,15 +176,12 @@ def headline(name: str, res: dict, alone: bool = False) -> str:
         diffs = [_diff_seeds([row_diff(r, m) for r in rows]) for m in METRICS]
         ens = [r.get("diff_vs_ensemble", {}).get("MRR@20") for r in rows]
         diffs.append(_diff_seeds(ens) if all(ens) else "-")
-        first = re.search(r" \(([^)]*)\)$", g["rows"][0])  # its first seed's folder
-        label = _label(g["rows"][0]) + f" ({first.group(1) + ', ' if first else ''}"
-        label += f"{len(rows)} seeds)"
+        first = _folder(g["rows"][0])  # its first seed's folder
+        label = _label(g["rows"][0]) + f" ({first + ', ' if first else ''}{len(rows)} seeds)"
         out.append(f"| {label} | {vals[0]} | {vals[1]} | " + " | ".join(diffs) + " |")
     for n, row in methods.items():
-        if n in grouped or n in BASELINES or row.get("session_aware"):  # their own table
-            continue
-        if left_out(n):
-            continue
+        if n in grouped or n in BASELINES or row.get("session_aware") or left_out(n):
+            continue  # session-aware rows: their own table
         cells = [_diff_one(row_diff(row, m)) for m in METRICS]
         cells.append(_diff_one(row.get("diff_vs_ensemble", {}).get("MRR@20")))
         out.append(
