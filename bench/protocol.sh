@@ -24,6 +24,10 @@ ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}  # ARCH:PATH trains ARCH wit
 # validation MRR@20 and on HR@20 (train.py --other-out keeps the best epoch by each:
 # what two runs monitoring one metric each would keep).
 GRID=${GRID:-"--lr 0.002 --dropout 0.1;--lr 0.002 --dropout 0.25;--lr 0.006 --dropout 0.1;--lr 0.006 --dropout 0.25"}
+# Configurations added to a budget after a run (numbered after the stock settings, so the
+# folders already trained keep their names and are reused): e.g. a wider learning rate.
+EXTRA_GRID=${EXTRA_GRID:-}
+SLICE_ARCHS=${SLICE_ARCHS:-$ARCHS}  # the ARCHS entries whose choices are trained per slice
 EVAL=${EVAL:---session-aware}  # test_model.py's extra options: the session-aware baselines' own table
 HISTORY=${HISTORY:-15}     # > 0: each HISTORY_ARCHS network's choice on MRR@20 also trained
 HISTORY_ARCHS=${HISTORY_ARCHS:-bigru_att sasrec}  # with --history N (session-aware), 3 seeds
@@ -52,13 +56,16 @@ best_of() {  # the folder whose config.json has the best validation score (its -
   $PY -c 'import json, sys; print(max(sys.argv[1:], key=lambda d: json.load(open(d + "/config.json"))["best_valid"]))' "$@"
 }
 MODELS=() HR_MODELS=()
+declare -A CONFIGS CHOSEN  # per ARCHS entry: its budget (;-separated) and chosen indices
 M="$DATA_DIR/models/$WINDOW"
 for entry in $ARCHS; do
   arch=${entry%%:*} name=${entry/:/_} path=""
   [ "$entry" = "$arch" ] || path="--${entry#*:}"
   IFS=';' read -ra configs <<< "$GRID"
   configs+=("$(stock "$arch")")
+  [ -z "$EXTRA_GRID" ] || { IFS=';' read -ra extra <<< "$EXTRA_GRID"; configs+=("${extra[@]}"); }
   for c in "${!configs[@]}"; do configs[$c]+=" $path"; done
+  CONFIGS[$entry]=$(IFS=';'; echo "${configs[*]}")
   tried=() tried_hr=()
   for i in "${!configs[@]}"; do  # one training keeps the best epoch by each metric
     out="$M/${name}_cfg$i" hr="$M/${name}_HR_cfg$i"
@@ -70,7 +77,7 @@ for entry in $ARCHS; do
   best=$(best_of "${tried[@]}")
   best_hr=$(best_of "${tried_hr[@]}")
   i=${best##*_cfg} j=${best_hr##*_cfg}
-  MODELS+=("$best") HR_MODELS+=("$best_hr")
+  MODELS+=("$best") HR_MODELS+=("$best_hr") CHOSEN[$entry]="$i $j"
   for seed in $SEEDS; do  # the choice on MRR@20, then that on HR@20 (one run if the same)
     out="$M/${name}_cfg${i}_seed$seed" hr="$M/${name}_HR_cfg${j}_seed$seed"
     both=(); [ "$i" = "$j" ] && both=(--other-out "$hr")
@@ -94,14 +101,22 @@ done
 MODELS+=("${HR_MODELS[@]}")
 $PY test_model.py "${D[@]}" --window "$WINDOW" $EVAL --models "$(IFS=,; echo "${MODELS[*]}")"
 if [ "$SLICES" -eq 0 ]; then echo "results: $DATA_DIR/reports/results.md"; exit 0; fi
-IFS=';' read -ra configs <<< "$GRID"
-configs+=("$(stock bigru_att)")
-best=${MODELS[0]}; i=${best##*_cfg}
-for k in $(seq 1 "$SLICES"); do
-  w="$WINDOW.slice$k"
-  $PY fetch_tags.py "${D[@]}" --windows "$w" "${TAGS[@]}"
-  [ -f "$DATA_DIR/models/$w/config.json" ] || $PY train.py "${D[@]}" --window "$w" \
-    --arch bigru_att "${COMMON[@]}" ${configs[$i]} --seed 0
+for k in $(seq 1 "$SLICES"); do $PY fetch_tags.py "${D[@]}" --windows "$WINDOW.slice$k" "${TAGS[@]}"; done
+S=() SM="$DATA_DIR/models/slices/{window}"  # one list names every slice's networks
+for entry in $SLICE_ARCHS; do  # each network's two choices (seed 0) trained on each slice
+  arch=${entry%%:*} name=${entry/:/_}
+  IFS=';' read -ra configs <<< "${CONFIGS[$entry]}"
+  read -r i j <<< "${CHOSEN[$entry]}"
+  S+=("$SM/${name}_cfg$i" "$SM/${name}_HR_cfg$j")
+  for k in $(seq 1 "$SLICES"); do
+    w="$WINDOW.slice$k"; out="${SM/\{window\}/$w}/${name}_cfg$i" hr="${SM/\{window\}/$w}/${name}_HR_cfg$j"
+    both=(); [ "$i" = "$j" ] && both=(--other-out "$hr")
+    [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$w" --arch "$arch" \
+      "${COMMON[@]}" ${configs[$i]} --seed 0 --out "$out" --monitor MRR@20 "${both[@]}"
+    [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" --window "$w" --arch "$arch" \
+      "${COMMON[@]}" ${configs[$j]} --seed 0 --out "$hr" --monitor HR@20
+  done
 done
-$PY test_model.py "${D[@]}" --window "$WINDOW" $EVAL --slices "$SLICES"
+$PY test_model.py "${D[@]}" --window "$WINDOW" $EVAL --slices "$SLICES" \
+  --models "$(IFS=,; echo "${S[*]}")"
 echo "results: $DATA_DIR/reports/results.md and results_slices.md"

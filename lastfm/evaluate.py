@@ -77,7 +77,9 @@ class EvalConfig:
     methods: str = option("POP,S-POP,SR,AR,Item-kNN,V-SKNN,VSTAN", "baselines (comma-separated)")
     model: bool = option(True, "evaluate the trained model(s) too")
     models: str | None = option(
-        None, "comma-separated model folders (default <data>/models/<window>)"
+        None,
+        "comma-separated model folders (default <data>/models/<window>); {window} in a path "
+        "is the evaluated window (with --slices: each slice's)",
     )
     save_ranks: str | None = option(
         None,
@@ -152,7 +154,11 @@ class EvalConfig:
         return [m.strip() for m in self.methods.split(",") if m.strip()]
 
     def model_dirs(self) -> list[Path] | None:
-        return [Path(p) for p in self.models.split(",")] if self.models else None
+        """--models' folders, ``{window}`` replaced by the evaluated window: with --slices one
+        list names each slice's networks (their folder names, the rows' labels, shared)."""
+        if not self.models:
+            return None
+        return [Path(p.replace("{window}", self.window)) for p in self.models.split(",")]
 
     def ranks_files(self) -> list[Path]:
         return [Path(p) for p in self.ranks_from.split(",")] if self.ranks_from else []

@@ -4,6 +4,7 @@ lastfm.ranks, lastfm.recommend): reports, recommendations, clear errors."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -160,6 +161,17 @@ def test_time_slices_are_disjoint_time_ordered_and_evaluated(pipeline_data, tmp_
     assert res["summary"]["SR"]["MRR@20"]["mean"] == pytest.approx(sum(sr) / 3)
     log = (data / "reports" / "test_log.jsonl").read_text().splitlines()
     assert len(log) >= 6 and json.loads(log[0])["method"] == "POP"  # every look is logged
+
+
+def test_models_name_each_slices_folders_through_window():
+    """--models with {window}: each evaluated window (a slice under --slices) gets its own
+    folders, whose names (the rows' labels) are the same in every slice."""
+    from dataclasses import replace
+
+    ec = EvalConfig(models="m/slices/{window}/sasrec_cfg0,m/1m/narm_cfg1")
+    assert ec.model_dirs() == [Path("m/slices/1m/sasrec_cfg0"), Path("m/1m/narm_cfg1")]
+    sliced = replace(ec, window="1m.slice2").model_dirs()
+    assert sliced == [Path("m/slices/1m.slice2/sasrec_cfg0"), Path("m/1m/narm_cfg1")]
 
 
 def test_ranks_subset_drops_methods_so_a_rerun_can_replace_them(
