@@ -6,7 +6,7 @@
 # Results: data/network_scale_<N>u/reports/results.{md,json}, one folder per size; publish
 # with docs/build_results.py --add.
 #
-#   SIZES="100 400" bash bench/network_scale.sh     # about 20 minutes here
+#   SIZES="100 400" bash bench/network_scale.sh     # about 10 minutes here
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

@@ -55,6 +55,16 @@ $PY fetch_tags.py "${D[@]}" --windows "$WINDOW" "${TAGS[@]}"
 best_of() {  # the folder whose config.json has the best validation score (its --monitor)
   $PY -c 'import json, sys; print(max(sys.argv[1:], key=lambda d: json.load(open(d + "/config.json"))["best_valid"]))' "$@"
 }
+pair() {  # WINDOW I J SEED OUT HR: configuration I of $arch's ${configs[@]} kept by MRR@20
+  # in OUT and J by HR@20 in HR, one run watching both when I = J; complete folders are kept
+  local w=$1 i=$2 j=$3 seed=$4 out=$5 hr=$6 both=()
+  [ "$i" = "$j" ] && both=(--other-out "$hr")
+  [ -f "$out/config.json" ] && { [ "$i" != "$j" ] || [ -f "$hr/config.json" ]; } || \
+    $PY train.py "${D[@]}" --window "$w" --arch "$arch" "${COMMON[@]}" ${configs[$i]} \
+    --seed "$seed" --out "$out" --monitor MRR@20 "${both[@]}"
+  [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" --window "$w" --arch "$arch" \
+    "${COMMON[@]}" ${configs[$j]} --seed "$seed" --out "$hr" --monitor HR@20
+}
 MODELS=() HR_MODELS=()
 declare -A CONFIGS CHOSEN  # per ARCHS entry: its budget (;-separated) and chosen indices
 M="$DATA_DIR/models/$WINDOW"
@@ -69,9 +79,7 @@ for entry in $ARCHS; do
   tried=() tried_hr=()
   for i in "${!configs[@]}"; do  # one training keeps the best epoch by each metric
     out="$M/${name}_cfg$i" hr="$M/${name}_HR_cfg$i"
-    [ -f "$out/config.json" ] && [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" \
-      --window "$WINDOW" --arch "$arch" "${COMMON[@]}" ${configs[$i]} --seed 0 --out "$out" \
-      --monitor MRR@20 --other-out "$hr"
+    pair "$WINDOW" "$i" "$i" 0 "$out" "$hr"
     tried+=("$out") tried_hr+=("$hr")
   done
   best=$(best_of "${tried[@]}")
@@ -80,14 +88,8 @@ for entry in $ARCHS; do
   MODELS+=("$best") HR_MODELS+=("$best_hr") CHOSEN[$entry]="$i $j"
   for seed in $SEEDS; do  # the choice on MRR@20, then that on HR@20 (one run if the same)
     out="$M/${name}_cfg${i}_seed$seed" hr="$M/${name}_HR_cfg${j}_seed$seed"
-    both=(); [ "$i" = "$j" ] && both=(--other-out "$hr")
-    [ -f "$out/config.json" ] && { [ "$i" != "$j" ] || [ -f "$hr/config.json" ]; } || \
-      $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" "${COMMON[@]}" ${configs[$i]} \
-      --seed "$seed" --out "$out" --monitor MRR@20 "${both[@]}"
-    MODELS+=("$out")
-    [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" --window "$WINDOW" --arch "$arch" \
-      "${COMMON[@]}" ${configs[$j]} --seed "$seed" --out "$hr" --monitor HR@20
-    HR_MODELS+=("$hr")
+    pair "$WINDOW" "$i" "$j" "$seed" "$out" "$hr"
+    MODELS+=("$out") HR_MODELS+=("$hr")
   done
   if [ "$HISTORY" -gt 0 ] && [[ " $HISTORY_ARCHS " == *" $name "* ]]; then
     for seed in 0 $SEEDS; do  # the choice on MRR@20, reading the listener's earlier sessions
@@ -109,12 +111,8 @@ for entry in $SLICE_ARCHS; do  # each network's two choices (seed 0) trained on 
   read -r i j <<< "${CHOSEN[$entry]}"
   S+=("$SM/${name}_cfg$i" "$SM/${name}_HR_cfg$j")
   for k in $(seq 1 "$SLICES"); do
-    w="$WINDOW.slice$k"; out="${SM/\{window\}/$w}/${name}_cfg$i" hr="${SM/\{window\}/$w}/${name}_HR_cfg$j"
-    both=(); [ "$i" = "$j" ] && both=(--other-out "$hr")
-    [ -f "$out/config.json" ] || $PY train.py "${D[@]}" --window "$w" --arch "$arch" \
-      "${COMMON[@]}" ${configs[$i]} --seed 0 --out "$out" --monitor MRR@20 "${both[@]}"
-    [ -f "$hr/config.json" ] || $PY train.py "${D[@]}" --window "$w" --arch "$arch" \
-      "${COMMON[@]}" ${configs[$j]} --seed 0 --out "$hr" --monitor HR@20
+    w="$WINDOW.slice$k"; dir=${SM/\{window\}/$w}
+    pair "$w" "$i" "$j" 0 "$dir/${name}_cfg$i" "$dir/${name}_HR_cfg$j"
   done
 done
 $PY test_model.py "${D[@]}" --window "$WINDOW" $EVAL --slices "$SLICES" \
