@@ -9,13 +9,15 @@
 #
 #   USERS=200 PLAYS=2000000 bash bench/protocol.sh             # hours here (7-9 runs a network)
 #   USERS=992 PLAYS=19150000 EPOCHS=5 bash bench/protocol.sh   # full scale: many hours
+#   SYNTH_ARGS="--session-loop 0.6 --library-scale 0.2" DATA_DIR=... bash bench/protocol.sh
+#                                                             # a generator variant
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DATA_DIR=${DATA_DIR:-data/protocol_${USERS:-200}u}
 WINDOW=${WINDOW:-1m}
 EPOCHS=${EPOCHS:-10}
-SEEDS=${SEEDS:-1 2}          # seeds added to the tuned configuration's seed 0
+SEEDS=${SEEDS-1 2}           # seeds added to the tuned configuration's seed 0 ("": none)
 SLICES=${SLICES:-5}          # 0: no time slices
 ARCHS=${ARCHS:-bigru_att narm gru4rec sasrec stamp}  # ARCH:PATH trains ARCH with --PATH
 # (copy or counts, train.py's output paths), a network of its own: e.g. "sasrec:counts"
@@ -45,7 +47,8 @@ stock() {  # a network's reference settings (RecBole's model and overall default
 }
 D=(--data-dir "$DATA_DIR")
 if [ ! -f "$DATA_DIR/synthetic/lastfm-dataset-1K/userid-timestamp-artid-artname-traid-traname.tsv" ]; then
-  $PY synth.py --out "$DATA_DIR/synthetic" --users "${USERS:-200}" --plays "${PLAYS:-2000000}"
+  $PY synth.py --out "$DATA_DIR/synthetic" --users "${USERS:-200}" --plays "${PLAYS:-2000000}" \
+    ${SYNTH_ARGS:-}
 fi
 $PY preprocess.py "${D[@]}" --input "$DATA_DIR/synthetic/lastfm-dataset-1K" --months 1
 TAGS=(--tags-file "$DATA_DIR/synthetic/ground_truth/track_tags.tsv")

@@ -33,19 +33,17 @@ def small_synth(tmp_path_factory):
     return out, summary
 
 
-@pytest.fixture(scope="session")
-def pipeline_data(tmp_path_factory, small_synth):
-    """Preprocessed and sessionized small synthetic data (1m and 3m windows)."""
+def prepared(d: Path, synth_dir: Path, months: str) -> Path:
+    """``synth_dir``'s archive through preprocess (``months``) and sessionize into ``d``."""
     import os
 
     import preprocess
     import sessionize
 
-    d = tmp_path_factory.mktemp("pipe") / "data"
     old = os.environ.get("LASTFM_DATA_DIR")
     os.environ["LASTFM_DATA_DIR"] = str(d)
     try:
-        preprocess.main(["--input", str(small_synth[0] / "lastfm-dataset-1K"), "--months", "1,3"])
+        preprocess.main(["--input", str(synth_dir / "lastfm-dataset-1K"), "--months", months])
         sessionize.main(["--min-user-sessions", "3"])
     finally:
         if old is None:
@@ -53,6 +51,28 @@ def pipeline_data(tmp_path_factory, small_synth):
         else:
             os.environ["LASTFM_DATA_DIR"] = old
     return d
+
+
+@pytest.fixture(scope="session")
+def pipeline_data(tmp_path_factory, small_synth):
+    """Preprocessed and sessionized small synthetic data (1m and 3m windows)."""
+    return prepared(tmp_path_factory.mktemp("pipe") / "data", small_synth[0], "1,3")
+
+
+@pytest.fixture(scope="session")
+def tag_synth(tmp_path_factory):
+    """~8K plays of 12 users over 2 months (a few hundred tracks): the tag crawl's tests
+    send a request per track, so a smaller catalogue than ``small_synth``'s."""
+    out = tmp_path_factory.mktemp("tagsynth")
+    cfg = synth.SynthConfig(users=12, plays=8_000, months=2, seed=7, stray_tabs=3, bad_timestamps=2)
+    synth.generate(out, cfg, archive=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tag_pipeline(tmp_path_factory, tag_synth):
+    """``tag_synth`` preprocessed (1m) and sessionized."""
+    return prepared(tmp_path_factory.mktemp("tagpipe") / "data", tag_synth, "1")
 
 
 def requires_sample():
@@ -85,8 +105,8 @@ def small_fs(tmp_path):
 
 
 @pytest.fixture
-def tag_env(pipeline_data, small_synth, tmp_path, monkeypatch):
-    """A private copy of the pipeline data, its 1m vocabulary and planted tags."""
+def tag_env(tag_pipeline, tag_synth, tmp_path, monkeypatch):
+    """A private copy of ``tag_pipeline``'s sessions, its 1m vocabulary and planted tags."""
     import shutil
 
     import pandas as pd
@@ -94,12 +114,12 @@ def tag_env(pipeline_data, small_synth, tmp_path, monkeypatch):
     import fetch_tags as ft
 
     data = tmp_path / "data"
-    shutil.copytree(pipeline_data / "sessions", data / "sessions")
+    shutil.copytree(tag_pipeline / "sessions", data / "sessions")
     monkeypatch.setenv("LASTFM_DATA_DIR", str(data))
     monkeypatch.delenv("LASTFM_API_KEY", raising=False)
     vocab = pd.read_parquet(data / "sessions" / "1m" / "vocab.parquet")
     truth = pd.read_csv(
-        small_synth[0] / "ground_truth" / "track_tags.tsv",
+        tag_synth / "ground_truth" / "track_tags.tsv",
         sep="\t",
         quoting=3,
         keep_default_na=False,

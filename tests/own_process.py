@@ -9,15 +9,21 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# XLA's compiler (JAX and TensorFlow's XLA paths) without its expensive optimisation passes:
+# these tests compile many small graphs once each and check values, never speed.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def run_pytest(files: list[str], env: dict | None = None, timeout: int = 1800) -> None:
     """``pytest files`` in one process (no xdist); fails the calling test with the tail of
-    its output unless every test there passed (none skipped)."""
+    its output unless every test there passed (none skipped). ``XLA_FLAGS`` given in
+    ``env`` are kept, with ``FAST_COMPILE`` added."""
+    env = dict(env or {})
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", *files, "-n", "0", "-q", "-p", "no:cacheprovider"],
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=timeout,

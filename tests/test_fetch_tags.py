@@ -151,14 +151,14 @@ def test_no_key_and_no_file_exits_cleanly(tag_env, capsys):
     assert not (data / "tags").exists()
 
 
-def test_tags_file_import_and_require_tags(tag_env, small_synth, capsys):
+def test_tags_file_import_and_require_tags(tag_env, tag_synth, capsys):
     data, vocab, planted, _ = tag_env
     ft.main(
         [
             "--windows",
             "1m",
             "--tags-file",
-            str(small_synth[0] / "ground_truth" / "track_tags.tsv"),
+            str(tag_synth / "ground_truth" / "track_tags.tsv"),
             "--require-tags",
             "--min-tag-count",
             "1",

@@ -306,18 +306,18 @@ def test_every_network_trains_through_the_shared_loop(arch, pipeline_data, tmp_p
 
     data = tmp_path / "data"
     shutil.copytree(pipeline_data / "sessions", data / "sessions")
-    flags = f"--data-dir {data} --window 3m --arch {arch} --epochs 2 --emb-dim 32 --hidden 32"
+    flags = f"--data-dir {data} --window 1m --arch {arch} --epochs 2 --emb-dim 32 --hidden 32"
     flags += " --batch-size 128 --lr 0.01 --verbose 0 --patience 3 --transitions 0 --bucket-step 0"
     layout, mc, tc = trainer.parse_args([*flags.split(), "--no-tensorboard"])
     record = trainer.train(layout, mc, tc)
     assert record["backend"] == keras.backend.backend() and record["model"]["arch"] == arch
-    splits, vocab, _ = load_splits(layout, "3m")
+    splits, vocab, _ = load_splits(layout, "1m")
     pop = bl.Pop().fit(splits["train"], len(vocab))
     pop_hr = evaluate(
         ranker_from_scorer(pop.score), make_events(splits["valid"], 20), len(vocab)
     ).summary["HR@20"]
     assert max(r["valid_HR@20"] for r in record["history"]) > pop_hr
-    loaded, _ = load_trained(data / "models" / "3m")
+    loaded, _ = load_trained(data / "models" / "1m")
     assert loaded.config.arch == arch
 
 
