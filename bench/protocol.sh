@@ -46,15 +46,29 @@ stock() {  # a network's reference settings (RecBole's model and overall default
   esac
 }
 D=(--data-dir "$DATA_DIR")
-if [ ! -f "$DATA_DIR/synthetic/lastfm-dataset-1K/userid-timestamp-artid-artname-traid-traname.tsv" ]; then
-  $PY synth.py --out "$DATA_DIR/synthetic" --users "${USERS:-200}" --plays "${PLAYS:-2000000}" \
-    ${SYNTH_ARGS:-}
+INPUT=${INPUT:-}  # a Last.fm-1K file or folder instead of generated data (no tags: the
+# API is unreachable here, so every network trains with --no-tags), e.g. the real sample:
+# INPUT=../shared/data/lastfm-1k-sample/user_000001-history.tsv WINDOW=all SLICES=0
+#   PREPROCESS_ARGS="--write-all --months 1" SESSIONIZE_ARGS="--min-user-sessions 1"
+PREPROCESS_ARGS=${PREPROCESS_ARGS:---months 1}
+SESSIONIZE_ARGS=${SESSIONIZE_ARGS:-}
+TAGS=()
+if [ -z "$INPUT" ]; then
+  INPUT="$DATA_DIR/synthetic/lastfm-dataset-1K"
+  [ -f "$INPUT/userid-timestamp-artid-artname-traid-traname.tsv" ] || \
+    $PY synth.py --out "$DATA_DIR/synthetic" --users "${USERS:-200}" --plays "${PLAYS:-2000000}" \
+      ${SYNTH_ARGS:-}
+  TAGS=(--tags-file "$DATA_DIR/synthetic/ground_truth/track_tags.tsv")
+else
+  COMMON+=(--no-tags)
 fi
-$PY preprocess.py "${D[@]}" --input "$DATA_DIR/synthetic/lastfm-dataset-1K" --months 1
-TAGS=(--tags-file "$DATA_DIR/synthetic/ground_truth/track_tags.tsv")
-$PY sessionize.py "${D[@]}" --windows "$WINDOW"
-[ "$SLICES" -gt 0 ] && $PY sessionize.py "${D[@]}" --windows "$WINDOW" --slices "$SLICES"
-$PY fetch_tags.py "${D[@]}" --windows "$WINDOW" "${TAGS[@]}"
+$PY preprocess.py "${D[@]}" --input "$INPUT" $PREPROCESS_ARGS
+$PY sessionize.py "${D[@]}" --windows "$WINDOW" $SESSIONIZE_ARGS
+[ "$SLICES" -gt 0 ] && $PY sessionize.py "${D[@]}" --windows "$WINDOW" --slices "$SLICES" $SESSIONIZE_ARGS
+tags() {  # WINDOW: the generator's tags for that window's vocabulary (none for INPUT)
+  [ ${#TAGS[@]} -eq 0 ] || $PY fetch_tags.py "${D[@]}" --windows "$1" "${TAGS[@]}"
+}
+tags "$WINDOW"
 best_of() {  # the folder whose config.json has the best validation score (its --monitor)
   $PY -c 'import json, sys; print(max(sys.argv[1:], key=lambda d: json.load(open(d + "/config.json"))["best_valid"]))' "$@"
 }
@@ -106,7 +120,7 @@ done
 MODELS+=("${HR_MODELS[@]}")
 $PY test_model.py "${D[@]}" --window "$WINDOW" $EVAL --models "$(IFS=,; echo "${MODELS[*]}")"
 if [ "$SLICES" -eq 0 ]; then echo "results: $DATA_DIR/reports/results.md"; exit 0; fi
-for k in $(seq 1 "$SLICES"); do $PY fetch_tags.py "${D[@]}" --windows "$WINDOW.slice$k" "${TAGS[@]}"; done
+for k in $(seq 1 "$SLICES"); do tags "$WINDOW.slice$k"; done
 S=() SM="$DATA_DIR/models/slices/{window}"  # one list names every slice's networks
 for entry in $SLICE_ARCHS; do  # each network's two choices (seed 0) trained on each slice
   arch=${entry%%:*} name=${entry/:/_}

@@ -268,7 +268,7 @@ def test_a_killed_training_never_pairs_an_old_model_with_a_new_config(pipeline_d
     args = [
         "train.py",
         "--window",
-        "3m",
+        "1m",
         "--epochs",
         "2",
         "--emb-dim",
@@ -285,7 +285,7 @@ def test_a_killed_training_never_pairs_an_old_model_with_a_new_config(pipeline_d
     ]
     p = run_stage(args, data)
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
-    folder = data / "models" / "3m"
+    folder = data / "models" / "1m"
     clean = json.loads((folder / "config.json").read_text())
     rng = random.Random(2)
     for delay in (rng.uniform(3, 6), rng.uniform(6, 10)):  # a new configuration, killed
