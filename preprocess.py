@@ -397,39 +397,67 @@ def extracted_current(archive: Path, target: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- tables
+def sorted_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """int32 codes of a dictionary-encoded column into its distinct values, sorted, and
+    those values.
+
+    The chunks may each carry their own dictionary (the CSV reader encodes every
+    block on its own): one hash pass over all their dictionaries together stands in
+    for ``unify_dictionaries``. A dictionary that several chunks share is read once.
+    """
+    chunks = column.chunks
+    if not chunks:
+        return np.zeros(0, np.int32), pa.array([], pa.string())
+    dicts, first = [], {}  # distinct dictionaries, and each chunk's offset into them
+    starts, at = [], 0
+    for c in chunks:
+        key = (c.dictionary.buffers()[-1].address, len(c.dictionary))
+        if key not in first:
+            first[key] = at
+            dicts.append(c.dictionary)
+            at += len(c.dictionary)
+        starts.append(first[key])
+    together = pc.dictionary_encode(pa.concat_arrays(dicts) if len(dicts) > 1 else dicts[0])
+    order = pc.sort_indices(together.dictionary).to_numpy()
+    words = together.dictionary.take(pa.array(order))
+    rank = np.empty(len(order), np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    where = rank[together.indices.to_numpy(zero_copy_only=False)]
+    codes = np.empty(len(column), np.int32)
+    row = 0
+    for c, start in zip(chunks, starts):
+        idx = c.indices.to_numpy(zero_copy_only=False)
+        codes[row : row + len(idx)] = where[start + idx] if start else where[idx]
+        row += len(idx)
+    return codes, words
+
+
 def encode(table: pa.Table) -> dict[str, np.ndarray]:
     """Integer codes for every column; empty strings become code -1 (missing).
 
-    ``table``'s string columns are dictionary-encoded with one dictionary each
-    (``parse_file`` output). Codes follow the sorted order of the values, so
-    ids are stable for a given input. Returns arrays ``user_id``, ``ts_s``,
-    ``artist_id``, ``artist_name``, ``track_id``, ``track_name``, ``line`` and
-    the dictionaries (pyarrow string arrays) under ``dict_<name>``.
+    ``table``'s string columns are dictionary-encoded (``parse_file`` output; a
+    dictionary per chunk or one for all). Codes follow the sorted order of the
+    values, so ids are stable for a given input. Returns arrays ``user_id``,
+    ``ts_s``, ``artist_id``, ``artist_name``, ``track_id``, ``track_name``,
+    ``line`` and the dictionaries (pyarrow string arrays) under ``dict_<name>``.
+    The five columns are encoded in two threads (Arrow's hashing and sorting
+    release the GIL).
     """
-    out: dict = {}
-    for col, name in [
+    columns = [
         ("user", "user_id"),
         ("artist_mbid", "artist_id"),
         ("artist_name", "artist_name"),
         ("track_mbid", "track_id"),
         ("track_name", "track_name"),
-    ]:
-        chunks = table[col].chunks
-        dictionary = chunks[0].dictionary if chunks else pa.array([], pa.string())
-        codes = (
-            np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
-            if chunks
-            else np.zeros(0, np.int32)
-        ).astype(np.int32, copy=False)
-        order = pc.sort_indices(dictionary).to_numpy()
-        remap = np.empty(len(order), np.int32)
-        remap[order] = np.arange(len(order), dtype=np.int32)
-        words = dictionary.take(pa.array(order))
-        codes = remap[codes] if len(codes) else codes
-        if len(words) and words[0].as_py() == "":  # "" sorts first: missing value
-            codes -= 1
-            words = words.slice(1)
-        out[name], out[f"dict_{name}"] = codes, words
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = pool.map(lambda col: sorted_codes(table[col]), [c for c, _ in columns])
+        out: dict = {}
+        for (_, name), (codes, words) in zip(columns, done):
+            if len(words) and words[0].as_py() == "":  # "" sorts first: missing value
+                codes -= 1
+                words = words.slice(1)
+            out[name], out[f"dict_{name}"] = codes, words
     out["ts_s"] = table["ts_s"].to_numpy()
     out["line"] = table["line"].to_numpy()
     return out
@@ -441,14 +469,16 @@ def distinct_count(codes: np.ndarray) -> int:
     return int(np.count_nonzero(np.bincount(codes))) if len(codes) else 0
 
 
-def _timestamp_stats(ts: np.ndarray) -> tuple[int, int, int]:
-    """(unique, most frequent value, its count) of int64 seconds, by sorting.
+def sorted_times(ts: np.ndarray) -> np.ndarray:
+    """``ts`` sorted. The rows come in file order (each user's plays newest first):
+    runs that timsort (``kind="stable"``) merges several times faster than
+    quicksort."""
+    return np.sort(ts, kind="stable")
 
-    The rows come in file order (each user's plays newest first): runs that
-    timsort (``kind="stable"``) merges several times faster than quicksort;
-    numpy's hash-based unique and pandas' value_counts are slower still.
-    """
-    s = np.sort(ts, kind="stable")
+
+def _timestamp_stats(s: np.ndarray) -> tuple[int, int, int]:
+    """(unique, most frequent value, its count) of sorted int64 seconds (numpy's
+    hash-based unique and pandas' value_counts are slower than a sort)."""
     new = np.r_[True, s[1:] != s[:-1]]
     first = np.flatnonzero(new)
     runs = np.diff(np.r_[first, len(s)])
@@ -456,18 +486,22 @@ def _timestamp_stats(ts: np.ndarray) -> tuple[int, int, int]:
     return int(len(first)), int(s[first[top]]), int(runs[top])
 
 
-def column_stats(enc: dict, mask: np.ndarray | None) -> dict[str, dict]:
-    """The study's describe() table: count, unique, top, freq per column."""
+def column_stats(
+    enc: dict, mask: np.ndarray | None, times: np.ndarray | None = None
+) -> dict[str, dict]:
+    """The study's describe() table: count, unique, top, freq per column; ``times``
+    is the masked rows' ``ts_s`` already sorted, where the caller has it."""
     stats = {}
     for name in STAT_COLUMNS:
         if name == "timestamp":
-            ts = enc["ts_s"] if mask is None else enc["ts_s"][mask]
-            if len(ts) == 0:
+            if times is None:
+                times = sorted_times(enc["ts_s"] if mask is None else enc["ts_s"][mask])
+            if len(times) == 0:
                 stats[name] = {"count": 0, "unique": 0, "top": None, "freq": 0}
                 continue
-            unique, top, freq = _timestamp_stats(ts)
+            unique, top, freq = _timestamp_stats(times)
             stats[name] = {
-                "count": int(len(ts)),
+                "count": int(len(times)),
                 "unique": unique,
                 "top": str(np.datetime64(top, "s")) + "Z",
                 "freq": freq,
@@ -742,7 +776,8 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig, optio
     def write_window(name: str) -> dict:
         rows = np.flatnonzero(masks[name] if name != "all" else kept)
         table = plays_table(enc, rows, keep_missing_mbid, sources.newest_first(cfg.dataset))
-        write_parquet(out / f"{name}.parquet", table, compression="zstd")
+        numeric = ["user_idx", "ts_s", "artist_idx", "track_idx"]
+        write_parquet(out / f"{name}.parquet", table, compression="zstd", statistics=numeric)
         return {
             "rows": table.num_rows,
             "tracks": distinct_count(table["track_idx"].to_numpy()),
@@ -754,7 +789,7 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig, optio
             name: pool.submit(write_window, name)
             for name in list(windows) + (["all"] if write_all else [])
         }
-        _report(enc, res, masks, in_range, clean, tsv, reports, cfg)
+        _report(enc, res, masks, in_range, clean, tsv, reports, cfg, (windows, lo, hi))
         written = {name: f.result() for name, f in futures.items()}
     name = Path(tsv).name
     if name in KNOWN_MD5 and res.md5 != KNOWN_MD5[name]:
@@ -782,13 +817,29 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig, optio
     }
 
 
-def _report(enc, res, masks, in_range, clean, tsv, reports, cfg) -> None:
+def window_times(ts, clean, windows, lo, hi) -> dict[str, np.ndarray]:
+    """Sorted ``ts_s`` of every table of the report, from two sorts: the clean plays
+    (each window, clean and in [lo, hi), is a slice of them) and the others (merged
+    in for the raw table)."""
+    clean_s = sorted_times(ts[clean])
+    out = {
+        "raw": sorted_times(np.concatenate([clean_s, sorted_times(ts[~clean])])),
+        "clean": clean_s,
+    }
+    for name, (start, end) in windows.items():
+        a, b = np.searchsorted(clean_s, [max(start, lo), min(end, hi)])
+        out[name] = clean_s[a : max(a, b)]
+    return out
+
+
+def _report(enc, res, masks, in_range, clean, tsv, reports, cfg, bounds) -> None:
     """The study's statistics tables of the local engine (Markdown, JSON, printed) and
-    the plot."""
+    the plot; ``bounds`` is (windows, lo, hi)."""
     n = len(enc["ts_s"])
     stats, extra = {}, {}
+    times = window_times(enc["ts_s"], clean, *bounds)
     for name, mask in masks.items():
-        stats[name] = column_stats(enc, mask)
+        stats[name] = column_stats(enc, mask, times[name])
         extra[name] = {
             "rows": int(n if mask is None else mask.sum()),
             "users": stats[name]["user_id"]["unique"],

@@ -155,14 +155,21 @@ def write_text(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
-def write_parquet(path: Path, table, compression: str = "snappy") -> None:
-    """A pyarrow Table or pandas DataFrame to ``path``, atomically."""
+def write_parquet(path: Path, table, compression: str = "snappy", statistics=True) -> None:
+    """A pyarrow Table or pandas DataFrame to ``path``, atomically; ``statistics``: True,
+    or the columns whose min/max go into the file (on a string column with a large
+    dictionary they cost more than the column's encoding)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     if not isinstance(table, pa.Table):
         table = pa.Table.from_pandas(table, preserve_index=False)
-    write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression=compression))
+    write_atomic(
+        path,
+        lambda tmp: pq.write_table(
+            table, tmp, compression=compression, write_statistics=statistics
+        ),
+    )
 
 
 def write_json(path: Path, obj: Any) -> None:

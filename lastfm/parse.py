@@ -18,8 +18,9 @@ empty user id, a missing final newline) falls back to ``parse_blocks``: ~32 MB
 blocks, each parsed by pyarrow when clean, else split in ~1 MB pieces whose
 suspect lines are located with numpy and handled by ``handle_lines``.
 
-The result has dictionary-encoded string columns, ``ts_s`` (int64 UTC
-seconds) and ``line`` (int32, the 1-based physical line number).
+The result has dictionary-encoded string columns (a dictionary per chunk:
+``preprocess.encode`` joins them), ``ts_s`` (int64 UTC seconds) and ``line``
+(int32, the 1-based physical line number).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
 BLOCK_BYTES = 32 << 20
+READ_BLOCK = 64 << 20  # the whole-file pass: the reader's block (each with its own dictionaries)
 
 _STRING_TYPES = {name: pa.string() for name in FIELDS}
 _PARSE = dict(
@@ -325,9 +327,9 @@ def _finish(table: pa.Table) -> pa.Table:
 def parse_blocks(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = True) -> ParseResult:
     """The exact block-by-block parser (used when the whole-file pass is not exact).
 
-    Returns one table whose string columns are dictionary-encoded with one
-    dictionary per column (``unify_dictionaries``); blocks are encoded as
-    they are parsed so that repeated strings are held once.
+    Returns one table whose string columns are dictionary-encoded, a dictionary
+    per block (blocks are encoded as they are parsed so that repeated strings are
+    held once a block; ``preprocess.encode`` joins the dictionaries).
     """
     import queue
     import threading
@@ -390,7 +392,7 @@ def parse_blocks(path: Path, block_bytes: int = BLOCK_BYTES, with_md5: bool = Tr
         fields[1] = pa.field("ts_s", pa.int64())
         table = pa.schema(fields + [pa.field("line", pa.int32())]).empty_table()
     else:
-        table = pa.concat_tables(tables).unify_dictionaries()
+        table = pa.concat_tables(tables)
     return _result(table, rejects, line0 - 1, repaired, md5, slow)
 
 
@@ -554,7 +556,7 @@ def parse_file(
         with _undecodable_rows_counted(undecodable):
             table = pcsv.read_csv(
                 path,
-                read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=16 << 20),
+                read_options=pcsv.ReadOptions(column_names=FIELDS, block_size=READ_BLOCK),
                 parse_options=pcsv.ParseOptions(**_PARSE, invalid_row_handler=on_invalid),
                 convert_options=pcsv.ConvertOptions(
                     column_types=types,
@@ -591,5 +593,4 @@ def parse_file(
     if rows:
         extra = _finish(rows_table(rows))
         parts.append(extra)
-    table = pa.concat_tables(parts).unify_dictionaries()
-    return _result(table, rejects, scan.lines, repaired, scan.md5, 0)
+    return _result(pa.concat_tables(parts), rejects, scan.lines, repaired, scan.md5, 0)

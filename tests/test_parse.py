@@ -91,6 +91,36 @@ def test_fast_path_and_block_parser_agree(small_synth):
     assert big.md5 == small.md5
 
 
+def test_codes_do_not_depend_on_the_block_layout(small_synth, monkeypatch):
+    """``encode`` joins the per-block dictionaries of either parser into one sorted
+    vocabulary per column: the same codes from one block, many, or the block parser,
+    and each code is the rank of its value among the column's distinct values."""
+    import numpy as np
+
+    import lastfm.parse as parse_mod
+    from preprocess import encode
+
+    tsv = small_synth[0] / "lastfm-dataset-1K" / "userid-timestamp-artid-artname-traid-traname.tsv"
+    one = parse_file(tsv)
+    monkeypatch.setattr(parse_mod, "READ_BLOCK", 16 << 10)
+    many = parse_file(tsv)
+    blocks = parse_file(tsv, block_bytes=64 << 10, force_blocks=True)
+    assert one.table["track_name"].num_chunks <= 2  # the file, and its repaired lines
+    assert many.table["track_name"].num_chunks > 10 and blocks.table["track_name"].num_chunks > 10
+    enc = []
+    for r in (one, many, blocks):  # encoded as parsed (a sort would join the dictionaries)
+        e = encode(r.table)
+        by_line = np.argsort(e["line"])
+        enc.append({k: (v[by_line] if isinstance(v, np.ndarray) else v) for k, v in e.items()})
+    for name in ["user_id", "artist_id", "artist_name", "track_id", "track_name", "ts_s"]:
+        assert all(np.array_equal(e[name], enc[0][name]) for e in enc[1:]), name
+    text = one.table.sort_by("line")["track_name"].to_pylist()
+    words = sorted(set(text) - {""}, key=lambda w: w.encode())
+    assert enc[1]["dict_track_name"].to_pylist() == words
+    rank = {w: i for i, w in enumerate(words)}
+    assert enc[1]["track_name"].tolist() == [rank.get(w, -1) for w in text]
+
+
 def test_pandas_defaults_lose_rows_we_keep(tmp_path):
     # A name starting with '"' opens a quoted field that swallows following lines.
     lines = [GOOD.encode()] * 3

@@ -243,3 +243,26 @@ def test_real_sample_end_to_end(data_dir):
     assert raw["track_id"]["unique"] == df[4].nunique()
     assert raw["artist_name"]["unique"] == df[3].nunique()
     assert raw["timestamp"]["unique"] == df[1].nunique()
+
+
+def test_every_tables_timestamp_statistics_match_pandas(small_synth, data_dir):
+    """The report sorts the times twice (clean plays, the others) and slices each
+    window out of the clean ones: every table's count, unique, top and freq equal
+    pandas' on the same plays (raw and clean from the parse, windows from their files)."""
+    from lastfm.parse import parse_file
+
+    tsv = small_synth[0] / "lastfm-dataset-1K"
+    preprocess.main(["--input", str(tsv), "--months", "1,2,3,6"])
+    tables = json.loads((data_dir / "reports" / "preprocess_stats.json").read_text())["tables"]
+    parsed = parse_file(tsv / "userid-timestamp-artid-artname-traid-traname.tsv").table
+    frame = parsed.to_pandas()
+    missing = (frame[["artist_mbid", "artist_name", "track_mbid", "track_name"]] == "").any(axis=1)
+    times = {"raw": frame["ts_s"], "clean": frame["ts_s"][~missing.to_numpy()]}
+    for name in ["1m", "2m", "3m", "6m"]:
+        times[name] = pd.read_parquet(data_dir / "preprocessed" / f"{name}.parquet")["ts_s"]
+    assert times["raw"].nunique() > times["clean"].nunique() > times["6m"].nunique()
+    for name, ts in times.items():
+        got, counts = tables[name]["timestamp"], ts.value_counts()
+        top = int(pd.Timestamp(got["top"]).timestamp())
+        assert (got["count"], got["unique"]) == (len(ts), ts.nunique()), name
+        assert got["freq"] == counts.max() == counts[top], name
