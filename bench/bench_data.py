@@ -5,6 +5,11 @@ data/bench/), then runs each measured step in a fresh subprocess, several
 times, and prints medians of wall time and peak RSS.
 
     python bench/bench_data.py --plays 19150000 --repeats 3
+    python bench/bench_data.py --plays 19150000 --against ../other-checkout --only-against
+
+``--against DIR`` also times the rerun of another checkout's preprocess (say, the
+previous commit's, from ``git worktree add DIR COMMIT``) interleaved with this one's on
+the same input: a before/after measured side by side.
 """
 
 from __future__ import annotations
@@ -89,11 +94,33 @@ def run(code: str, *args: str) -> tuple[float, float, str]:
     return wall, rss_kb / 1e6, proc.stdout
 
 
+def against(tsv: Path, work: Path, other: Path, repeats: int, results: dict) -> None:
+    """Reruns of ``other``'s preprocess and this checkout's, interleaved (each tree's
+    MD5 cache warmed first), their medians printed and put in ``results``."""
+    trees = {"this checkout": (ROOT, work), f"against {other}": (other, work.with_name("against"))}
+    for root, out in trees.values():
+        run(OURS, str(tsv), str(root), str(out))
+    runs = {name: [] for name in trees}
+    for _ in range(repeats):
+        for name, (root, out) in trees.items():
+            runs[name].append(run(OURS, str(tsv), str(root), str(out)))
+    for name, rs in runs.items():
+        results[f"rerun, {name}"] = {
+            "wall_s": statistics.median(r[0] for r in rs),
+            "peak_rss_gb": statistics.median(r[1] for r in rs),
+            "runs_s": [round(r[0], 1) for r in rs],
+        }
+        r = results[f"rerun, {name}"]
+        print(f"rerun, {name}: median {r['wall_s']:.1f} s, runs {r['runs_s']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--plays", type=int, default=4_000_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-study", action="store_true")
+    ap.add_argument("--against", type=Path, help="another checkout: its rerun, interleaved")
+    ap.add_argument("--only-against", action="store_true", help="with --against: nothing else")
     args = ap.parse_args()
     import synth
 
@@ -106,6 +133,10 @@ def main() -> None:
     size_gb = tsv.stat().st_size / 1e9
     work = base / "out"
     results = {}
+    if args.against:
+        against(tsv, work, args.against.resolve(), args.repeats, results)
+        if args.only_against:
+            return
     steps = [
         (
             "ours, first run (computes the MD5)",
