@@ -411,7 +411,8 @@ def sorted_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     dicts, first = [], {}  # distinct dictionaries, and each chunk's offset into them
     starts, at = [], 0
     for c in chunks:
-        key = (c.dictionary.buffers()[-1].address, len(c.dictionary))
+        d = c.dictionary  # an all-empty dictionary may have no data buffer
+        key = (d.offset, len(d), *(b.address if b is not None else 0 for b in d.buffers()))
         if key not in first:
             first[key] = at
             dicts.append(c.dictionary)
@@ -486,16 +487,12 @@ def _timestamp_stats(s: np.ndarray) -> tuple[int, int, int]:
     return int(len(first)), int(s[first[top]]), int(runs[top])
 
 
-def column_stats(
-    enc: dict, mask: np.ndarray | None, times: np.ndarray | None = None
-) -> dict[str, dict]:
+def column_stats(enc: dict, mask: np.ndarray | None, times: np.ndarray) -> dict[str, dict]:
     """The study's describe() table: count, unique, top, freq per column; ``times``
-    is the masked rows' ``ts_s`` already sorted, where the caller has it."""
+    is the masked rows' ``ts_s``, sorted (``window_times``)."""
     stats = {}
     for name in STAT_COLUMNS:
         if name == "timestamp":
-            if times is None:
-                times = sorted_times(enc["ts_s"] if mask is None else enc["ts_s"][mask])
             if len(times) == 0:
                 stats[name] = {"count": 0, "unique": 0, "top": None, "freq": 0}
                 continue
@@ -776,8 +773,8 @@ def preprocess(tsv: Path, out: Path, reports: Path, cfg: PreprocessConfig, optio
     def write_window(name: str) -> dict:
         rows = np.flatnonzero(masks[name] if name != "all" else kept)
         table = plays_table(enc, rows, keep_missing_mbid, sources.newest_first(cfg.dataset))
-        numeric = ["user_idx", "ts_s", "artist_idx", "track_idx"]
-        write_parquet(out / f"{name}.parquet", table, compression="zstd", statistics=numeric)
+        plain = [f.name for f in table.schema if not pa.types.is_dictionary(f.type)]
+        write_parquet(out / f"{name}.parquet", table, compression="zstd", statistics=plain)
         return {
             "rows": table.num_rows,
             "tracks": distinct_count(table["track_idx"].to_numpy()),
